@@ -1,0 +1,1 @@
+"""FusionLab: image + text classification with OCR, fused encoders and explanations."""

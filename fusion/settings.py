@@ -1,0 +1,69 @@
+"""One typed settings object, read from the environment and an optional TOML file.
+
+Precedence: explicit keyword > environment (FUSION_*) > $FUSION_HOME/fusion.toml > default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: REPO_ROOT / "data")  # workspace root
+    device: str = "auto"              # auto | cpu | cuda | cuda:N
+    ocr_max_side: int = 1280          # long side for OCR detection; CPU cost grows with pixels
+    max_upload_mb: float = 25.0       # larger uploads are refused before decoding
+    max_pixels: int = 40_000_000      # decompression-bomb guard (width * height)
+    max_text_tokens: int = 128        # MiniLM was trained at 128 word pieces
+    fusion: str = "concat"            # default strategy of newly trained models
+    demo_project: str = "demo"
+
+    @property
+    def projects_dir(self) -> Path:
+        return self.home / "projects"
+
+    def project_dir(self, name: str) -> Path:
+        return self.projects_dir / name
+
+    def resolved_device(self) -> str:
+        import torch  # local: settings must stay cheap to import
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+_ENV = {
+    "home": ("FUSION_HOME", Path),
+    "device": ("FUSION_DEVICE", str),
+    "ocr_max_side": ("FUSION_OCR_MAX_SIDE", int),
+    "max_upload_mb": ("FUSION_MAX_UPLOAD_MB", float),
+    "max_pixels": ("FUSION_MAX_PIXELS", int),
+    "fusion": ("FUSION_STRATEGY", str),
+}
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from env and $FUSION_HOME/fusion.toml; keyword overrides win."""
+    values: dict = {}
+    home = Path(overrides.get("home") or os.environ.get("FUSION_HOME") or Settings().home)
+    toml_path = home / "fusion.toml"
+    if toml_path.is_file():
+        with open(toml_path, "rb") as f:
+            values.update(tomllib.load(f))
+    for name, (var, cast) in _ENV.items():
+        if os.environ.get(var):
+            values[name] = cast(os.environ[var])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f.type for f in dataclasses.fields(Settings)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown settings in {toml_path} or overrides: {sorted(unknown)}")
+    values["home"] = Path(values.get("home", home)).expanduser().resolve()
+    return Settings(**values)
