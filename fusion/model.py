@@ -1,0 +1,161 @@
+"""The fusion model: three heads (fused, image-only, text-only) over frozen encoder outputs.
+
+Every head is "zero-shot prior + learned residual", the residual starting at zero, so an
+untrained model *is* the zero-shot classifier and training only moves away from it where the
+labels say so:
+  image prior  log( softmax(ImageNet logits) @ P(label | ImageNet class) )
+  text prior   scale * cos(MiniLM sentence embedding, label embedding)
+  fused        image logits + text logits (a product of experts) + strategy-specific residual
+
+Strategies (config.strategy):
+  concat           late fusion of the pooled vectors (MLP over [image; text])
+  gated            a learned per-sample modality weight g (Arevalo et al. 2017, GMU)
+  cross_attention  text tokens attend to image patches and patches to tokens (co-attention)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from .encoders import IMAGE_DIM, TEXT_DIM, mean_pool
+
+STRATEGIES = ("concat", "gated", "cross_attention")
+
+
+@dataclass
+class ModelConfig:
+    labels: list[str]
+    descriptions: dict[str, str] = field(default_factory=dict)
+    strategy: str = "concat"
+    hidden: int = 256
+    heads: int = 4                      # attention heads for cross_attention
+    dropout: float = 0.1
+    text_scale: float = 20.0            # cosine -> logit temperature of the text prior
+    loss_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)  # fused, image-only, text-only
+    version: str = "zero-shot"
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown fusion strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"a model needs at least 2 distinct labels, got {self.labels}")
+        self.loss_weights = tuple(self.loss_weights)
+
+
+@dataclass
+class FusionOutput:
+    fused: torch.Tensor          # (B, K) logits
+    image: torch.Tensor          # (B, K)
+    text: torch.Tensor           # (B, K)
+    gate: torch.Tensor | None    # (B,) weight of the image modality (gated only)
+    text_to_image: torch.Tensor | None  # (B, L, 49) attention of tokens onto patches (cross_attention)
+
+
+def _zero_linear(i: int, o: int) -> nn.Linear:
+    layer = nn.Linear(i, o)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class FusionModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        k, h = len(config.labels), config.hidden
+        # Zero-shot priors (frozen buffers, filled by zeroshot.build_model or load()).
+        self.register_buffer("label_embeddings", torch.zeros(k, TEXT_DIM))
+        self.register_buffer("imagenet_to_label", torch.full((1000, k), 1.0 / k))
+        self.imagenet_fc = nn.Linear(IMAGE_DIM, 1000).requires_grad_(False)
+        # Residual heads, zero at start.
+        self.image_head = _zero_linear(IMAGE_DIM, k)
+        self.text_head = _zero_linear(TEXT_DIM, k)
+        self.image_proj = nn.Sequential(nn.LayerNorm(IMAGE_DIM), nn.Linear(IMAGE_DIM, h))
+        self.text_proj = nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, h))
+        self.dropout = nn.Dropout(config.dropout)
+        if config.strategy == "gated":
+            self.gate = _zero_linear(2 * h, 1)  # sigmoid(0) = 0.5: both modalities equal at start
+        if config.strategy == "cross_attention":
+            self.text_to_image = nn.MultiheadAttention(h, config.heads, dropout=config.dropout, batch_first=True)
+            self.image_to_text = nn.MultiheadAttention(h, config.heads, dropout=config.dropout, batch_first=True)
+            self.cross_norm = nn.LayerNorm(h)
+        self.fused_head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), _zero_linear(h, k))
+
+    # -- priors ---------------------------------------------------------------------------
+    def image_prior(self, image_pooled: torch.Tensor) -> torch.Tensor:
+        p_imagenet = self.imagenet_fc(image_pooled).softmax(-1)
+        return torch.log(p_imagenet @ self.imagenet_to_label + 1e-6)
+
+    def text_prior(self, text_pooled: torch.Tensor) -> torch.Tensor:
+        return self.config.text_scale * text_pooled @ self.label_embeddings.T
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
+        """patches (B, 49, 1280), tokens (B, L, 384), mask (B, L)."""
+        if patches.ndim != 3 or patches.shape[-1] != IMAGE_DIM:
+            raise ValueError(f"patches must be (B, N, {IMAGE_DIM}), got {tuple(patches.shape)}")
+        if tokens.ndim != 3 or tokens.shape[-1] != TEXT_DIM or mask.shape != tokens.shape[:2]:
+            raise ValueError(f"tokens must be (B, L, {TEXT_DIM}) with mask (B, L), got {tuple(tokens.shape)}, {tuple(mask.shape)}")
+        image_pooled = patches.mean(1)
+        text_pooled = mean_pool(tokens, mask)
+        image_logits = self.image_prior(image_pooled) + self.image_head(self.dropout(image_pooled))
+        text_logits = self.text_prior(text_pooled) + self.text_head(self.dropout(text_pooled))
+
+        gate = attn = None
+        if self.config.strategy == "cross_attention":
+            img = self.image_proj(patches)   # (B, 49, h)
+            txt = self.text_proj(tokens)     # (B, L, h)
+            pad = mask == 0
+            txt_att, attn = self.text_to_image(txt, img, img, need_weights=True)
+            img_att, _ = self.image_to_text(img, txt, txt, key_padding_mask=pad, need_weights=False)
+            txt_vec = mean_pool(self.cross_norm(txt + txt_att), mask)
+            img_vec = self.cross_norm(img + img_att).mean(1)
+        else:
+            img_vec = self.image_proj(image_pooled)
+            txt_vec = self.text_proj(text_pooled)
+        residual = self.fused_head(self.dropout(torch.cat([img_vec, txt_vec], -1)))
+
+        if self.config.strategy == "gated":
+            gate = torch.sigmoid(self.gate(torch.cat([img_vec, txt_vec], -1))).squeeze(-1)
+            g = gate.unsqueeze(-1)
+            fused = 2 * (g * image_logits + (1 - g) * text_logits) + residual
+        else:
+            fused = image_logits + text_logits + residual
+        return FusionOutput(fused, image_logits, text_logits, gate, attn)
+
+    def loss(self, out: FusionOutput, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Joint loss: weighted sum of the three heads' cross-entropies."""
+        wf, wi, wt = self.config.loss_weights
+        ce = lambda logits: F.cross_entropy(logits, targets, weight=class_weights)  # noqa: E731
+        return wf * ce(out.fused) + wi * ce(out.image) + wt * ce(out.text)
+
+    # -- persistence ----------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Write model.safetensors + config.json + labels.json atomically (temp dir, then rename)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        (tmp / "labels.json").write_text(json.dumps({i: name for i, name in enumerate(self.config.labels)}, indent=2))
+        if directory.exists():
+            raise FileExistsError(f"model directory {directory} exists; versions are immutable")
+        os.replace(tmp, directory)
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> "FusionModel":
+        """Load safetensors only; a pickle checkpoint is never unpickled."""
+        directory = Path(directory)
+        config = ModelConfig(**json.loads((directory / "config.json").read_text()))
+        model = cls(config)
+        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=device))
+        return model.to(device).eval()

@@ -1,0 +1,161 @@
+"""The prediction service that the pages and the CLI both call.
+
+One Engine per process holds the encoders, the models it has loaded and a small LRU of image
+features, so re-predicting an image with an edited caption costs one MiniLM pass and the
+fusion head, not OCR and EfficientNet again.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from . import ocr
+from .encoders import ImageEncoder, load_image_encoder, load_text_encoder, patches_of
+from .explain import Explanation, explain
+from .model import FusionModel, ModelConfig
+from .project import Project
+from .settings import Settings
+from .zeroshot import build_zero_shot_model
+
+FEATURE_CACHE_SIZE = 64  # images; 49x1280 floats each (~250 KB)
+
+
+def compose_text(ocr_text: str, caption: str) -> str:
+    """What the text encoder reads: the page's text, then the user's caption or note."""
+    return "\n".join(part.strip() for part in (ocr_text, caption) if part and part.strip())
+
+
+@dataclass
+class Prediction:
+    label: str
+    confidence: float
+    probs: dict[str, float]
+    probs_image: dict[str, float]
+    probs_text: dict[str, float]
+    ocr_text: str
+    caption: str
+    model_version: str
+    image_weight: float | None          # gated models: the learned weight of the image modality
+    timings_ms: dict[str, float]
+    ocr: ocr.OcrResult | None = None
+    explanation: Explanation | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("label", "confidence", "probs", "probs_image", "probs_text",
+                                            "ocr_text", "caption", "model_version", "image_weight", "timings_ms")}
+        if self.explanation is not None:
+            d["top_words"] = [[w, s] for w, s in self.explanation.top_words()]
+            d["heatmap_peak"] = list(self.explanation.heatmap_peak)
+        return d
+
+
+def _probs(labels: list[str], logits: torch.Tensor) -> dict[str, float]:
+    return {name: round(float(p), 6) for name, p in zip(labels, logits.softmax(-1)[0])}
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = settings.resolved_device()
+        self.image_encoder: ImageEncoder = load_image_encoder().to(self.device)
+        self.text_encoder = load_text_encoder(settings.max_text_tokens).to(self.device)
+        self._models: dict[tuple[str, str], FusionModel] = {}
+        self._features: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()  # Streamlit sessions share one engine
+
+    # -- models ---------------------------------------------------------------------------
+    def model_for(self, project: Project) -> FusionModel:
+        """The project's active model, or its zero-shot model when none is trained yet."""
+        version = project.active_model or "zero-shot"
+        key = (str(project.directory), version)
+        with self._lock:
+            if key not in self._models:
+                if project.active_model:
+                    model = FusionModel.load(project.model_dir(version), self.device)
+                else:
+                    config = ModelConfig(project.label_names, project.labels, self.settings.fusion)
+                    model = build_zero_shot_model(config, self.image_encoder, self.text_encoder).to(self.device)
+                self._models[key] = model.requires_grad_(False).eval()
+            return self._models[key]
+
+    def forget_models(self) -> None:
+        """After a promotion or rollback: the next prediction loads the new active version."""
+        with self._lock:
+            self._models.clear()
+
+    # -- features -------------------------------------------------------------------------
+    def read_text(self, image: Image.Image) -> ocr.OcrResult:
+        return ocr.read_text(image, max_side=self.settings.ocr_max_side, gpu=self.device.startswith("cuda"))
+
+    def image_features(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixels (1,3,224,224), patches (1,49,1280)), cached by the image's content."""
+        key = hashlib.sha256(image.tobytes()).hexdigest() + f"{image.size}"
+        with self._lock:
+            if key in self._features:
+                self._features.move_to_end(key)
+                return self._features[key]
+        pixels = ImageEncoder.preprocess([image]).to(self.device)
+        with torch.no_grad():
+            patches = patches_of(self.image_encoder(pixels))
+        with self._lock:
+            self._features[key] = (pixels, patches)
+            while len(self._features) > FEATURE_CACHE_SIZE:
+                self._features.popitem(last=False)
+        return pixels, patches
+
+    # -- the service ----------------------------------------------------------------------
+    def predict(self, image: Image.Image, project: Project, caption: str = "",
+                ocr_result: ocr.OcrResult | None = None, with_explanation: bool = False) -> Prediction:
+        """OCR (unless `ocr_result` is given: an edited caption never re-reads the page),
+        encode, fuse and optionally explain."""
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def lap(name: str, t0: float) -> float:
+            now = time.perf_counter()
+            timings[name] = round((now - t0) * 1000, 1)
+            return now
+
+        t = start
+        if ocr_result is None:
+            ocr_result = self.read_text(image)
+        t = lap("ocr", t)
+        model = self.model_for(project)
+        text = compose_text(ocr_result.text, caption)
+        pixels, patches = self.image_features(image)
+        batch = self.text_encoder.tokenize([text])
+        batch.input_ids, batch.mask = batch.input_ids.to(self.device), batch.mask.to(self.device)
+        with torch.no_grad():
+            tokens, _ = self.text_encoder(batch)
+            t = lap("encode", t)
+            out = model(patches, tokens, batch.mask)
+        labels = model.config.labels
+        probs = _probs(labels, out.fused)
+        label = max(probs, key=probs.get)
+        t = lap("fuse", t)
+        explanation = None
+        if with_explanation:
+            explanation = explain(self.image_encoder, self.text_encoder, model, pixels, patches,
+                                  batch, labels.index(label), image.size)
+        lap("explain", t)
+        timings["total"] = round((time.perf_counter() - start) * 1000, 1)
+        return Prediction(
+            label=label, confidence=probs[label], probs=probs,
+            probs_image=_probs(labels, out.image), probs_text=_probs(labels, out.text),
+            ocr_text=ocr_result.text, caption=caption, model_version=model.config.version,
+            image_weight=None if out.gate is None else round(float(out.gate[0]), 4),
+            timings_ms=timings, ocr=ocr_result, explanation=explanation,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def get_engine(settings: Settings) -> Engine:
+    """One engine per process and settings (Streamlit also wraps this in st.cache_resource)."""
+    return Engine(settings)

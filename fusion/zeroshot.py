@@ -1,0 +1,42 @@
+"""Zero-shot priors from label names: what a project predicts before anyone labels anything.
+
+No CLIP-like weights exist offline, so both priors go through MiniLM:
+  text   similarity of (OCR text + caption) to "label name: description"
+  image  the backbone's ImageNet prediction, each ImageNet class mapped to labels by the
+         similarity of its name to the label text
+The priors become frozen buffers of a FusionModel whose residual heads are zero (see model.py).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .encoders import ImageEncoder, TextEncoder, imagenet_class_names
+from .model import FusionModel, ModelConfig
+
+IMAGENET_TO_LABEL_TEMPERATURE = 10.0  # how sharply an ImageNet class commits to its nearest label
+
+
+def label_prompt(name: str, description: str | None) -> str:
+    words = name.replace("_", " ").replace("-", " ")
+    return f"{words}: {description}" if description else words
+
+
+@functools.lru_cache(maxsize=2)
+def _imagenet_name_embeddings(text_encoder: TextEncoder) -> torch.Tensor:
+    names = [f"a photo of a {n}" for n in imagenet_class_names()]
+    return torch.cat([text_encoder.sentence_embeddings(names[i:i + 250]) for i in range(0, len(names), 250)])
+
+
+def build_zero_shot_model(config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> FusionModel:
+    """A FusionModel whose predictions are exactly the zero-shot priors."""
+    model = FusionModel(config)
+    prompts = [label_prompt(n, config.descriptions.get(n)) for n in config.labels]
+    labels = text_encoder.sentence_embeddings(prompts)                       # (K, 384)
+    similarity = _imagenet_name_embeddings(text_encoder) @ labels.T          # (1000, K)
+    with torch.no_grad():
+        model.label_embeddings.copy_(labels)
+        model.imagenet_to_label.copy_((IMAGENET_TO_LABEL_TEMPERATURE * similarity).softmax(-1))
+        model.imagenet_fc.load_state_dict(image_encoder.imagenet_fc.state_dict())
+    return model.eval()
