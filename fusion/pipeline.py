@@ -70,6 +70,12 @@ class Engine:
         self._features: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()  # Streamlit sessions share one engine
 
+    @property
+    def device_name(self) -> str:
+        if self.device.startswith("cuda"):
+            return f"{self.device} ({torch.cuda.get_device_name(torch.device(self.device))})"
+        return f"cpu ({torch.get_num_threads()} threads)"
+
     # -- models ---------------------------------------------------------------------------
     def model_for(self, project: Project) -> FusionModel:
         """The project's active model, or its zero-shot model when none is trained yet."""

@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import FusionError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,6 +66,6 @@ def load_settings(**overrides) -> Settings:
     known = {f.name: f.type for f in dataclasses.fields(Settings)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ValueError(f"unknown settings in {toml_path} or overrides: {sorted(unknown)}")
+        raise FusionError(f"unknown settings in {toml_path} or overrides: {sorted(unknown)}")
     values["home"] = Path(values.get("home", home)).expanduser().resolve()
     return Settings(**values)

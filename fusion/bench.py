@@ -1,0 +1,91 @@
+"""Benchmarks (`python -m fusion bench predict --json`): speed lives here, not in timed tests.
+
+predict: on a 1024x1024 demo document, warm -- OCR alone; full predict + explain (image
+features not cached); re-predict with an edited caption (OCR result and image features reused)
+with and without explanations; cold start (imports + all models) in a fresh process; peak RSS.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from PIL import Image
+
+from .settings import Settings
+
+COLD_START = (
+    "import time, json; t = time.perf_counter();"
+    "from fusion.settings import load_settings; from fusion.pipeline import get_engine; from fusion import ocr;"
+    "s = load_settings(); e = get_engine(s); ocr.get_reader(e.device.startswith('cuda'));"
+    "print(json.dumps({'seconds': time.perf_counter() - t}))"
+)
+
+
+def _median_ms(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 1)
+
+
+def document_image(size: int = 1024) -> Image.Image:
+    """A demo page centred on a white square canvas of `size` px."""
+    from .demo_data import render_item
+
+    page, _ = render_item(3, seed=7)
+    page.thumbnail((size, size))
+    canvas = Image.new("RGB", (size, size), "white")
+    canvas.paste(page, ((size - page.width) // 2, (size - page.height) // 2))
+    return canvas
+
+
+def bench_predict(settings: Settings) -> dict:
+    cold = subprocess.run([sys.executable, "-c", COLD_START], capture_output=True, text=True, check=True)
+    cold_seconds = json.loads(cold.stdout.strip().splitlines()[-1])["seconds"]
+
+    from .demo import ensure_demo_project
+    from .pipeline import get_engine
+
+    project = ensure_demo_project(settings)
+    engine = get_engine(settings)
+    image = document_image()
+    engine.predict(image, project, with_explanation=True)  # warm-up: models, reader, caches
+    ocr_ms = _median_ms(lambda: engine.read_text(image), 3)
+
+    def full():
+        engine._features.clear()  # measure the cold-image path: OCR + encoders + explain
+        engine.predict(image, project, with_explanation=True)
+
+    full_ms = _median_ms(full, 3)
+    first = engine.predict(image, project)
+    edits = iter(range(10**6))
+    edit = lambda explain: engine.predict(image, project, caption=f"note {next(edits)} ECG rhythm",  # noqa: E731
+                                          ocr_result=first.ocr, with_explanation=explain)
+    edit_ms = _median_ms(lambda: edit(False), 10)
+    edit_explain_ms = _median_ms(lambda: edit(True), 5)
+    rss_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return {
+        "device": engine.device_name,
+        "image": "1024x1024 document",
+        "words_read": len(first.ocr.words),
+        "ocr_ms": ocr_ms,
+        "predict_explain_ms": full_ms,
+        "predict_explain_over_ocr": round(full_ms / ocr_ms, 3),
+        "edit_caption_ms": edit_ms,
+        "edit_caption_explain_ms": edit_explain_ms,
+        "cold_start_s": round(cold_seconds, 2),
+        "peak_rss_mb": round(rss_mb, 1),
+        "targets": {"predict_explain_over_ocr": 1.2, "edit_caption_ms": 100, "edit_caption_explain_ms": 400,
+                    "cold_start_s": 15, "peak_rss_mb": 3072},
+    }
+
+
+def run(what: str, settings: Settings) -> dict:
+    return {"predict": bench_predict}[what](settings)

@@ -1,0 +1,20 @@
+"""Process-wide caches for the Streamlit pages (shared by every session, built once)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from . import ocr
+from .pipeline import Engine, get_engine
+from .settings import Settings, load_settings
+
+
+@st.cache_resource(show_spinner=False)
+def settings() -> Settings:
+    return load_settings()
+
+
+@st.cache_resource(show_spinner="Loading the encoders (first visit only)…")
+def engine() -> Engine:
+    built = get_engine(settings())
+    ocr.get_reader(built.device.startswith("cuda"))  # build EasyOCR now, not on the first upload
+    return built
