@@ -45,11 +45,7 @@ class FusedLogitsOfImage(nn.Module):
         self.image_encoder, self.model, self.tokens, self.mask = image_encoder, model, tokens, mask
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # Grad-CAM needs gradients at the feature map only: run the trunk without a graph and
-        # hand the hooked layer a leaf that asks for grad, so backward stops there.
-        with torch.no_grad():
-            features = self.image_encoder.backbone.extract_features(pixels)
-        patches = patches_of(self.image_encoder.feature_map(features.requires_grad_(True)))
+        patches = patches_of(self.image_encoder.forward_for_cam(pixels))
         n = pixels.shape[0]
         return self.model(patches, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1)).fused
 

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .encoders import IMAGE_DIM, TEXT_DIM, mean_pool
+from .errors import FusionError
 
 STRATEGIES = ("concat", "gated", "cross_attention")
 
@@ -157,5 +158,10 @@ class FusionModel(nn.Module):
         directory = Path(directory)
         config = ModelConfig(**json.loads((directory / "config.json").read_text()))
         model = cls(config)
-        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=device))
+        try:
+            state = load_file(str(directory / "model.safetensors"), device=device)
+        except Exception as e:  # safetensors raises its own error type for a non-safetensors file
+            raise FusionError(f"{directory / 'model.safetensors'} is not a valid safetensors file "
+                              f"({e}); only safetensors checkpoints are loaded") from e
+        model.load_state_dict(state)
         return model.to(device).eval()

@@ -60,41 +60,48 @@ def probability_chart(prediction) -> go.Figure:
 
 
 st.title("Review")
-left, right = st.columns([3, 2], gap="large")
-with left:
-    upload = st.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP or WebP)", type=UPLOAD_TYPES,
-                              max_upload_size=int(settings.max_upload_mb))
-    if st.button("Try a demo page", help="Take the next page of the demo project's test split"):
-        load_page(*demo_sample_bytes())
-    elif upload is not None:
-        load_page(upload.name, upload.getvalue())
+pick, sample = st.columns([4, 1], vertical_alignment="bottom")
+upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP or WebP)", type=UPLOAD_TYPES,
+                            max_upload_size=int(settings.max_upload_mb))
+if sample.button("Try a demo page", help="Take the next page of the demo project's test split", width="stretch"):
+    load_page(*demo_sample_bytes())
+elif upload is not None and upload.file_id != st.session_state.get("upload_id"):
+    st.session_state["upload_id"] = upload.file_id  # a new upload, not a rerun with the old one
+    load_page(upload.name, upload.getvalue())
 
 page = st.session_state.get("page")
 if page is None:
-    with right:
-        st.info("Upload a scanned page or photo, or press **Try a demo page**. The app reads its text, "
-                "and the image and text encoders, fused, predict its class.")
+    st.info("Upload a scanned page or photo, or press **Try a demo page**. The app reads its text, and "
+            "an image encoder and a text encoder, fused, predict its class and show what drove it.")
     st.stop()
 
+left, right = st.columns([3, 2], gap="large")
 with right:
-    ocr_text = st.text_area("Text read from the page (editable)", key="ocr_text", height=180)
+    result_box = st.container()
     caption = st.text_area("Caption or note", key="caption", height=80,
                            placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
+    ocr_info = page["ocr"]
+    turned = f", page turned {ocr_info.angle}°" if ocr_info.angle else ""
+    with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), editable", expanded=False):
+        ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed")
 
 with st.spinner("Predicting…"):
     edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
     prediction = engine.predict(page["image"], project, caption=caption, ocr_result=edited, with_explanation=True)
 explanation = prediction.explanation
 
-with right:
-    st.subheader(f"{prediction.label}")
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Confidence", f"{prediction.confidence:.0%}")
-    c2.metric("Image only says", max(prediction.probs_image, key=prediction.probs_image.get))
-    c3.metric("Text only says", max(prediction.probs_text, key=prediction.probs_text.get))
+
+def top(probs: dict[str, float]) -> str:
+    label = max(probs, key=probs.get)
+    return f"**{label}** ({probs[label]:.0%})"
+
+
+with result_box:
+    st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
+                f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
     st.plotly_chart(probability_chart(prediction), width="stretch")
     mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True,
-                    help="Attribution: gradient x input of the predicted class (green for, red against). "
+                    help="Attribution: integrated gradients of the predicted class (green for, red against). "
                          "Attention: attention rollout through the text encoder.")
     words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
     st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
@@ -105,7 +112,7 @@ with left:
     maps = {"Grad-CAM": explanation.heatmap}
     if explanation.text_to_image is not None:
         maps["Text → image attention"] = explanation.text_to_image
-    c1, c2, c3 = st.columns([2, 2, 1])
+    c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
     which = c1.radio("Heatmap", list(maps), horizontal=True)
     opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
     show_boxes = c3.toggle("OCR boxes", value=True)

@@ -1,0 +1,121 @@
+"""The fusion model: zero-shot start, the three strategies, the joint loss, safetensors only."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fusion.errors import FusionError
+from fusion.model import FusionModel, ModelConfig
+from fusion.zeroshot import build_zero_shot_model
+
+LABELS = {"cardiology": "heart and ECG findings", "dermatology": "skin rash and lesions",
+          "radiology": "x-ray and CT imaging report"}
+
+
+def inputs(batch: int = 4, length: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    patches = torch.rand(batch, 49, 1280, generator=g)
+    tokens = torch.randn(batch, length, 384, generator=g)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, length // 2:] = 0  # one padded sequence
+    return patches, tokens, mask
+
+
+def zero_shot(engine, strategy: str) -> FusionModel:
+    config = ModelConfig(list(LABELS), LABELS, strategy)
+    return build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
+
+
+@pytest.mark.parametrize("strategy", ["concat", "gated", "cross_attention"])
+def test_untrained_model_predicts_exactly_the_zero_shot_priors(engine, strategy):
+    model = zero_shot(engine, strategy)
+    patches, tokens, mask = inputs()
+    out = model(patches, tokens, mask)
+    from fusion.encoders import mean_pool
+
+    image_prior = model.image_prior(patches.mean(1))
+    text_prior = model.text_prior(mean_pool(tokens, mask))
+    torch.testing.assert_close(out.image, image_prior)
+    torch.testing.assert_close(out.text, text_prior)
+    torch.testing.assert_close(out.fused, image_prior + text_prior)
+
+
+def test_zero_shot_text_prior_prefers_the_matching_label(engine):
+    model = zero_shot(engine, "concat")
+    texts = ["ECG shows atrial fibrillation, heart rate 130", "itchy red rash with a raised skin lesion",
+             "chest x-ray: no consolidation, CT of the abdomen unremarkable"]
+    tokens, mask = engine.text_encoder.encode(texts)
+    patches = torch.zeros(3, 49, 1280)
+    assert model(patches, tokens, mask).text.argmax(-1).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("strategy", ["concat", "gated", "cross_attention"])
+def test_strategies_shapes_training_step_and_safetensors_roundtrip(engine, strategy, tmp_path):
+    model = zero_shot(engine, strategy).train()
+    patches, tokens, mask = inputs()
+    targets = torch.tensor([0, 1, 2, 1])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = model(patches, tokens, mask).fused.detach()
+    for _ in range(3):
+        loss = model.loss(model(patches, tokens, mask), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    out = model(patches, tokens, mask)
+    assert out.fused.shape == out.image.shape == out.text.shape == (4, 3)
+    assert not torch.allclose(out.fused, before), "training must move the residual heads"
+    if strategy == "gated":
+        assert out.gate.shape == (4,) and ((out.gate > 0) & (out.gate < 1)).all()
+    else:
+        assert out.gate is None
+    if strategy == "cross_attention":
+        assert out.text_to_image.shape == (4, 12, 49)
+        torch.testing.assert_close(out.text_to_image.sum(-1), torch.ones(4, 12))
+    else:
+        assert out.text_to_image is None
+
+    model.save(tmp_path / "v1")
+    assert json.loads((tmp_path / "v1" / "labels.json").read_text()) == {"0": "cardiology", "1": "dermatology", "2": "radiology"}
+    assert json.loads((tmp_path / "v1" / "config.json").read_text())["strategy"] == strategy
+    loaded = FusionModel.load(tmp_path / "v1")
+    again = loaded(patches, tokens, mask)
+    torch.testing.assert_close(again.fused, out.fused)
+    torch.testing.assert_close(again.image, out.image)
+    with pytest.raises(FileExistsError):
+        model.save(tmp_path / "v1")  # versions are immutable
+
+
+def test_joint_loss_is_the_weighted_sum_of_the_three_heads(engine):
+    model = zero_shot(engine, "concat")
+    model.config.loss_weights = (1.0, 0.3, 0.7)
+    patches, tokens, mask = inputs()
+    targets = torch.tensor([2, 0, 1, 1])
+    out = model(patches, tokens, mask)
+    expected = (F.cross_entropy(out.fused, targets) + 0.3 * F.cross_entropy(out.image, targets)
+                + 0.7 * F.cross_entropy(out.text, targets))
+    torch.testing.assert_close(model.loss(out, targets), expected)
+
+
+def test_pickle_checkpoint_is_refused(engine, tmp_path):
+    model = zero_shot(engine, "concat")
+    model.save(tmp_path / "v1")
+    torch.save(model.state_dict(), tmp_path / "v1" / "model.safetensors")  # a pickle in disguise
+    with pytest.raises(FusionError, match="only safetensors"):
+        FusionModel.load(tmp_path / "v1")
+
+
+def test_bad_shapes_and_configs_are_explained():
+    with pytest.raises(ValueError, match="unknown fusion strategy"):
+        ModelConfig(["a", "b"], strategy="late")
+    with pytest.raises(ValueError, match="at least 2 distinct labels"):
+        ModelConfig(["a", "a"])
+    model = FusionModel(ModelConfig(["a", "b"]))
+    patches, tokens, mask = inputs()
+    with pytest.raises(ValueError, match=r"patches must be \(B, N, 1280\)"):
+        model(patches[..., :100], tokens, mask)
+    with pytest.raises(ValueError, match="tokens must be"):
+        model(patches, tokens, mask[:, :3])
