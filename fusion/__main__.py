@@ -39,11 +39,12 @@ def cmd_predict(args, settings) -> None:
     from .project import load_project
 
     image = load_image(args.image, max_bytes=int(settings.max_upload_mb * 2**20), max_pixels=settings.max_pixels)
+    engine = get_engine(settings)  # before building the demo: a missing weight package fails fast
     if args.project == settings.demo_project:
         project = ensure_demo_project(settings, _progress)
     else:
         project = load_project(settings, args.project)
-    prediction = get_engine(settings).predict(image, project, caption=args.caption, with_explanation=args.explain)
+    prediction = engine.predict(image, project, caption=args.caption, with_explanation=args.explain)
     summary = f"{prediction.label} ({prediction.confidence:.1%}) by model {prediction.model_version}"
     _emit(prediction.to_dict(), args.json, summary)
 

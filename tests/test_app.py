@@ -1,0 +1,78 @@
+"""The app under streamlit.testing.v1.AppTest: upload a page, read it, edit the caption, see
+the fused prediction and both explanations."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from streamlit.testing.v1 import AppTest
+
+TIMEOUT = 300  # the first run loads the encoders and EasyOCR
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def page_bytes(fmt: str = "PNG") -> bytes:
+    image = Image.new("RGB", (900, 300), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=40)
+    draw.text((30, 40), "Hemoglobin 13.2 g/dL", fill="black", font=font)
+    draw.text((30, 160), "Glucose fasting 5.1 mmol/L", fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def started(demo_project) -> AppTest:
+    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception, app.exception
+    return app
+
+
+def test_review_page_upload_ocr_caption_prediction_and_heatmaps(demo_project):
+    app = started(demo_project)
+    assert app.title[0].value == "Review"
+    assert "v1" in " ".join(m.value for m in app.sidebar.markdown)
+
+    app.file_uploader[0].set_value(("labs.png", page_bytes(), "image/png")).run()
+    assert not app.exception, app.exception
+    page_text = app.text_area(key="ocr_text").value
+    assert "hemoglobin" in page_text.lower() and "glucose" in page_text.lower()
+    result = [m.value for m in app.markdown if m.value.startswith("### ")]
+    assert result and result[0][4:].split()[0] in demo_project.labels
+    assert len(app.get("plotly_chart")) == 1
+    assert len(app.image) == 1  # the page with Grad-CAM and OCR boxes drawn over it
+    words = [m.value for m in app.markdown if "<span" in m.value]
+    assert words and "Hemoglobin" in words[0]
+
+    # A caption edit re-predicts from the stored OCR (the page is not read again).
+    app.text_area(key="caption").set_value("ECG rhythm strip, troponin, chest pain, cardiology").run()
+    assert not app.exception, app.exception
+    assert app.text_area(key="ocr_text").value == page_text
+    captions = [c.value for c in app.caption]
+    assert any("ocr 0 ms" in c for c in captions), captions
+    words = [m.value for m in app.markdown if "<span" in m.value]
+    assert "troponin," in words[0]
+
+    # Switching the word colouring and the heatmap opacity needs no new OCR either.
+    app.radio[-1].set_value("attention").run() if app.radio[-1].options == ["attribution", "attention"] else None
+    app.slider[0].set_value(0.0).run()
+    assert not app.exception, app.exception
+
+
+def test_bad_upload_shows_a_clear_error_and_keeps_the_app_alive(demo_project):
+    app = started(demo_project)
+    app.file_uploader[0].set_value(("scan.png", b"\x89PNG\r\n\x1a\n not really a png", "image/png")).run()
+    assert not app.exception, app.exception
+    errors = [e.value for e in app.error]
+    assert errors and errors[0].startswith("scan.png:")
+    assert "PNG, JPEG, TIFF, BMP or WebP" in errors[0] or "corrupt" in errors[0].lower() or "truncated" in errors[0].lower()
+
+
+def test_demo_page_button(demo_project):
+    app = started(demo_project)
+    app.button[0].click().run()
+    assert not app.exception, app.exception
+    assert app.text_area(key="ocr_text").value.strip()
+    assert any(m.value.startswith("### ") for m in app.markdown)
