@@ -7,6 +7,7 @@ Both load from pip-packaged weights (no hub access here). Shapes:
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 from dataclasses import dataclass
@@ -45,12 +46,14 @@ class ImageEncoder(nn.Module):
             raise ValueError(f"expected pixels (B, 3, H, W), got {tuple(pixels.shape)}")
         return self.feature_map(self.backbone.extract_features(pixels))
 
-    def forward_for_cam(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Feature map for Grad-CAM: the trunk runs without a graph and the hooked layer gets a
-        leaf that asks for grad, so backward stops at the feature map (4x cheaper on a CPU)."""
-        with torch.no_grad():
-            features = self.backbone.extract_features(pixels)
-        return self.feature_map(features.requires_grad_(True))
+    def forward_for_cam(self, pixels: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature map for Grad-CAM: the trunk runs without a graph (or `features`, already
+        computed for these pixels, are reused) and the hooked layer gets a leaf that asks for
+        grad, so backward stops at the feature map."""
+        if features is None:
+            with torch.no_grad():
+                features = self.backbone.extract_features(pixels)
+        return self.feature_map(features.detach().clone().requires_grad_(True))
 
     @property
     def imagenet_fc(self) -> nn.Linear:
@@ -85,11 +88,14 @@ class TextBatch:
 
 
 class TextEncoder(nn.Module):
-    """MiniLM with eager attention so attentions can be returned (SDPA returns none)."""
+    """MiniLM twice over the same weights: eager attention, which can return attentions (SDPA
+    returns none), and SDPA, ~30% faster where no attentions are needed (e.g. the steps of
+    integrated gradients)."""
 
-    def __init__(self, bert: nn.Module, tokenizer, max_tokens: int = 128):
+    def __init__(self, bert: nn.Module, bert_sdpa: nn.Module, tokenizer, max_tokens: int = 128):
         super().__init__()
         self.bert = bert
+        self.bert_sdpa = bert_sdpa
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
 
@@ -106,7 +112,8 @@ class TextEncoder(nn.Module):
         return self.bert.embeddings.word_embeddings(input_ids)
 
     def forward(self, batch: TextBatch, inputs_embeds: torch.Tensor | None = None, attentions: bool = False):
-        out = self.bert(input_ids=None if inputs_embeds is not None else batch.input_ids,
+        bert = self.bert if attentions else self.bert_sdpa
+        out = bert(input_ids=None if inputs_embeds is not None else batch.input_ids,
                         inputs_embeds=inputs_embeds, attention_mask=batch.mask,
                         output_attentions=attentions)
         return out.last_hidden_state, (out.attentions if attentions else None)
@@ -141,8 +148,10 @@ def load_text_encoder(max_tokens: int = 128) -> TextEncoder:
 
     hf_logging.disable_progress_bar()
     bert = AutoModel.from_pretrained(path, attn_implementation="eager")
+    bert_sdpa = AutoModel.from_config(copy.deepcopy(bert.config), attn_implementation="sdpa")  # own config
+    bert_sdpa.load_state_dict(bert.state_dict(), assign=True)  # shares the tensors: no copy
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return TextEncoder(bert, tokenizer, max_tokens).eval().requires_grad_(False)
+    return TextEncoder(bert, bert_sdpa, tokenizer, max_tokens).eval().requires_grad_(False)
 
 
 def imagenet_class_names() -> list[str]:

@@ -40,12 +40,14 @@ class Explanation:
 class FusedLogitsOfImage(nn.Module):
     """The fused model as a function of the image alone (text held fixed): Grad-CAM's input."""
 
-    def __init__(self, image_encoder: ImageEncoder, model: FusionModel, tokens: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, image_encoder: ImageEncoder, model: FusionModel, tokens: torch.Tensor, mask: torch.Tensor,
+                 features: torch.Tensor | None = None):
         super().__init__()
         self.image_encoder, self.model, self.tokens, self.mask = image_encoder, model, tokens, mask
+        self.features = features  # the trunk's output for the pixels to come, when already known
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        patches = patches_of(self.image_encoder.forward_for_cam(pixels))
+        patches = patches_of(self.image_encoder.forward_for_cam(pixels, self.features))
         n = pixels.shape[0]
         return self.model(patches, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1)).fused
 
@@ -121,7 +123,8 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
         integrated = (embeds * path.grad.mean(0, keepdim=True)).sum(-1)[0]
 
         # (a) Grad-CAM with the text held fixed.
-        image_model = FusedLogitsOfImage(image_encoder, model, fwd.tokens, fwd.batch.mask)
+        feature_map = fwd.patches.transpose(1, 2).reshape(1, -1, 7, 7)  # patches_of, undone
+        image_model = FusedLogitsOfImage(image_encoder, model, fwd.tokens, fwd.batch.mask, feature_map)
         heatmap = gradcam(image_model, image_encoder.feature_map, fwd.pixels, class_index, size)
 
     attribution = _scaled(_per_word(fwd.batch, integrated))

@@ -1,6 +1,8 @@
 """Explanations that could be wrong: Grad-CAM must find the cat, attribution the deciding word."""
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,7 @@ def test_gradcam_of_the_cat_class_peaks_inside_the_pasted_cat(engine, box):
 
 @pytest.fixture(scope="module")
 def specialties(settings):
-    return create_project(settings, "specialties", {
+    return create_project(settings, f"specialties-{uuid.uuid4().hex[:8]}", {
         "cardiology": "heart and ECG findings",
         "dermatology": "skin rash and lesions",
         "orthopedics": "bone fractures and joints",
@@ -92,7 +94,7 @@ def test_cross_attention_models_explain_where_the_text_looks(engine, settings):
     from fusion.zeroshot import build_zero_shot_model
 
     labels = {"cat photo": "a photo of a cat", "invoice": "a billing invoice"}
-    project = create_project(settings, "xattn", labels)
+    project = create_project(settings, f"xattn-{uuid.uuid4().hex[:8]}", labels)
     config = ModelConfig(list(labels), labels, "cross_attention", version="v1")
     build_zero_shot_model(config, engine.image_encoder, engine.text_encoder).save(project.model_dir("v1"))
     set_active_model(project, "v1")
