@@ -84,10 +84,10 @@ def _scaled(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
 
 def attention_rollout(attentions: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
     """Token importance for a mean-pooled encoder: rollout rows averaged over real tokens. -> (L,)"""
-    valid = mask[0].bool()
+    valid = mask[0].bool().cpu()
     rollout = None
     for layer in attentions:                                  # each (1, H, L, L)
-        a = layer[0].mean(0)[valid][:, valid]                 # heads averaged, padding dropped
+        a = layer[0].float().mean(0).cpu()[valid][:, valid]                 # heads averaged, padding dropped
         a = 0.5 * a + 0.5 * torch.eye(a.shape[0])             # the residual stream
         a = a / a.sum(-1, keepdim=True)
         rollout = a if rollout is None else a @ rollout
@@ -120,7 +120,7 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
         tokens, _ = text_encoder(steps, inputs_embeds=path)
         out = model(fwd.patches.expand(IG_STEPS, -1, -1), tokens, steps.mask)
         out.fused.log_softmax(-1)[:, class_index].sum().backward()
-        integrated = (embeds * path.grad.mean(0, keepdim=True)).sum(-1)[0]
+        integrated = (embeds * path.grad.mean(0, keepdim=True)).sum(-1)[0].cpu()
 
         # (a) Grad-CAM with the text held fixed.
         feature_map = fwd.patches.transpose(1, 2).reshape(1, -1, 7, 7)  # patches_of, undone
@@ -134,7 +134,7 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
     text_to_image = None
     if fwd.output.text_to_image is not None:
         real = torch.tensor([w is not None for w in fwd.batch.word_ids[0]])
-        grid = fwd.output.text_to_image[0, real].mean(0).reshape(7, 7).numpy().astype(np.float32)
+        grid = fwd.output.text_to_image[0].cpu()[real].mean(0).reshape(7, 7).float().numpy()
         grid = (grid - grid.min()) / (np.ptp(grid) or 1.0)
         text_to_image = cv2.resize(grid, size, interpolation=cv2.INTER_LINEAR)
     return Explanation(heatmap, peak_of(heatmap), attribution, attention, text_to_image)
