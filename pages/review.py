@@ -85,9 +85,15 @@ with right:
     with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), editable", expanded=False):
         ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed")
 
-with st.spinner("Predicting…"):
-    edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
-    prediction = engine.predict(page["image"], project, caption=caption, ocr_result=edited, with_explanation=True)
+# Sliders and toggles rerun the script too: predict again only when the inputs changed.
+inputs = (page["sha"], ocr_text, caption, project.name, project.active_model)
+if st.session_state.get("prediction_inputs") != inputs:
+    with st.spinner("Predicting…"):
+        edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
+        st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption,
+                                                        ocr_result=edited, with_explanation=True)
+    st.session_state["prediction_inputs"] = inputs
+prediction = st.session_state["prediction"]
 explanation = prediction.explanation
 
 
@@ -100,7 +106,7 @@ with result_box:
     st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
                 f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
     st.plotly_chart(probability_chart(prediction), width="stretch")
-    mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True,
+    mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
                     help="Attribution: integrated gradients of the predicted class (green for, red against). "
                          "Attention: attention rollout through the text encoder.")
     words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
@@ -114,7 +120,7 @@ with left:
         maps["Text → image attention"] = explanation.text_to_image
     c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
     which = c1.radio("Heatmap", list(maps), horizontal=True)
-    opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
+    opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
     show_boxes = c3.toggle("OCR boxes", value=True)
     shown = blend_heatmap(page["image"], maps[which], opacity)
     if show_boxes:
