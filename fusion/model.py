@@ -148,6 +148,7 @@ class FusionModel(nn.Module):
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
         (tmp / "labels.json").write_text(json.dumps({i: name for i, name in enumerate(self.config.labels)}, indent=2))
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model version is meant to be shared
         if directory.exists():
             raise FileExistsError(f"model directory {directory} exists; versions are immutable")
         os.replace(tmp, directory)
