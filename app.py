@@ -17,17 +17,20 @@ def first_run() -> None:
     st.title("FusionLab")
     st.info("First run: generating the demo project (480 synthetic clinical documents, fake data only) "
             "and training its baseline model. This happens once and takes a minute or two on a CPU.")
-    if "demo_build_log" not in st.session_state:
-        st.session_state["demo_build_log"] = demo.start_demo_build(settings)
-    build_status(st.session_state["demo_build_log"])
+    if "demo_build" not in st.session_state:
+        st.session_state["demo_build"] = demo.start_demo_build(settings)
+    build_status()
 
 
 @st.fragment(run_every=2)
-def build_status(log_path) -> None:
+def build_status() -> None:
     """Poll the separate build process; rerun the app when the demo project is ready."""
     if demo.demo_ready(settings):
         st.rerun(scope="app")
-    progress = demo.build_progress(log_path)
+    if st.session_state["demo_build"].poll() not in (None, 0):
+        st.error(f"Building the demo project failed; see {demo.build_log(settings)}")
+        return
+    progress = demo.build_progress(demo.build_log(settings))
     if progress is None:
         st.progress(0.0, text="Starting…")
     else:

@@ -65,16 +65,20 @@ def demo_ready(settings: Settings) -> bool:
         return False
 
 
-def start_demo_build(settings: Settings) -> Path:
-    """Build the demo project in its own process (the app never trains in its script thread).
-    A second call while one runs just waits on the same lock. Returns the build log's path."""
-    log = settings.home / "logs" / "demo-build.log"
+def build_log(settings: Settings) -> Path:
+    return settings.home / "logs" / "demo-build.log"
+
+
+def start_demo_build(settings: Settings) -> subprocess.Popen:
+    """Build the demo project in its own process (the app never trains in its script thread);
+    it writes `stage: done/total` lines to build_log(settings). A second build started while
+    one runs waits on the first one's lock and then finds the project ready."""
+    log = build_log(settings)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"FUSION_HOME": str(settings.home)}
     with open(log, "a") as out:
-        subprocess.Popen([sys.executable, "-m", "fusion", "demo"], stdout=out, stderr=out, env=env,
-                         cwd=REPO_ROOT, start_new_session=True)
-    return log
+        return subprocess.Popen([sys.executable, "-m", "fusion", "demo"], stdout=out, stderr=out, env=env,
+                                cwd=REPO_ROOT, start_new_session=True)
 
 
 def build_progress(log: Path) -> tuple[str, int, int] | None:

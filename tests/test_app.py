@@ -3,6 +3,7 @@ the fused prediction and both explanations."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -77,3 +78,24 @@ def test_demo_page_button(demo_project):
     assert not app.exception, app.exception
     assert app.text_area(key="ocr_text").value.strip()
     assert any(m.value.startswith("### ") for m in app.markdown)
+
+
+def test_first_run_builds_the_demo_in_a_separate_process(tmp_path, monkeypatch):
+    """A fresh workspace: the app starts the build in its own process and shows its progress."""
+    monkeypatch.setenv("FUSION_HOME", str(tmp_path))
+    from fusion import streamlit_cache
+
+    streamlit_cache.settings.clear()
+    build = None
+    try:
+        app = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+        app.run()
+        assert not app.exception, app.exception
+        build = app.session_state["demo_build"]
+        assert build.pid != os.getpid() and build.poll() is None  # running, and not in this process
+        assert app.title[0].value == "FusionLab" and "First run" in app.info[0].value
+    finally:
+        if build is not None:
+            build.kill()
+            build.wait()
+        streamlit_cache.settings.clear()
