@@ -41,12 +41,11 @@ def build_status() -> None:
 def sidebar() -> None:
     engine = streamlit_cache.engine()
     with st.sidebar:
-        st.session_state.setdefault("project", settings.demo_project)
-        st.session_state.setdefault("user", getpass.getuser())
-        st.selectbox("Project", list_projects(settings), key="project")
-        project = load_project(settings, st.session_state["project"])
+        projects = list_projects(settings)
+        name = st.selectbox("Project", projects, index=projects.index(settings.demo_project), key="project")
+        project = load_project(settings, name)
         st.markdown(f"**Model** `{project.active_model or 'zero-shot'}`  \n**Device** `{engine.device_name}`")
-        st.text_input("Your name", key="user")
+        st.text_input("Your name", value=getpass.getuser(), key="user")
 
 
 if demo.demo_ready(settings):

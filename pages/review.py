@@ -54,8 +54,9 @@ def probability_chart(prediction) -> go.Figure:
     for name, probs, color in (("fused", prediction.probs, "#4f46e5"), ("image only", prediction.probs_image, "#f59e0b"),
                                ("text only", prediction.probs_text, "#10b981")):
         fig.add_bar(name=name, x=labels, y=[probs[k] for k in labels], marker_color=color)
-    fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10),
-                      yaxis=dict(range=[0, 1], title="probability"), legend=dict(orientation="h", y=1.12))
+    fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=10, b=10),
+                      yaxis=dict(range=[0, 1], title="probability"),
+                      legend=dict(orientation="h", yanchor="top", y=-0.35, x=0))
     return fig
 
 
@@ -105,7 +106,7 @@ def top(probs: dict[str, float]) -> str:
 with result_box:
     st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
                 f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
-    st.plotly_chart(probability_chart(prediction), width="stretch")
+    st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})
     mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
                     help="Attribution: integrated gradients of the predicted class (green for, red against). "
                          "Attention: attention rollout through the text encoder.")
@@ -118,7 +119,7 @@ with left:
     maps = {"Grad-CAM": explanation.heatmap}
     if explanation.text_to_image is not None:
         maps["Text → image attention"] = explanation.text_to_image
-    c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="bottom")
     which = c1.radio("Heatmap", list(maps), horizontal=True)
     opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
     show_boxes = c3.toggle("OCR boxes", value=True)
