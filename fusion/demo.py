@@ -58,6 +58,13 @@ def train_demo_baseline(settings: Settings, project: Project,
     )
 
 
+def test_page(project: Project, n: int) -> tuple[str, bytes]:
+    """The n-th page (cycling) of the demo's test split: its file name and bytes."""
+    items = [i for i in demo_data.load_manifest(demo_source(project)) if i.split == "test"]
+    item = items[n % len(items)]
+    return item.file, (demo_source(project) / item.file).read_bytes()
+
+
 def demo_ready(settings: Settings) -> bool:
     try:
         return load_project(settings, settings.demo_project).active_model is not None

@@ -41,11 +41,9 @@ def load_page(name: str, data: bytes) -> None:
 
 def demo_sample_bytes() -> tuple[str, bytes]:
     """The next test-split demo page, so a demo needs no file at hand."""
-    items = [i for i in demo.demo_data.load_manifest(demo.demo_source(project)) if i.split == "test"]
     n = st.session_state.get("demo_index", 0)
     st.session_state["demo_index"] = n + 1
-    item = items[n % len(items)]
-    return item.file, (demo.demo_source(project) / item.file).read_bytes()
+    return demo.test_page(project, n)
 
 
 def probability_chart(prediction) -> go.Figure:
