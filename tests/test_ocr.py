@@ -174,3 +174,20 @@ def test_blank_image_has_no_text():
     result = read_text(Image.new("RGB", (700, 200), "white"))
     assert (result.text, result.words, result.angle) == ("", [], 0)
     assert result.to_dict()["words"] == []
+
+
+def test_reader_built_without_random_init_has_the_checkpoint_weights(tmp_path):
+    """get_reader skips CRAFT's throwaway random init; every weight must still be the checkpoint's."""
+    import easyocr
+    import easyocr_en_models
+    import torch
+
+    from fusion.ocr import get_reader
+
+    plain = easyocr.Reader(["en"], gpu=False, model_storage_directory=easyocr_en_models.model_dir(),
+                           user_network_directory=str(tmp_path), download_enabled=False, verbose=False)
+    fast = get_reader(False)
+    for ours, theirs in ((fast.detector.net, plain.detector), (fast.recognizer, plain.recognizer)):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
