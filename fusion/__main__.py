@@ -23,22 +23,21 @@ def _emit(data: dict, as_json: bool, summary: str) -> None:
 
 
 def cmd_ocr(args, settings) -> None:
-    from .images import load_image
+    from .images import load_upload
     from .ocr import read_text
 
-    result = read_text(load_image(args.image, max_bytes=int(settings.max_upload_mb * 2**20),
-                                  max_pixels=settings.max_pixels), max_side=settings.ocr_max_side)
+    result = read_text(load_upload(args.image, settings), max_side=settings.ocr_max_side)
     data = result.to_dict()
     _emit({k: data[k] for k in ("text", "words", "ms", "angle")}, args.json, result.text)
 
 
 def cmd_predict(args, settings) -> None:
     from .demo import ensure_demo_project
-    from .images import load_image
+    from .images import load_upload
     from .pipeline import get_engine
     from .project import load_project
 
-    image = load_image(args.image, max_bytes=int(settings.max_upload_mb * 2**20), max_pixels=settings.max_pixels)
+    image = load_upload(args.image, settings)
     engine = get_engine(settings)  # before building the demo: a missing weight package fails fast
     if args.project == settings.demo_project:
         project = ensure_demo_project(settings, _progress)

@@ -104,3 +104,8 @@ def load_image(
         raise _too_many_pixels(max_pixels) from None
     except Exception as e:
         raise BadImage(f"{img.format} data is truncated or corrupt ({e})") from None
+
+
+def load_upload(source: bytes | str | Path, settings) -> Image.Image:
+    """load_image within the workspace's limits (settings.max_upload_mb, settings.max_pixels)."""
+    return load_image(source, max_bytes=int(settings.max_upload_mb * 2**20), max_pixels=settings.max_pixels)

@@ -9,7 +9,7 @@ import streamlit as st
 
 from fusion import demo, streamlit_cache
 from fusion.errors import FusionError
-from fusion.images import load_image
+from fusion.images import load_upload
 from fusion.overlay import blend_heatmap, colored_words_html, draw_boxes
 from fusion.project import load_project
 
@@ -26,7 +26,7 @@ def load_page(name: str, data: bytes) -> None:
     if st.session_state.get("page", {}).get("sha") == sha:
         return
     try:
-        image = load_image(data, max_bytes=int(settings.max_upload_mb * 2**20), max_pixels=settings.max_pixels)
+        image = load_upload(data, settings)
     except FusionError as e:
         st.session_state.pop("page", None)
         st.error(f"{name}: {e}")
