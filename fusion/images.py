@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +69,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(
-    source: bytes | str | Path,
-    *,
-    max_bytes: int | None = None,
-    max_pixels: int = 40_000_000,
-) -> Image.Image:
-    """Decode an upload into an upright RGB image, or raise BadImage saying why."""
-    data = _read_source(source, max_bytes)
+EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Header checks, then a full decode, so truncated/corrupt data fails here, not later."""
     try:
         img = Image.open(io.BytesIO(data))  # lazy: reads the header only
     except UnidentifiedImageError:
@@ -97,13 +95,43 @@ def load_image(
             f"the limit is {max_pixels / 1e6:.0f} megapixels"
         )
     try:
-        img.load()  # force a full decode so truncated/corrupt data fails here, not later
-        img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        img.load()
+        return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_many_pixels(max_pixels) from None
     except Exception as e:
         raise BadImage(f"{img.format} data is truncated or corrupt ({e})") from None
+
+
+def load_image(
+    source: bytes | str | Path,
+    *,
+    max_bytes: int | None = None,
+    max_pixels: int = 40_000_000,
+) -> Image.Image:
+    """Decode an upload into an upright RGB image, or raise BadImage saying why."""
+    img = _decode(_read_source(source, max_bytes), max_pixels)
+    try:
+        return _to_rgb(ImageOps.exif_transpose(img))
+    except Exception as e:
+        raise BadImage(f"{img.format} data is truncated or corrupt ({e})") from None
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An accepted image file's bytes and what the store records of it."""
+    data: bytes
+    sha256: str
+    extension: str    # by the decoded format, not the file name: ".png", ".jpg", ...
+    width: int
+    height: int
+
+
+def check_image_file(source: bytes | str | Path, settings) -> ImageFile:
+    """Read and fully decode a file within the workspace's limits, or raise BadImage."""
+    data = _read_source(source, int(settings.max_upload_mb * 2**20))
+    img = _decode(data, settings.max_pixels)
+    return ImageFile(data, image_sha256(data), EXTENSIONS[img.format], img.width, img.height)
 
 
 def load_upload(source: bytes | str | Path, settings) -> Image.Image:

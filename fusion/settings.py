@@ -25,6 +25,7 @@ class Settings:
     max_text_tokens: int = 128        # MiniLM was trained at 128 word pieces
     fusion: str = "concat"            # default strategy of newly trained models
     demo_project: str = "demo"
+    database_url: str = ""            # any SQLAlchemy URL; "" is SQLite at <home>/fusion.db
 
     @property
     def projects_dir(self) -> Path:
@@ -32,6 +33,10 @@ class Settings:
 
     def project_dir(self, name: str) -> Path:
         return self.projects_dir / name
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
 
     def resolved_device(self) -> str:
         import torch  # local: settings must stay cheap to import
@@ -48,6 +53,7 @@ _ENV = {
     "max_upload_mb": ("FUSION_MAX_UPLOAD_MB", float),
     "max_pixels": ("FUSION_MAX_PIXELS", int),
     "fusion": ("FUSION_STRATEGY", str),
+    "database_url": ("FUSION_DATABASE_URL", str),
 }
 
 

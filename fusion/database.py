@@ -1,0 +1,110 @@
+"""The database connection: SQLite in WAL mode by default, any SQLAlchemy URL if the settings name
+one, and its schema brought to the newest migration when opened.
+
+SQLite allows one writer at a time. Write transactions start with BEGIN IMMEDIATE, so a writer
+waits for the lock up front (busy timeout) instead of failing half-way when a read upgrades to a
+write; readers never wait (WAL).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .errors import FusionError
+from .settings import Settings
+
+BUSY_TIMEOUT_S = 60  # how long a writer waits for another's lock before giving up
+
+
+def database_url(settings: Settings) -> str:
+    return settings.database_url or f"sqlite:///{settings.home / 'fusion.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # BEGIN is issued by _begin below, not by the driver
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a saved correction survives a power cut too
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _begin(connection) -> None:
+    write = connection.get_execution_options().get("write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def create_database_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@lru_cache(maxsize=1)
+def _migrations_head() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(Path(__file__).parent / "migrations")).get_current_head()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` (newest by default). Two processes opening an old workspace
+    at once are safe: the second waits for the first's write lock, then finds nothing to do."""
+    if revision == "head" and schema_revision(engine) == _migrations_head():
+        return
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    with engine.execution_options(write=True).begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+class Database:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_database_engine(url)
+        self._writer = self.engine.execution_options(write=True)
+        try:
+            upgrade_schema(self.engine)
+        except Exception as e:
+            if "newer" in str(e) or "Can't locate revision" in str(e):
+                raise FusionError(f"the database {url} was made by a newer FusionLab; upgrade this one") from None
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+
+@lru_cache(maxsize=8)
+def open_database(url: str) -> Database:
+    return Database(url)

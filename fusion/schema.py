@@ -1,0 +1,91 @@
+"""The labeling database's tables. Changes go through a new migration in fusion/migrations/versions.
+
+Times are UTC. `items` holds the current state of each item; `history` holds every change ever
+made to it and is append-only (the database itself refuses UPDATE and DELETE on it).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+STATUSES = ("unlabeled", "predicted", "accepted", "corrected", "skipped")
+SPLITS = ("train", "val", "test")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    labels: Mapped[list] = mapped_column(JSON)          # [{"name": ..., "description": ...}], in order
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    active_model: Mapped[str | None] = mapped_column(String(64))  # None: zero-shot
+
+
+class ItemRow(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("project_id", "sha256", name="uq_items_project_sha256"),  # one file, one item
+        Index("ix_items_project_status", "project_id", "status", "updated_at"),
+        Index("ix_items_project_label", "project_id", "label", "updated_at"),
+        Index("ix_items_project_updated", "project_id", "updated_at"),
+        Index("ix_items_project_confidence", "project_id", "pred_confidence"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    extension: Mapped[str] = mapped_column(String(8))     # ".png": the blob is images/ab/<sha256><ext>
+    filename: Mapped[str] = mapped_column(String(255))    # as uploaded or imported
+    size: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str] = mapped_column(String(8))         # from the hash: stable across imports
+    added_at: Mapped[datetime] = mapped_column(DateTime)
+    added_by: Mapped[str] = mapped_column(String(128))
+
+    ocr_text: Mapped[str | None] = mapped_column(Text)    # None: OCR not run yet
+    ocr_words: Mapped[list | None] = mapped_column(JSON)  # [{"text", "confidence", "box"}]
+    ocr_engine: Mapped[str | None] = mapped_column(String(64))  # "easyocr 1.7.2", or where the text came from
+    caption: Mapped[str] = mapped_column(Text, default="")
+
+    pred_label: Mapped[str | None] = mapped_column(String(128))
+    pred_confidence: Mapped[float | None] = mapped_column(Float)
+    pred_probs: Mapped[dict | None] = mapped_column(JSON)
+    pred_model: Mapped[str | None] = mapped_column(String(64))
+    predicted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    label: Mapped[str | None] = mapped_column(String(128))  # the human label; None until someone decides
+    status: Mapped[str] = mapped_column(String(16), default="unlabeled")
+    version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic locking: +1 on every change
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class HistoryRow(Base):
+    __tablename__ = "history"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    user: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))   # add, ocr, caption, predict, accept, correct, skip
+    item_version: Mapped[int] = mapped_column(Integer)  # the item's version after this change
+    old_label: Mapped[str | None] = mapped_column(String(128))
+    new_label: Mapped[str | None] = mapped_column(String(128))
+    old_status: Mapped[str | None] = mapped_column(String(16))
+    new_status: Mapped[str | None] = mapped_column(String(16))
+    old_caption: Mapped[str | None] = mapped_column(Text)   # set only when the caption changed
+    new_caption: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(64))   # the suggestion shown at the time
+    shown_label: Mapped[str | None] = mapped_column(String(128))
+    shown_confidence: Mapped[float | None] = mapped_column(Float)
+    source: Mapped[str | None] = mapped_column(String(255))  # e.g. the import file and line

@@ -1,0 +1,371 @@
+"""The labeling store: projects, items and every human decision about them, with who/when/what.
+
+Rules it keeps:
+- an image is stored once per project (content-addressed by SHA-256) and its file is on disk
+  exactly when its row is in the database (see fusion.blobs);
+- every change appends a history row in the same transaction; history is never rewritten;
+- a human edit names the item version it was made against, and is refused if the item changed
+  since (optimistic locking): nobody's decision is overwritten silently.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable
+
+from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from .blobs import BlobStore
+from .database import Database, database_url, open_database
+from .errors import FusionError, UnknownProject
+from .images import ImageFile
+from .project import Project, check_labels, check_project_name
+from .schema import SPLITS, STATUSES, HistoryRow, ItemRow, ProjectRow
+from .settings import Settings
+
+Item = ItemRow  # what callers get: a detached snapshot of one item's current state
+HUMAN_STATUSES = ("accepted", "corrected")
+SORTS = {"updated": ItemRow.updated_at, "added": ItemRow.added_at, "confidence": ItemRow.pred_confidence,
+         "filename": ItemRow.filename, "id": ItemRow.id}
+
+
+class StaleEdit(FusionError):
+    """The item changed after the editor loaded it; their edit was not saved."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def split_of(sha256: str) -> str:
+    """A stable ~70/15/15 split from the content hash: the same image lands in the same split in
+    every project and every import, so test items never leak into training."""
+    bucket = int(sha256[:8], 16) % 100
+    return SPLITS[0] if bucket < 70 else SPLITS[1] if bucket < 85 else SPLITS[2]
+
+
+@dataclass
+class NewItem:
+    file: ImageFile
+    filename: str
+    label: str | None = None
+    caption: str = ""
+    ocr_text: str | None = None
+    ocr_words: list | None = None
+    ocr_engine: str | None = None
+    source: str | None = None   # where it came from, for the history: "labels.csv line 7"
+
+
+@dataclass
+class Page:
+    items: list[Item]
+    total: int            # items matching the filter, on all pages
+
+
+@dataclass
+class Shown:
+    """The model suggestion a reviewer saw when deciding."""
+    label: str | None
+    confidence: float | None
+    model_version: str | None
+
+
+@dataclass
+class ItemFilter:
+    status: tuple[str, ...] = ()
+    label: str | None = None
+    split: str | None = None
+    search: str = ""                 # in file name, caption and OCR text
+    sort: str = "updated"
+    descending: bool = True
+
+
+class Store:
+    def __init__(self, settings: Settings, database: Database | None = None):
+        self.settings = settings
+        self.db = database or open_database(database_url(settings))
+        self.blobs = BlobStore(settings.images_dir)
+        self.blobs.recover(self._has_blob_row)
+        self._adopt_json_projects()
+
+    # ---- projects -------------------------------------------------------------------------
+
+    def _project(self, row: ProjectRow) -> Project:
+        labels = {entry["name"]: entry.get("description", "") for entry in row.labels}
+        return Project(row.name, labels, self.settings.project_dir(row.name), row.active_model)
+
+    def _project_row(self, session: Session, name: str) -> ProjectRow:
+        row = session.scalar(select(ProjectRow).where(ProjectRow.name == name))
+        if row is None:
+            known = ", ".join(self.project_names()) or "none yet"
+            raise UnknownProject(f"no project {name!r} in {self.db.url} (projects: {known})")
+        return row
+
+    def create_project(self, name: str, labels: dict[str, str], user: str) -> Project:
+        check_project_name(name)
+        labels = check_labels(labels)
+        with self.db.write() as session:
+            if session.scalar(select(ProjectRow.id).where(ProjectRow.name == name)) is not None:
+                raise FusionError(f"project {name!r} already exists")
+            row = ProjectRow(name=name, labels=[{"name": k, "description": v} for k, v in labels.items()],
+                             created_at=utcnow(), created_by=user)
+            session.add(row)
+        self.settings.project_dir(name).mkdir(parents=True, exist_ok=True)
+        return self._project(row)
+
+    def project_names(self) -> list[str]:
+        with self.db.read() as session:
+            return list(session.scalars(select(ProjectRow.name).order_by(ProjectRow.name)))
+
+    def project(self, name: str) -> Project:
+        with self.db.read() as session:
+            return self._project(self._project_row(session, name))
+
+    def project_info(self, name: str) -> dict:
+        with self.db.read() as session:
+            row = self._project_row(session, name)
+            counts = dict(session.execute(select(ItemRow.status, func.count()).where(
+                ItemRow.project_id == row.id).group_by(ItemRow.status)).all())
+        return {"name": row.name, "labels": [e["name"] for e in row.labels], "created_at": row.created_at,
+                "created_by": row.created_by, "active_model": row.active_model,
+                "items": sum(counts.values()), "by_status": {s: counts.get(s, 0) for s in STATUSES}}
+
+    def set_active_model(self, name: str, version: str | None) -> Project:
+        project = self.project(name)
+        if version is not None and not (project.model_dir(version) / "model.safetensors").is_file():
+            raise FusionError(f"project {name!r} has no model version {version!r}")
+        with self.db.write() as session:
+            row = self._project_row(session, name)
+            row.active_model = version
+        return self._project(row)
+
+    def _adopt_json_projects(self) -> None:
+        """Workspaces made before the database kept each project in projects/<name>/project.json."""
+        for path in sorted(self.settings.projects_dir.glob("*/project.json")):
+            with self.db.write() as session:
+                if session.scalar(select(ProjectRow.id).where(ProjectRow.name == path.parent.name)) is None:
+                    data = json.loads(path.read_text())
+                    session.add(ProjectRow(
+                        name=data["name"], created_at=utcnow(), created_by="migrated from project.json",
+                        labels=[{"name": k, "description": v} for k, v in data["labels"].items()],
+                        active_model=data.get("active_model")))
+            path.rename(path.with_suffix(".json.migrated"))
+
+    # ---- items ----------------------------------------------------------------------------
+
+    def image_path(self, item: Item) -> Path:
+        return self.blobs.path(item.sha256, item.extension)
+
+    def _has_blob_row(self, sha256: str) -> bool:
+        with self.db.read() as session:
+            return session.scalar(select(ItemRow.id).where(ItemRow.sha256 == sha256).limit(1)) is not None
+
+    def add_items(self, project_name: str, new_items: list[NewItem], user: str) -> list[tuple[Item | None, str]]:
+        """Add a batch in one transaction. Returns, per new item, (item, "added") or
+        (existing item, "already in the project"). All or nothing: on error no row, no file."""
+        now = utcnow()
+        results: list[tuple[Item | None, str]] = []
+        with self.blobs.staging() as staging:
+            with self.db.write() as session:
+                project = self._project_row(session, project_name)
+                shas = [n.file.sha256 for n in new_items]
+                existing = {row.sha256: row for row in session.scalars(
+                    select(ItemRow).where(ItemRow.project_id == project.id, ItemRow.sha256.in_(shas)))}
+                rows, fresh = [], []
+                for new in new_items:
+                    if new.label is not None and new.label not in {e["name"] for e in project.labels}:
+                        raise FusionError(f"unknown label {new.label!r} for project {project_name!r}")
+                    if new.file.sha256 in existing:
+                        results.append((existing[new.file.sha256], "already in the project"))
+                        continue
+                    staging.add(new.file.sha256, new.file.extension, new.file.data)
+                    row = self._new_row(project.id, new, user, now)
+                    existing[new.file.sha256] = row
+                    rows.append(row)
+                    fresh.append(new)
+                    results.append((row, "added"))
+                if not rows:
+                    return results
+                session.add_all(rows)
+                session.flush()  # assigns ids
+                session.execute(insert(HistoryRow), [
+                    dict(item_id=row.id, project_id=project.id, at=now, user=user, action="add", item_version=1,
+                         new_label=row.label, new_status=row.status, new_caption=row.caption or None,
+                         source=new.source)
+                    for row, new in zip(rows, fresh)])
+            staging.promote(r.sha256 for r in rows)
+        return results
+
+    @staticmethod
+    def _new_row(project_id: int, new: NewItem, user: str, now: datetime) -> ItemRow:
+        f = new.file
+        return ItemRow(
+            project_id=project_id, sha256=f.sha256, extension=f.extension, filename=new.filename[:255],
+            size=len(f.data), width=f.width, height=f.height, split=split_of(f.sha256), added_at=now,
+            added_by=user, ocr_text=new.ocr_text, ocr_words=new.ocr_words, ocr_engine=new.ocr_engine,
+            caption=new.caption, label=new.label, status="accepted" if new.label else "unlabeled",
+            version=1, updated_at=now, updated_by=user)
+
+    def item(self, project_name: str, ref: str | int) -> Item:
+        """An item by id, by a prefix of its SHA-256 (6+ characters) or by its file name."""
+        with self.db.read() as session:
+            project = self._project_row(session, project_name)
+            query = select(ItemRow).where(ItemRow.project_id == project.id)
+            ref = str(ref)
+            if ref.isdigit():
+                rows = list(session.scalars(query.where(ItemRow.id == int(ref))))
+            else:
+                rows = []
+            if not rows and len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref.lower()):
+                rows = list(session.scalars(query.where(ItemRow.sha256.startswith(ref.lower())).limit(2)))
+            if not rows:
+                rows = list(session.scalars(query.where(ItemRow.filename == ref).limit(2)))
+        if not rows:
+            raise FusionError(f"no item {ref!r} in project {project_name!r} (use an id, a SHA-256 prefix "
+                              "or a file name)")
+        if len(rows) > 1:
+            raise FusionError(f"{ref!r} matches several items in {project_name!r}; use the item id")
+        return rows[0]
+
+    def list_items(self, project_name: str, where: ItemFilter = ItemFilter(), offset: int = 0,
+                   limit: int = 50) -> Page:
+        if where.sort not in SORTS:
+            raise FusionError(f"unknown sort {where.sort!r}; use one of {', '.join(SORTS)}")
+        with self.db.read() as session:
+            project = self._project_row(session, project_name)
+            conditions = [ItemRow.project_id == project.id]
+            if where.status:
+                conditions.append(ItemRow.status.in_(where.status))
+            if where.label is not None:
+                conditions.append(ItemRow.label == where.label)
+            if where.split is not None:
+                conditions.append(ItemRow.split == where.split)
+            if where.search:
+                pattern = "%" + where.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                conditions.append(or_(*(c.ilike(pattern, escape="\\") for c in
+                                        (ItemRow.filename, ItemRow.caption, ItemRow.ocr_text))))
+            column = SORTS[where.sort]
+            order = (column.desc(), ItemRow.id.desc()) if where.descending else (column.asc(), ItemRow.id.asc())
+            total = session.scalar(select(func.count()).select_from(ItemRow).where(*conditions))
+            items = list(session.scalars(select(ItemRow).where(*conditions).order_by(*order)
+                                         .offset(offset).limit(limit)))
+        return Page(items, total)
+
+    def iter_items(self, project_name: str, batch: int = 1000) -> Iterable[Item]:
+        """Every item of a project, oldest first, in batches (for export and training)."""
+        last_id = 0
+        while True:
+            with self.db.read() as session:
+                project = self._project_row(session, project_name)
+                rows = list(session.scalars(select(ItemRow).where(
+                    ItemRow.project_id == project.id, ItemRow.id > last_id).order_by(ItemRow.id).limit(batch)))
+            if not rows:
+                return
+            yield from rows
+            last_id = rows[-1].id
+
+    def history(self, project_name: str, ref: str | int) -> list[HistoryRow]:
+        item = self.item(project_name, ref)
+        with self.db.read() as session:
+            return list(session.scalars(select(HistoryRow).where(HistoryRow.item_id == item.id)
+                                        .order_by(HistoryRow.id)))
+
+    # ---- changes --------------------------------------------------------------------------
+
+    def _change(self, project_name: str, item_id: int, user: str, action: str, expected_version: int | None,
+                changes: Callable[[ItemRow], dict], history: Callable[[ItemRow], dict] = lambda row: {},
+                human: bool = True) -> Item:
+        """The one way an item changes: check the version, update, append history, one transaction.
+        Machine output (OCR, predictions) doesn't bump the version: it never makes a reviewer's
+        open edit stale, since the history keeps what the reviewer was shown."""
+        with self.db.write() as session:
+            project = self._project_row(session, project_name)
+            row = session.scalar(select(ItemRow).where(ItemRow.id == item_id, ItemRow.project_id == project.id))
+            if row is None:
+                raise FusionError(f"no item {item_id} in project {project_name!r}")
+            if expected_version is not None and row.version != expected_version:
+                raise StaleEdit(
+                    f"item {item_id} was changed by {row.updated_by} at {row.updated_at:%Y-%m-%d %H:%M:%S} UTC "
+                    f"after you opened it (now: {row.label or 'no label'}, {row.status}); your edit was not "
+                    "saved. Reload the item and decide again.")
+            old = {"label": row.label, "status": row.status, "caption": row.caption}
+            values = changes(row) | {"version": row.version + human, "updated_at": utcnow(), "updated_by": user}
+            entry = history(row)
+            # The WHERE on version makes the check hold even on a database without IMMEDIATE locks.
+            result = session.execute(update(ItemRow).where(ItemRow.id == row.id, ItemRow.version == row.version)
+                                     .values(**values).execution_options(synchronize_session=False))
+            if result.rowcount != 1:
+                raise StaleEdit(f"item {item_id} changed while saving; reload it and decide again")
+            new = old | {k: values[k] for k in old if k in values}
+            caption_changed = new["caption"] != old["caption"]
+            session.add(HistoryRow(**dict(
+                item_id=row.id, project_id=project.id, at=values["updated_at"], user=user, action=action,
+                item_version=values["version"], old_label=old["label"], new_label=new["label"],
+                old_status=old["status"], new_status=new["status"],
+                old_caption=old["caption"] if caption_changed else None,
+                new_caption=new["caption"] if caption_changed else None) | entry))
+            session.expire(row)
+            return session.get(ItemRow, row.id)
+
+    def set_label(self, project_name: str, item_id: int, label: str, user: str, expected_version: int | None,
+                  shown: Shown | None = None) -> Item:
+        """A reviewer's decision. `shown` is the suggestion on their screen (default: the item's latest
+        prediction): the same label is an accept, another one a correction."""
+        labels = self.project(project_name).labels
+        if label not in labels:
+            raise FusionError(f"unknown label {label!r}; project {project_name!r} has {', '.join(labels)}")
+
+        def suggestion(row: ItemRow) -> Shown:
+            return shown or Shown(row.pred_label, row.pred_confidence, row.pred_model)
+
+        def action(row: ItemRow) -> str:
+            s = suggestion(row)
+            return "label" if s.label is None else "accept" if s.label == label else "correct"
+
+        def changes(row: ItemRow) -> dict:
+            return {"label": label, "status": "corrected" if action(row) == "correct" else "accepted"}
+
+        def history(row: ItemRow) -> dict:
+            s = suggestion(row)
+            return {"action": action(row), "model_version": s.model_version, "shown_label": s.label,
+                    "shown_confidence": s.confidence}
+
+        return self._change(project_name, item_id, user, "label", expected_version, changes, history)
+
+    def skip(self, project_name: str, item_id: int, user: str, expected_version: int | None) -> Item:
+        return self._change(project_name, item_id, user, "skip", expected_version,
+                            lambda row: {"status": "skipped"})
+
+    def set_caption(self, project_name: str, item_id: int, caption: str, user: str,
+                    expected_version: int | None) -> Item:
+        return self._change(project_name, item_id, user, "caption", expected_version,
+                            lambda row: {"caption": caption})
+
+    def set_ocr(self, project_name: str, item_id: int, text: str, words: list, engine: str, user: str) -> Item:
+        """Machine output: never refused as stale (it doesn't overwrite a human decision)."""
+        return self._change(project_name, item_id, user, "ocr", None,
+                            lambda row: {"ocr_text": text, "ocr_words": words, "ocr_engine": engine},
+                            lambda row: {"source": engine}, human=False)
+
+    def record_prediction(self, project_name: str, item_id: int, label: str, confidence: float,
+                          probabilities: dict[str, float], model_version: str, user: str = "model") -> Item:
+        def changes(row: ItemRow) -> dict:
+            values = {"pred_label": label, "pred_confidence": confidence, "pred_probs": probabilities,
+                      "pred_model": model_version, "predicted_at": utcnow()}
+            if row.status == "unlabeled":
+                values["status"] = "predicted"
+            return values
+
+        return self._change(project_name, item_id, user, "predict", None, changes,
+                            lambda row: {"model_version": model_version, "shown_label": label,
+                                         "shown_confidence": confidence}, human=False)
+
+
+@lru_cache(maxsize=8)
+def open_store(settings: Settings) -> Store:
+    """One Store per process and workspace (it holds the connection pool)."""
+    return Store(settings)
