@@ -6,7 +6,6 @@ import getpass
 import streamlit as st
 
 from fusion import demo, streamlit_cache
-from fusion.project import list_projects, load_project
 
 st.set_page_config(page_title="FusionLab", page_icon="🔬", layout="wide")
 settings = streamlit_cache.settings()
@@ -41,9 +40,10 @@ def build_status() -> None:
 def sidebar() -> None:
     engine = streamlit_cache.engine()
     with st.sidebar:
-        projects = list_projects(settings)
+        store = streamlit_cache.store()
+        projects = store.project_names()
         name = st.selectbox("Project", projects, index=projects.index(settings.demo_project), key="project")
-        project = load_project(settings, name)
+        project = store.project(name)
         st.markdown(f"**Model** `{project.active_model or 'zero-shot'}`  \n**Device** `{engine.device_name}`")
         st.text_input("Your name", value=getpass.getuser(), key="user")
 

@@ -6,14 +6,26 @@ line `error: ...` on stderr and exit 2.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 
 
+_bars: dict = {}
+
+
 def _progress(stage: str, done: int, total: int) -> None:
-    """A progress line on stderr: redrawn in a terminal, every 10% in a log."""
+    """Progress on stderr: a tqdm bar in a terminal; in a log, a `stage: done/total` line every 10%
+    (the app's first-run page reads those lines)."""
     if sys.stderr.isatty():
-        print(f"\r{stage}: {done}/{total}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        bar = _bars.get(stage)
+        if bar is None or bar.total != total:
+            bar = _bars[stage] = tqdm(total=total, desc=stage, unit="item", file=sys.stderr)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
     elif done == total or done * 10 // total != (done - 1) * 10 // total:
         print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
 
@@ -35,14 +47,14 @@ def cmd_predict(args, settings) -> None:
     from .demo import ensure_demo_project
     from .images import load_upload
     from .pipeline import get_engine
-    from .project import load_project
+    from .store import open_store
 
     image = load_upload(args.image, settings)
     engine = get_engine(settings)  # before building the demo: a missing weight package fails fast
     if args.project == settings.demo_project:
         project = ensure_demo_project(settings, _progress)
     else:
-        project = load_project(settings, args.project)
+        project = open_store(settings).project(args.project)
     prediction = engine.predict(image, project, caption=args.caption, with_explanation=args.explain)
     summary = f"{prediction.label} ({prediction.confidence:.1%}) by model {prediction.model_version}"
     _emit(prediction.to_dict(), args.json, summary)
@@ -57,6 +69,113 @@ def cmd_demo(args, settings) -> None:
             "test": metrics["test"], "zero_shot_test": metrics["zero_shot_test"], "counts": metrics["counts"]}
     acc = {h: f"{v['accuracy']:.1%}" for h, v in metrics["test"].items()}
     _emit(data, args.json, f"demo project ready at {project.directory}; test accuracy {acc}")
+
+
+def _descriptions(path: str | None) -> dict[str, str]:
+    """A JSON object {label: description}, or text lines `label: description`."""
+    if path is None:
+        return {}
+    from .errors import FusionError
+
+    try:
+        text = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise FusionError(f"can't read the descriptions file {path}: {e}") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise FusionError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise FusionError(f"{path} must hold an object {{label: description}}")
+        return {str(k): str(v) for k, v in data.items()}
+    pairs = (line.partition(":") for line in text.splitlines() if line.strip())
+    return {label.strip(): description.strip() for label, _, description in pairs}
+
+
+def cmd_project_create(args, settings) -> None:
+    from .errors import FusionError
+    from .store import open_store
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    descriptions = _descriptions(args.descriptions)
+    unknown = set(descriptions) - set(labels)
+    if unknown:
+        raise FusionError(f"descriptions for labels not in --labels: {sorted(unknown)}")
+    project = open_store(settings).create_project(args.project, {lab: descriptions.get(lab, "") for lab in labels},
+                                                  user=args.user)
+    _emit({"project": project.name, "labels": project.labels}, args.json,
+          f"created project {project.name} with labels {', '.join(project.labels)}")
+
+
+def cmd_project_list(args, settings) -> None:
+    from .store import open_store
+
+    store = open_store(settings)
+    infos = [store.project_info(name) for name in store.project_names()]
+    lines = [f"{i['name']}: {i['items']} items, labels {', '.join(i['labels'])}, model "
+             f"{i['active_model'] or 'zero-shot'}" for i in infos]
+    _emit({"projects": infos}, args.json, "\n".join(lines) or "no projects yet")
+
+
+def cmd_import(args, settings) -> int:
+    from .importing import import_path
+    from .store import open_store
+
+    ocr = None
+    if args.ocr:
+        from .ocr import read_text
+        from .pipeline import get_engine
+
+        gpu = get_engine(settings).device.startswith("cuda")
+        ocr = lambda image: read_text(image, max_side=settings.ocr_max_side, gpu=gpu)  # noqa: E731
+    report = import_path(open_store(settings), args.project, args.path, args.user, ocr=ocr, progress=_progress)
+    for where, reason in report.problems:
+        print(f"skipped {where}: {reason}", file=sys.stderr)
+    _emit(report.to_dict(), args.json, f"imported {report.added} new items into {args.project} "
+          f"({report.already} already there, {len(report.problems)} problems)")
+    return 1 if report.problems else 0
+
+
+def cmd_export(args, settings) -> None:
+    from .exporting import export_project
+    from .store import open_store
+
+    data = export_project(open_store(settings), args.project, args.format, args.out, progress=_progress)
+    _emit(data, args.json, f"exported {data['items']} items of {args.project} as {args.format} to {data['path']}")
+
+
+def cmd_label(args, settings) -> None:
+    from .store import open_store
+
+    store = open_store(settings)
+    item = store.item(args.project, args.item)
+    expected = item.version if args.expect_version is None else args.expect_version
+    item = store.set_label(args.project, item.id, args.label, args.user, expected)
+    _emit({"item": item.id, "label": item.label, "status": item.status, "version": item.version}, args.json,
+          f"item {item.id} ({item.filename}): {item.label}, {item.status}")
+
+
+def cmd_history(args, settings) -> None:
+    from .store import open_store
+
+    rows = open_store(settings).history(args.project, args.item)
+    keys = ("at", "user", "action", "item_version", "old_label", "new_label", "old_status", "new_status",
+            "old_caption", "new_caption", "model_version", "shown_label", "shown_confidence", "source")
+    data = [{k: (getattr(r, k).isoformat() if k == "at" else getattr(r, k)) for k in keys} for r in rows]
+
+    def line(r: dict) -> str:
+        text = f"{r['at'][:19]}Z  {r['user']}  {r['action']}"
+        if r["old_label"] != r["new_label"]:
+            text += f"  label {r['old_label'] or '-'} -> {r['new_label'] or '-'}"
+        if r["shown_label"] is not None and r["action"] != "predict":
+            text += f"  (shown {r['shown_label']} {r['shown_confidence'] or 0:.0%} by {r['model_version']})"
+        if r["action"] == "predict":
+            text += f"  {r['shown_label']} {r['shown_confidence']:.0%} by {r['model_version']}"
+        if r["new_caption"] is not None or r["old_caption"] is not None:
+            text += f"  caption {r['new_caption']!r}"
+        return text + (f"  [{r['source']}]" if r["source"] else "")
+    _emit({"history": data}, args.json, "\n".join(line(r) for r in data))
 
 
 def cmd_bench(args, settings) -> None:
@@ -89,8 +208,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_demo)
 
+    user = getpass.getuser()
+    p = sub.add_parser("project", help="create or list projects")
+    project_sub = p.add_subparsers(dest="project_command", required=True)
+    q = project_sub.add_parser("create", help="a new project with its label set")
+    q.add_argument("project", metavar="NAME")
+    q.add_argument("--labels", required=True, help="comma-separated label names")
+    q.add_argument("--descriptions", help="a JSON {label: description} or lines 'label: description'")
+    q.add_argument("--user", default=user)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(run=cmd_project_create)
+    q = project_sub.add_parser("list", help="the workspace's projects")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(run=cmd_project_list)
+
+    p = sub.add_parser("import", help="import a folder (label/file.png or flat), a CSV, a JSONL or an HF dataset")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--ocr", action="store_true", help="read each image's text now (slow on a CPU)")
+    p.add_argument("--user", default=user)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_import)
+
+    p = sub.add_parser("export", help="export a project's items, labels and captions")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--format", required=True, choices=["csv", "jsonl", "imagefolder", "hf"])
+    p.add_argument("out", metavar="OUT", help="a new folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("label", help="set an item's label (recorded in its history)")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("item", metavar="ITEM", help="item id, SHA-256 prefix or file name")
+    p.add_argument("label", metavar="LABEL")
+    p.add_argument("--user", default=user)
+    p.add_argument("--expect-version", type=int, help="refuse if the item changed since this version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_label)
+
+    p = sub.add_parser("history", help="who changed an item, when, and what")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("item", metavar="ITEM", help="item id, SHA-256 prefix or file name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_history)
+
     p = sub.add_parser("bench", help="measure speed; prints JSON")
-    p.add_argument("what", choices=["predict"])
+    p.add_argument("what", choices=["predict", "store"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_bench)
     return parser
@@ -105,11 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(home=args.home, device=args.device)
         if getattr(args, "project", "") is None:
             args.project = settings.demo_project
-        args.run(args, settings)
+        return args.run(args, settings) or 0
     except FusionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

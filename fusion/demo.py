@@ -1,8 +1,9 @@
-"""The built-in demo project: generated on first run, with a baseline model trained on it.
+"""The built-in demo project: generated on first run, imported into the store, with a baseline
+model trained on it.
 
-Training reads the generator's own rendering of each page's text instead of running OCR over
-480 images (minutes on a CPU); uploads in the app always go through real OCR, and a test checks
-that OCR of demo pages recovers their text.
+Its items carry the generator's own rendering of each page's text as their stored text (marked
+so in `ocr_engine`) instead of running OCR over 480 images (minutes on a CPU); uploads in the app
+always go through real OCR, and a test checks that OCR of demo pages recovers their text.
 """
 from __future__ import annotations
 
@@ -15,59 +16,79 @@ from typing import Callable
 
 from . import demo_data
 from .errors import UnknownProject
-from .pipeline import compose_text, get_engine
-from .project import Project, create_project, load_project
+from .images import check_image_file
+from .pipeline import get_engine
+from .project import Project
 from .settings import REPO_ROOT, Settings
-from .train import TrainConfig, train_project_model
+from .store import ItemFilter, NewItem, Store, open_store
+from .train import TrainConfig, labeled_examples, train_project_model
 
 DEMO_ITEMS = 480
 DEMO_SEED = 0
+DEMO_USER = "demo generator"
+TEXT_SOURCE = "demo generator text"  # the items' ocr_engine: this text was rendered, not read
 
 
-def demo_source(project: Project) -> Path:
-    return project.directory / "source"
+def demo_source(settings: Settings) -> Path:
+    return settings.project_dir(settings.demo_project) / "source"
 
 
 def ensure_demo_project(settings: Settings, progress: Callable[[str, int, int], None] | None = None) -> Project:
     """The demo project with an active model, building whatever is missing (idempotent, and
     safe when the app and the CLI start at once: a file lock makes the second one wait)."""
+    store = open_store(settings)
     settings.projects_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.projects_dir / f".{settings.demo_project}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            project = load_project(settings, settings.demo_project)
+            project = store.project(settings.demo_project)
         except UnknownProject:
-            project = create_project(settings, settings.demo_project, demo_data.LABELS)
+            project = store.create_project(settings.demo_project, demo_data.LABELS, user=DEMO_USER)
+        if store.project_info(settings.demo_project)["items"] == 0:  # also: a pre-database workspace
+            import_demo_items(settings, store, progress)
         if project.active_model is None:
-            train_demo_baseline(settings, project, progress)
+            version, _ = train_demo_baseline(settings, store, progress)
+            project = store.set_active_model(settings.demo_project, version)
         return project
 
 
-def train_demo_baseline(settings: Settings, project: Project,
-                        progress: Callable[[str, int, int], None] | None = None) -> tuple[str, dict]:
+def import_demo_items(settings: Settings, store: Store,
+                      progress: Callable[[str, int, int], None] | None = None) -> None:
     generated = (lambda done, total: progress("generating", done, total)) if progress else None
-    items = demo_data.generate(demo_source(project), n=DEMO_ITEMS, seed=DEMO_SEED, progress=generated)
-    root = demo_source(project)
+    items = demo_data.generate(demo_source(settings), n=DEMO_ITEMS, seed=DEMO_SEED, progress=generated)
+    batch = 60
+    for start in range(0, len(items), batch):
+        store.add_items(settings.demo_project, [
+            NewItem(check_image_file(demo_source(settings) / item.file, settings), Path(item.file).name,
+                    label=item.label, caption=item.caption, ocr_text=item.text, ocr_engine=TEXT_SOURCE,
+                    source="demo manifest")
+            for item in items[start:start + batch]], user=DEMO_USER)
+        if progress:
+            progress("importing", min(start + batch, len(items)), len(items))
+
+
+def train_demo_baseline(settings: Settings, store: Store,
+                        progress: Callable[[str, int, int], None] | None = None) -> tuple[str, dict]:
+    examples = labeled_examples(store, settings.demo_project)
     return train_project_model(
-        get_engine(settings), project,
-        paths=[root / item.file for item in items],
-        texts=[compose_text(item.text, item.caption) for item in items],
-        labels=[item.label for item in items],
-        splits=[item.split for item in items],
-        config=TrainConfig(), progress=progress,
-    )
+        get_engine(settings), store.project(settings.demo_project), paths=examples.paths,
+        texts=examples.texts, labels=examples.labels, splits=examples.splits,
+        config=TrainConfig(), progress=progress)
 
 
-def test_page(project: Project, n: int) -> tuple[str, bytes]:
-    """The n-th page (cycling) of the demo's test split: its file name and bytes."""
-    items = [i for i in demo_data.load_manifest(demo_source(project)) if i.split == "test"]
-    item = items[n % len(items)]
-    return item.file, (demo_source(project) / item.file).read_bytes()
+def test_page(store: Store, project: Project, n: int) -> tuple[str, bytes]:
+    """The n-th item (cycling) of the project's test split: its file name and bytes."""
+    first = store.list_items(project.name, ItemFilter(split="test", sort="id", descending=False), limit=1)
+    if first.total == 0:
+        raise UnknownProject(f"project {project.name!r} has no test items")
+    item = store.list_items(project.name, ItemFilter(split="test", sort="id", descending=False),
+                            offset=n % first.total, limit=1).items[0]
+    return item.filename, store.image_path(item).read_bytes()
 
 
 def demo_ready(settings: Settings) -> bool:
     try:
-        return load_project(settings, settings.demo_project).active_model is not None
+        return open_store(settings).project(settings.demo_project).active_model is not None
     except UnknownProject:
         return False
 

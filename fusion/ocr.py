@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import tempfile
 import threading
 import time
@@ -28,6 +29,7 @@ warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as tru
 warnings.filterwarnings("ignore", message=".*torch.quantize_per_tensor.*deprecated.*")
 
 _readers: dict[bool, object] = {}
+ENGINE = f"easyocr {importlib.metadata.version('easyocr')}"  # recorded with every stored OCR result
 _readers_lock = threading.Lock()
 
 

@@ -6,6 +6,7 @@ import streamlit as st
 from . import ocr
 from .pipeline import Engine, get_engine
 from .settings import Settings, load_settings
+from .store import Store, open_store
 
 
 @st.cache_resource(show_spinner=False)
@@ -18,3 +19,8 @@ def engine() -> Engine:
     built = get_engine(settings())
     ocr.get_reader(built.device.startswith("cuda"))  # build EasyOCR now, not on the first upload
     return built
+
+
+@st.cache_resource(show_spinner=False)
+def store() -> Store:
+    return open_store(settings())

@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from .errors import FusionError
 from .features import FeatureSet, cache_features, load_feature_set
 from .model import FusionModel, ModelConfig
-from .project import Project, set_active_model
+from .project import Project
 from .zeroshot import build_zero_shot_model
 
 HEADS = ("fused", "image", "text")
@@ -102,6 +102,30 @@ def train_heads(model: FusionModel, train: FeatureSet, val: FeatureSet, config: 
     return model.eval(), history
 
 
+@dataclass
+class Examples:
+    """A project's human-labeled items, as training reads them."""
+    paths: list[Path]
+    texts: list[str]
+    labels: list[str]
+    splits: list[str]
+
+
+def labeled_examples(store, project_name: str) -> Examples:
+    """Items a person labeled (accepted or corrected), with their stored text: no OCR at training."""
+    from .pipeline import compose_text
+    from .store import HUMAN_STATUSES
+
+    examples = Examples([], [], [], [])
+    for item in store.iter_items(project_name):
+        if item.status in HUMAN_STATUSES and item.label is not None:
+            examples.paths.append(store.image_path(item))
+            examples.texts.append(compose_text(item.ocr_text or "", item.caption))
+            examples.labels.append(item.label)
+            examples.splits.append(item.split)
+    return examples
+
+
 def next_version(project: Project) -> str:
     existing = [int(p.name[1:]) for p in (project.directory / "models").glob("v*") if p.name[1:].isdigit()]
     return f"v{max(existing, default=0) + 1}"
@@ -110,8 +134,8 @@ def next_version(project: Project) -> str:
 def train_project_model(engine, project: Project, paths: list[Path], texts: list[str], labels: list[str],
                         splits: list[str], strategy: str | None = None, config: TrainConfig = TrainConfig(),
                         progress: Callable[[str, int, int], None] | None = None) -> tuple[str, dict]:
-    """Cache features, train the heads from the zero-shot start, evaluate on the test split,
-    save a new model version and make it active. Returns (version, metrics)."""
+    """Cache features, train the heads from the zero-shot start, evaluate on the test split and
+    save a new model version (not yet active). Returns (version, metrics)."""
     t0 = time.perf_counter()
     report = (lambda done, total: progress("encoding", done, total)) if progress else None
     files = cache_features(engine, project.directory / "features", paths, texts, report)
@@ -142,5 +166,4 @@ def train_project_model(engine, project: Project, paths: list[Path], texts: list
     }
     model.save(project.model_dir(version))
     (project.model_dir(version) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    set_active_model(project, version)
     return version, metrics

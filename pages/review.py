@@ -11,13 +11,13 @@ from fusion import demo, streamlit_cache
 from fusion.errors import FusionError
 from fusion.images import load_upload
 from fusion.overlay import blend_heatmap, colored_words_html, draw_boxes
-from fusion.project import load_project
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"]
 
 settings = streamlit_cache.settings()
 engine = streamlit_cache.engine()
-project = load_project(settings, st.session_state.get("project", settings.demo_project))
+store = streamlit_cache.store()
+project = store.project(st.session_state.get("project", settings.demo_project))
 
 
 def load_page(name: str, data: bytes) -> None:
@@ -43,7 +43,7 @@ def demo_sample_bytes() -> tuple[str, bytes]:
     """The next test-split demo page, so a demo needs no file at hand."""
     n = st.session_state.get("demo_index", 0)
     st.session_state["demo_index"] = n + 1
-    return demo.test_page(project, n)
+    return demo.test_page(store, project, n)
 
 
 def probability_chart(prediction) -> go.Figure:

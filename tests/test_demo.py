@@ -3,28 +3,38 @@ from __future__ import annotations
 
 import json
 
-import torch
-
-from fusion import demo, demo_data
-from fusion.demo import ensure_demo_project
+from fusion.demo import TEXT_SOURCE, ensure_demo_project
 from fusion.features import cache_features, load_feature_set
 from fusion.images import load_image
 from fusion.model import FusionModel
 from fusion.pipeline import compose_text
+from fusion.store import ItemFilter, open_store
 from fusion.train import evaluate
 
 
-def test_demo_baseline_fused_beats_best_single_modality_by_ten_points(demo_project, engine):
+def _test_items(settings):
+    store = open_store(settings)
+    return store, store.list_items(settings.demo_project, ItemFilter(split="test", sort="id"), limit=1000).items
+
+
+def test_demo_items_live_in_the_store(demo_project, settings):
+    info = open_store(settings).project_info(demo_project.name)
+    assert info["items"] == 480 and info["by_status"]["accepted"] == 480
+    store, items = _test_items(settings)
+    assert {i.label for i in items} == set(demo_project.labels)
+    assert all(i.ocr_engine == TEXT_SOURCE and i.ocr_text and store.image_path(i).is_file() for i in items)
+
+
+def test_demo_baseline_fused_beats_best_single_modality_by_ten_points(demo_project, engine, settings):
     assert demo_project.active_model == "v1"
     model_dir = demo_project.model_dir("v1")
     metrics = json.loads((model_dir / "metrics.json").read_text())
 
-    # Re-evaluate the saved model on the held-out split from the files, not from metrics.json.
-    items = [i for i in demo_data.load_manifest(demo.demo_source(demo_project)) if i.split == "test"]
+    # Re-evaluate the saved model on the held-out split from the stored files, not from metrics.json.
+    store, items = _test_items(settings)
     assert len(items) >= 50
-    files = cache_features(engine, demo_project.directory / "features",
-                           [demo.demo_source(demo_project) / i.file for i in items],
-                           [compose_text(i.text, i.caption) for i in items])
+    files = cache_features(engine, demo_project.directory / "features", [store.image_path(i) for i in items],
+                           [compose_text(i.ocr_text, i.caption) for i in items])
     index = {name: k for k, name in enumerate(demo_project.label_names)}
     test = load_feature_set(files, [index[i.label] for i in items])
     scores = evaluate(FusionModel.load(model_dir), test)
@@ -43,19 +53,20 @@ def test_demo_is_built_once(demo_project, settings):
     again = ensure_demo_project(settings)
     assert again.active_model == "v1" and model_file.stat().st_mtime_ns == stamp
     assert not demo_project.model_dir("v2").exists()
+    assert open_store(settings).project_info(demo_project.name)["items"] == 480
 
 
-def test_demo_pages_through_real_ocr_are_classified(demo_project, engine):
+def test_demo_pages_through_real_ocr_are_classified(demo_project, engine, settings):
     """The baseline was trained on the generator's text; real OCR of the pages must agree."""
-    items = [i for i in demo_data.load_manifest(demo.demo_source(demo_project)) if i.split == "test"]
+    store, items = _test_items(settings)
     picked = [next(i for i in items if i.label == label) for label in list(demo_project.labels)[:4]]
     right = 0
     for item in picked:
-        image = load_image(demo.demo_source(demo_project) / item.file)
+        image = load_image(store.image_path(item))
         prediction = engine.predict(image, demo_project, caption=item.caption)
         assert prediction.ocr is not None and len(prediction.ocr.words) > 10
         right += prediction.label == item.label
-        distinctive = {w for w in item.text.lower().split() if len(w) >= 5 and w.isalpha()}
+        distinctive = {w for w in item.ocr_text.lower().split() if len(w) >= 5 and w.isalpha()}
         read = set(prediction.ocr_text.lower().split())
         assert len(distinctive & read) >= 0.6 * len(distinctive), sorted(distinctive - read)
     assert right >= 3, f"only {right}/4 demo pages classified right through OCR"

@@ -126,11 +126,11 @@ def test_generate_redoes_a_half_written_or_different_folder(demo_60, tmp_path):
         generate(tmp_path, n=3)
 
 
-def test_full_demo_set_is_balanced_per_split_and_reused(demo_project):
+def test_full_demo_set_is_balanced_per_split_and_reused(demo_project, settings):
     """The 480 pages the session's demo project generated (see conftest), not a second copy."""
     from fusion.demo import demo_source
 
-    tmp_path = demo_source(demo_project)
+    tmp_path = demo_source(settings)
     calls = []
     items = load_manifest(tmp_path)
     assert len(items) == 480

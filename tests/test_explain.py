@@ -13,7 +13,7 @@ from torch import nn
 from fusion.encoders import ImageEncoder
 from fusion.explain import gradcam, peak_of
 from fusion.ocr import OcrResult
-from fusion.project import create_project
+from fusion.store import open_store
 
 CAT_CLASSES = [281, 282, 283, 284, 285]  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -52,11 +52,11 @@ def test_gradcam_of_the_cat_class_peaks_inside_the_pasted_cat(engine, box):
 
 @pytest.fixture(scope="module")
 def specialties(settings):
-    return create_project(settings, f"specialties-{uuid.uuid4().hex[:8]}", {
+    return open_store(settings).create_project(f"specialties-{uuid.uuid4().hex[:8]}", {
         "cardiology": "heart and ECG findings",
         "dermatology": "skin rash and lesions",
         "orthopedics": "bone fractures and joints",
-    })
+    }, user="test")
 
 
 @pytest.mark.parametrize("text, keyword, label", [
@@ -90,14 +90,13 @@ def test_explanations_come_at_the_image_resolution_with_a_peak_inside(engine, sp
 
 def test_cross_attention_models_explain_where_the_text_looks(engine, settings):
     from fusion.model import ModelConfig
-    from fusion.project import set_active_model
     from fusion.zeroshot import build_zero_shot_model
 
     labels = {"cat photo": "a photo of a cat", "invoice": "a billing invoice"}
-    project = create_project(settings, f"xattn-{uuid.uuid4().hex[:8]}", labels)
+    project = open_store(settings).create_project(f"xattn-{uuid.uuid4().hex[:8]}", labels, user="test")
     config = ModelConfig(list(labels), labels, "cross_attention", version="v1")
     build_zero_shot_model(config, engine.image_encoder, engine.text_encoder).save(project.model_dir("v1"))
-    set_active_model(project, "v1")
+    project = open_store(settings).set_active_model(project.name, "v1")
 
     image = Image.fromarray(data.chelsea())
     page = OcrResult(text="my cat at home", words=[], ms=0.0, angle=0)

@@ -1,0 +1,254 @@
+"""Importing images into a project: an ImageFolder, a flat folder, a CSV, a JSONL file or a saved
+Hugging Face dataset.
+
+A file that can't be read as a whole (not UTF-8, no header, binary, a line over the limit) is
+refused before anything is written. Inside a readable file, each bad row (missing file, unknown
+label, undecodable image) is reported with its line and reason and the good rows are kept. Rows
+are committed in batches, each all-or-nothing; running the same import again adds only what is
+missing, so an interrupted import is finished by running it again.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import BadImage, FusionError
+from .images import ACCEPTED_TEXT, ImageFile, check_image_file, load_image
+from .store import NewItem, Store
+
+MAX_LINE_BYTES = 1_000_000      # a caption or OCR text longer than this is not a caption
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")  # Hugging Face imagefolder convention
+TEXT_FIELDS = ("caption", "ocr_text", "ocr_engine", "filename")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Row:
+    """One thing to import, before its image is read."""
+    where: str                  # "labels.csv line 7", "cat/x.png": for messages and history
+    image: Path | bytes
+    filename: str
+    label: str | None = None
+    fields: dict = field(default_factory=dict)   # caption, ocr_text, ocr_engine
+
+
+@dataclass
+class ImportReport:
+    total: int = 0
+    added: int = 0
+    already: int = 0
+    problems: list[tuple[str, str]] = field(default_factory=list)   # (where, reason)
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "added": self.added, "already_in_project": self.already,
+                "problems": [{"where": w, "reason": r} for w, r in self.problems]}
+
+
+# ---- reading sources into rows ---------------------------------------------------------------
+
+def _read_text_file(path: Path) -> str:
+    data = path.read_bytes()
+    if not data.strip():
+        raise FusionError(f"{path.name} is empty; expected a header line such as image,label,caption")
+    if b"\x00" in data:
+        raise FusionError(f"{path.name} is binary, not a text file; nothing was imported")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise FusionError(f"{path.name} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); save it as "
+                          "UTF-8 and import again; nothing was imported") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_LINE_BYTES:
+            raise FusionError(f"{path.name} line {number} is {len(line):,} characters long; the limit is "
+                              f"{MAX_LINE_BYTES:,}; nothing was imported")
+    return text
+
+
+def _row_from_record(record: dict, where: str, base: Path) -> Row:
+    image = str(record.get("image") or record.get("file_name") or "").strip()
+    if not image:
+        raise ValueError("no image path")
+    label = (record.get("label") or "").strip() or None
+    fields = {k: record[k] for k in TEXT_FIELDS if isinstance(record.get(k), str)}
+    path = Path(image) if Path(image).is_absolute() else base / image
+    return Row(where, path, fields.pop("filename", None) or Path(image).name, label, fields)
+
+
+def csv_rows(path: Path, problems: list) -> list[Row]:
+    text = _read_text_file(path)
+    csv.field_size_limit(MAX_LINE_BYTES)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        first = next(reader)
+        header = [h.strip().lower() for h in first]
+        if "image" not in header and "file_name" not in header:
+            found = ", ".join(repr(h) for h in first[:6])
+            raise FusionError(f"{path.name}: the first line must be a header with the columns "
+                              f"image,label[,caption]; found {found}")
+        for cells in reader:
+            # reader.line_num counts physical lines: a caption with line breaks doesn't shift later ones.
+            where = f"{path.name} line {reader.line_num}"
+            if not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                problems.append((where, f"expected {len(header)} fields ({', '.join(header)}), got {len(cells)}"))
+                continue
+            try:
+                rows.append(_row_from_record(dict(zip(header, cells)), where, path.parent))
+            except ValueError as e:
+                problems.append((where, str(e)))
+    except csv.Error as e:
+        raise FusionError(f"{path.name} is not a valid CSV (line {reader.line_num}: {e}); "
+                          "nothing was imported") from None
+    return rows
+
+
+def jsonl_rows(path: Path, problems: list, base: Path | None = None) -> list[Row]:
+    rows = []
+    for number, line in enumerate(_read_text_file(path).splitlines(), 1):
+        where = f"{path.name} line {number}"
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            rows.append(_row_from_record(record, where, base or path.parent))
+        except ValueError as e:
+            problems.append((where, f"bad JSON line: {e}"))
+    return rows
+
+
+def folder_rows(root: Path, problems: list) -> list[Row]:
+    """ImageFolder (label/file.png) and/or flat unlabeled files; metadata.jsonl/csv add captions."""
+    metadata = {}
+    for name in METADATA_FILES:
+        if (root / name).is_file():
+            read = jsonl_rows if name.endswith(".jsonl") else csv_rows
+            metadata = {r.image: r for r in read(root / name, problems)}
+            break
+    rows = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root)
+        if relative.name in METADATA_FILES or any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append((str(relative), f"skipped: not an image file name ({ACCEPTED_TEXT})"))
+            continue
+        if len(relative.parts) > 2:
+            problems.append((str(relative), "skipped: too deep; use label/file or a flat folder"))
+            continue
+        meta = metadata.get(path)
+        label = relative.parts[0] if len(relative.parts) == 2 else None
+        rows.append(Row(str(relative), path, meta.filename if meta else path.name, label,
+                        meta.fields if meta else {}))
+    return rows
+
+
+def hf_rows(root: Path, problems: list) -> list[Row]:
+    """A dataset written by datasets.Dataset.save_to_disk (as `export --format hf` writes)."""
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(root))
+    except Exception as e:
+        raise FusionError(f"{root} is not a readable Hugging Face dataset ({e})") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = datasets.concatenate_datasets(list(dataset.values()))
+    if "image" not in dataset.column_names:
+        raise FusionError(f"{root}: the dataset has no 'image' column (columns: {dataset.column_names})")
+    names = getattr(dataset.features.get("label"), "names", None)
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    rows = []
+    for index, record in enumerate(dataset):
+        label = record.get("label")
+        label = (names[label] if label is not None and label >= 0 else None) if names else (label or None)
+        image = record["image"]
+        data = image.get("bytes") or (Path(image["path"]).read_bytes() if image.get("path") else b"")
+        fields = {k: record[k] for k in TEXT_FIELDS if isinstance(record.get(k), str)}
+        rows.append(Row(f"row {index}", data, fields.pop("filename", None) or f"row-{index}.png", label, fields))
+    return rows
+
+
+def read_source(path: Path, problems: list) -> list[Row]:
+    path = Path(path)
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return hf_rows(path, problems)
+        return folder_rows(path, problems)
+    if not path.is_file():
+        raise FusionError(f"nothing to import at {path}: expected a folder, a .csv, a .jsonl or a saved dataset")
+    if path.suffix.lower() == ".csv":
+        return csv_rows(path, problems)
+    if path.suffix.lower() == ".jsonl":
+        return jsonl_rows(path, problems)
+    raise FusionError(f"can't import {path.name}: use a folder (label/file.png), a .csv (image,label[,caption]), "
+                      "a .jsonl or a Hugging Face dataset folder")
+
+
+# ---- checking rows and writing them -------------------------------------------------------------
+
+def _check(row: Row, settings, labels: dict) -> tuple[Row, ImageFile | None, str | None]:
+    if row.label is not None and row.label not in labels:
+        return row, None, f"unknown label {row.label!r}; the project has {', '.join(labels)}"
+    try:
+        return row, check_image_file(row.image, settings), None
+    except BadImage as e:
+        return row, None, str(e)
+
+
+def import_rows(store: Store, project_name: str, rows: list[Row], user: str, report: ImportReport,
+                ocr: Callable | None = None, progress: Progress | None = None, batch: int = 200) -> ImportReport:
+    labels = store.project(project_name).labels
+    report.total += len(rows)
+    seen: dict[str, str] = {}
+    done = 0
+    # Decoding runs on two threads (Pillow releases the GIL while decoding).
+    with ThreadPoolExecutor(2) as pool:
+        for start in range(0, len(rows), batch):
+            new_items = []
+            for row, file, problem in pool.map(lambda r: _check(r, store.settings, labels), rows[start:start + batch]):
+                if problem is None and file.sha256 in seen:
+                    problem = f"the same image as {seen[file.sha256]}"
+                if problem is not None:
+                    report.problems.append((row.where, problem))
+                    continue
+                seen[file.sha256] = row.where
+                new_items.append(_new_item(row, file, ocr))
+            for _, outcome in store.add_items(project_name, new_items, user):
+                report.added += outcome == "added"
+                report.already += outcome != "added"
+            done = min(start + batch, len(rows))
+            if progress:
+                progress("importing", done, len(rows))
+    return report
+
+
+def _new_item(row: Row, file: ImageFile, ocr: Callable | None) -> NewItem:
+    fields = dict(row.fields)
+    if ocr is not None and "ocr_text" not in fields:
+        from .ocr import ENGINE
+
+        result = ocr(load_image(file.data))
+        fields |= {"ocr_text": result.text, "ocr_engine": ENGINE,
+                   "ocr_words": [w.to_dict() for w in result.words]}
+    return NewItem(file, row.filename, row.label, fields.get("caption", ""), fields.get("ocr_text"),
+                   fields.get("ocr_words"), fields.get("ocr_engine"), source=row.where[:255])
+
+
+def import_path(store: Store, project_name: str, path: Path, user: str, ocr: Callable | None = None,
+                progress: Progress | None = None) -> ImportReport:
+    """Import everything readable at `path`; returns what was added and what was not, and why."""
+    report = ImportReport()
+    store.project(project_name)  # an unknown project fails before the files are read
+    rows = read_source(Path(path), report.problems)
+    return import_rows(store, project_name, rows, user, report, ocr, progress)
+
