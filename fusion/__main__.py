@@ -31,7 +31,7 @@ def _progress(stage: str, done: int, total: int) -> None:
 
 
 def _emit(data: dict, as_json: bool, summary: str) -> None:
-    print(json.dumps(data, indent=None if as_json else 2) if as_json else summary)
+    print(json.dumps(data, default=str) if as_json else summary)
 
 
 def cmd_ocr(args, settings) -> None:

@@ -71,12 +71,17 @@ def _read_text_file(path: Path) -> str:
     return text
 
 
+def _text_fields(record: dict) -> dict:
+    """Caption as given (even ""); an empty OCR text means OCR was never run."""
+    return {k: v for k in TEXT_FIELDS if isinstance(v := record.get(k), str) and (v or k == "caption")}
+
+
 def _row_from_record(record: dict, where: str, base: Path) -> Row:
     image = str(record.get("image") or record.get("file_name") or "").strip()
     if not image:
         raise ValueError("no image path")
     label = (record.get("label") or "").strip() or None
-    fields = {k: record[k] for k in TEXT_FIELDS if isinstance(record.get(k), str)}
+    fields = _text_fields(record)
     path = Path(image) if Path(image).is_absolute() else base / image
     return Row(where, path, fields.pop("filename", None) or Path(image).name, label, fields)
 
@@ -173,7 +178,7 @@ def hf_rows(root: Path, problems: list) -> list[Row]:
         label = (names[label] if label is not None and label >= 0 else None) if names else (label or None)
         image = record["image"]
         data = image.get("bytes") or (Path(image["path"]).read_bytes() if image.get("path") else b"")
-        fields = {k: record[k] for k in TEXT_FIELDS if isinstance(record.get(k), str)}
+        fields = _text_fields(record)
         rows.append(Row(f"row {index}", data, fields.pop("filename", None) or f"row-{index}.png", label, fields))
     return rows
 
