@@ -1,4 +1,5 @@
-"""Benchmarks (`python -m fusion bench predict --json`): speed lives here, not in timed tests.
+"""Benchmarks (`python -m fusion bench predict|store --json`): speed lives here, not in timed tests.
+store: see fusion/bench_store.py.
 
 predict: on a 1024x1024 demo document, warm -- OCR alone; full predict + explain (image
 features not cached); re-predict with an edited caption (OCR result and image features reused)
@@ -96,4 +97,6 @@ def bench_predict(settings: Settings) -> dict:
 
 
 def run(what: str, settings: Settings) -> dict:
-    return {"predict": bench_predict}[what](settings)
+    from .bench_store import bench_store
+
+    return {"predict": bench_predict, "store": bench_store}[what](settings)

@@ -53,13 +53,13 @@ class ImportReport:
 # ---- reading sources into rows ---------------------------------------------------------------
 
 def _read_text_file(path: Path) -> str:
-    data = path.read_bytes()
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # Excel writes a BOM even on an empty sheet
     if not data.strip():
         raise FusionError(f"{path.name} is empty; expected a header line such as image,label,caption")
     if b"\x00" in data:
         raise FusionError(f"{path.name} is binary, not a text file; nothing was imported")
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise FusionError(f"{path.name} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); save it as "
@@ -89,7 +89,8 @@ def _row_from_record(record: dict, where: str, base: Path) -> Row:
 def csv_rows(path: Path, problems: list) -> list[Row]:
     text = _read_text_file(path)
     csv.field_size_limit(MAX_LINE_BYTES)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: an unclosed quote is an error, not a caption that swallows the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows = []
     try:
         first = next(reader)
@@ -98,9 +99,13 @@ def csv_rows(path: Path, problems: list) -> list[Row]:
             found = ", ".join(repr(h) for h in first[:6])
             raise FusionError(f"{path.name}: the first line must be a header with the columns "
                               f"image,label[,caption]; found {found}")
-        for cells in reader:
-            # reader.line_num counts physical lines: a caption with line breaks doesn't shift later ones.
-            where = f"{path.name} line {reader.line_num}"
+        while True:
+            # line_num counts physical lines, so a caption with line breaks doesn't shift later rows;
+            # a row is named by its first line.
+            where = f"{path.name} line {reader.line_num + 1}"
+            cells = next(reader, None)
+            if cells is None:
+                break
             if not any(c.strip() for c in cells):
                 continue
             if len(cells) != len(header):

@@ -260,13 +260,12 @@ def test_import_killed_midway_leaves_a_consistent_workspace_and_finishes_on_reru
             assert time.monotonic() < deadline, "the import made no progress"
             count = conn.execute("SELECT count(*) FROM items").fetchone()[0]
             if 0 < count < total and staged_files(home):
-                os.kill(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.002)
     finally:
-        if proc.poll() is None and proc.returncode is None:
-            pass
         conn.close()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
     log.close()
 
@@ -342,6 +341,8 @@ WHOLE_FILE_ERRORS = {
                                                                        "limit is 1,000,000", "nothing was imported"]),
     "huge-multiline-field": (HEADER + b'a.png,cat,"' + (b"y" * 999 + b"\n") * 1100 + b'"\n',
                              ["not a valid CSV", "field", "nothing was imported"]),
+    "unclosed-quote": (HEADER + b'a.png,cat,"forgot to close\nb.png,dog,second\nc.png,dog,third\n',
+                       ["not a valid CSV", "nothing was imported"]),
     "latin-1": ("image,label,caption\na.png,cat,caf\xe9\n".encode("latin-1"),
                 ["not UTF-8", "0xe9", "line 2", "nothing was imported"]),
 }
@@ -373,6 +374,9 @@ def test_header_only_csv_imports_nothing(project):
 CAPTION = 'She said "hi, there", then left.\nSecond line, with a comma\r\nThird "quoted" line — café ✓, '
 
 
+LAST_CAPTION = 'last, "quoted" one'
+
+
 def csv_cell(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
@@ -401,7 +405,7 @@ def test_bad_rows_are_listed_by_line_and_good_rows_are_imported(project):
         "empty.png,dog,",                               # 14
         ",cat,no image",                                # 15
         "good5.png,dog",                                # 16
-        f"good6.png,cat,{csv_cell('last, \"quoted\" one')}",  # 17
+        "good6.png,cat," + csv_cell(LAST_CAPTION),      # 17
     ]
     path = folder / "rows.csv"
     path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
@@ -429,11 +433,12 @@ def test_bad_rows_are_listed_by_line_and_good_rows_are_imported(project):
     items = {item.filename: item for item in store.iter_items("p")}
     assert set(items) == {"good1.png", "good3.png", "good4.png", "good6.png"}
     for name, (label, caption) in {"good1.png": ("cat", "plain caption"), "good3.png": ("dog", CAPTION),
-                                   "good4.png": (None, ""), "good6.png": ("cat", 'last, "quoted" one')}.items():
+                                   "good4.png": (None, ""), "good6.png": ("cat", LAST_CAPTION)}.items():
         item = items[name]
         assert (item.label, item.caption) == (label, caption), name
         assert item.sha256 == check_image_file(good[name[:-4]], settings).sha256
         assert store.image_path(item).read_bytes() == good[name[:-4]]
+    assert store.history("p", items["good3.png"].id)[0].source == "rows.csv line 6"  # a row is named by its first line
     assert items["good4.png"].status == "unlabeled"
     sources = {name: [h.source for h in store.history("p", item.id)] for name, item in items.items()}
     assert sources["good1.png"] == ["rows.csv line 2"]
