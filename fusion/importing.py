@@ -220,12 +220,16 @@ def import_rows(store: Store, project_name: str, rows: list[Row], user: str, rep
     labels = store.project(project_name).labels
     report.total += len(rows)
     seen: dict[str, str] = {}
-    done = 0
-    # Decoding runs on two threads (Pillow releases the GIL while decoding).
+    batches = [rows[start:start + batch] for start in range(0, len(rows), batch)]
+    # Two threads decode (Pillow releases the GIL), one batch ahead of the one being written.
     with ThreadPoolExecutor(2) as pool:
-        for start in range(0, len(rows), batch):
+        def submit(k: int) -> list:
+            return [pool.submit(_check, r, store.settings, labels) for r in batches[k]] if k < len(batches) else []
+        ahead = submit(0)
+        for k in range(len(batches)):
+            current, ahead = ahead, submit(k + 1)
             new_items = []
-            for row, file, problem in pool.map(lambda r: _check(r, store.settings, labels), rows[start:start + batch]):
+            for row, file, problem in (future.result() for future in current):
                 if problem is None and file.sha256 in seen:
                     problem = f"the same image as {seen[file.sha256]}"
                 if problem is not None:
@@ -236,9 +240,8 @@ def import_rows(store: Store, project_name: str, rows: list[Row], user: str, rep
             for _, outcome in store.add_items(project_name, new_items, user):
                 report.added += outcome == "added"
                 report.already += outcome != "added"
-            done = min(start + batch, len(rows))
             if progress:
-                progress("importing", done, len(rows))
+                progress("importing", min((k + 1) * batch, len(rows)), len(rows))
     return report
 
 

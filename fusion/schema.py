@@ -33,10 +33,15 @@ class ItemRow(Base):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("project_id", "sha256", name="uq_items_project_sha256"),  # one file, one item
-        Index("ix_items_project_status", "project_id", "status", "updated_at"),
-        Index("ix_items_project_label", "project_id", "label", "updated_at"),
-        Index("ix_items_project_updated", "project_id", "updated_at"),
-        Index("ix_items_project_confidence", "project_id", "pred_confidence"),
+        # The list's filters x sorts (see migration 0002); each page is an index range.
+        Index("ix_items_status_updated", "project_id", "status", "updated_at"),
+        Index("ix_items_status_confidence", "project_id", "status", "pred_confidence"),
+        Index("ix_items_label_updated", "project_id", "label", "updated_at"),
+        Index("ix_items_split_updated", "project_id", "split", "updated_at"),
+        Index("ix_items_updated", "project_id", "updated_at"),
+        Index("ix_items_added", "project_id", "added_at"),
+        Index("ix_items_confidence", "project_id", "pred_confidence"),
+        Index("ix_items_filename", "project_id", "filename"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -51,8 +56,7 @@ class ItemRow(Base):
     added_at: Mapped[datetime] = mapped_column(DateTime)
     added_by: Mapped[str] = mapped_column(String(128))
 
-    ocr_text: Mapped[str | None] = mapped_column(Text)    # None: OCR not run yet
-    ocr_words: Mapped[list | None] = mapped_column(JSON)  # [{"text", "confidence", "box"}]
+    ocr_text: Mapped[str | None] = mapped_column(Text)    # None: OCR not run yet (words: OcrWordsRow)
     ocr_engine: Mapped[str | None] = mapped_column(String(64))  # "easyocr 1.7.2", or where the text came from
     caption: Mapped[str] = mapped_column(Text, default="")
 
@@ -67,6 +71,15 @@ class ItemRow(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic locking: +1 on every change
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class OcrWordsRow(Base):
+    """Each OCR word's text, confidence and box: kilobytes per page, so kept out of `items`,
+    whose rows stay small for listing 100k of them."""
+    __tablename__ = "ocr_words"
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), primary_key=True)
+    words: Mapped[list] = mapped_column(JSON)   # [{"text", "conf", "box": [x0, y0, x1, y1]}]
 
 
 class HistoryRow(Base):

@@ -10,13 +10,14 @@ Rules it keeps:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from .blobs import BlobStore
@@ -24,7 +25,7 @@ from .database import Database, database_url, open_database
 from .errors import FusionError, UnknownProject
 from .images import ImageFile
 from .project import Project, check_labels, check_project_name
-from .schema import SPLITS, STATUSES, HistoryRow, ItemRow, ProjectRow
+from .schema import SPLITS, STATUSES, HistoryRow, ItemRow, OcrWordsRow, ProjectRow
 from .settings import Settings
 
 Item = ItemRow  # what callers get: a detached snapshot of one item's current state
@@ -164,41 +165,49 @@ class Store:
         with self.db.read() as session:
             return session.scalar(select(ItemRow.id).where(ItemRow.sha256 == sha256).limit(1)) is not None
 
-    def add_items(self, project_name: str, new_items: list[NewItem], user: str) -> list[tuple[Item | None, str]]:
+    def add_items(self, project_name: str, new_items: list[NewItem], user: str) -> list[tuple[Item, str]]:
         """Add a batch in one transaction. Returns, per new item, (item, "added") or
         (existing item, "already in the project"). All or nothing: on error no row, no file."""
-        now = utcnow()
-        results: list[tuple[Item | None, str]] = []
+        labels = self.project(project_name).labels
+        for new in new_items:
+            if new.label is not None and new.label not in labels:
+                raise FusionError(f"unknown label {new.label!r} for project {project_name!r}")
         with self.blobs.staging() as staging:
+            # Files are written before the write lock is taken: other writers never wait on the disk.
+            known = self._existing(project_name, [n.file.sha256 for n in new_items])
+            staging.add([(n.file.sha256, n.file.extension, n.file.data) for n in new_items
+                         if n.file.sha256 not in known])
             with self.db.write() as session:
                 project = self._project_row(session, project_name)
-                shas = [n.file.sha256 for n in new_items]
-                existing = {row.sha256: row for row in session.scalars(
-                    select(ItemRow).where(ItemRow.project_id == project.id, ItemRow.sha256.in_(shas)))}
-                rows, fresh = [], []
+                existing = {row.sha256: row for row in session.scalars(select(ItemRow).where(
+                    ItemRow.project_id == project.id, ItemRow.sha256.in_([n.file.sha256 for n in new_items])))}
+                now, results, rows, fresh = utcnow(), [], [], []
                 for new in new_items:
-                    if new.label is not None and new.label not in {e["name"] for e in project.labels}:
-                        raise FusionError(f"unknown label {new.label!r} for project {project_name!r}")
                     if new.file.sha256 in existing:
                         results.append((existing[new.file.sha256], "already in the project"))
                         continue
-                    staging.add(new.file.sha256, new.file.extension, new.file.data)
-                    row = self._new_row(project.id, new, user, now)
-                    existing[new.file.sha256] = row
+                    row = existing[new.file.sha256] = self._new_row(project.id, new, user, now)
                     rows.append(row)
                     fresh.append(new)
                     results.append((row, "added"))
-                if not rows:
-                    return results
-                session.add_all(rows)
-                session.flush()  # assigns ids
-                session.execute(insert(HistoryRow), [
-                    dict(item_id=row.id, project_id=project.id, at=now, user=user, action="add", item_version=1,
-                         new_label=row.label, new_status=row.status, new_caption=row.caption or None,
-                         source=new.source)
-                    for row, new in zip(rows, fresh)])
-            staging.promote(r.sha256 for r in rows)
+                if rows:
+                    session.add_all(rows)
+                    session.flush()  # assigns ids
+                    session.add_all(OcrWordsRow(item_id=row.id, words=new.ocr_words)
+                                    for row, new in zip(rows, fresh) if new.ocr_words)
+                    session.execute(insert(HistoryRow), [
+                        dict(item_id=row.id, project_id=project.id, at=now, user=user, action="add", item_version=1,
+                             new_label=row.label, new_status=row.status, new_caption=row.caption or None,
+                             source=new.source)
+                        for row, new in zip(rows, fresh)])
+            staging.promote(row.sha256 for row in rows)
         return results
+
+    def _existing(self, project_name: str, shas: list[str]) -> set[str]:
+        with self.db.read() as session:
+            project = self._project_row(session, project_name)
+            return set(session.scalars(select(ItemRow.sha256).where(
+                ItemRow.project_id == project.id, ItemRow.sha256.in_(shas))))
 
     @staticmethod
     def _new_row(project_id: int, new: NewItem, user: str, now: datetime) -> ItemRow:
@@ -206,7 +215,7 @@ class Store:
         return ItemRow(
             project_id=project_id, sha256=f.sha256, extension=f.extension, filename=new.filename[:255],
             size=len(f.data), width=f.width, height=f.height, split=split_of(f.sha256), added_at=now,
-            added_by=user, ocr_text=new.ocr_text, ocr_words=new.ocr_words, ocr_engine=new.ocr_engine,
+            added_by=user, ocr_text=new.ocr_text, ocr_engine=new.ocr_engine,
             caption=new.caption, label=new.label, status="accepted" if new.label else "unlabeled",
             version=1, updated_at=now, updated_by=user)
 
@@ -245,15 +254,25 @@ class Store:
             if where.split is not None:
                 conditions.append(ItemRow.split == where.split)
             if where.search:
-                pattern = "%" + where.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                conditions.append(or_(*(c.ilike(pattern, escape="\\") for c in
-                                        (ItemRow.filename, ItemRow.caption, ItemRow.ocr_text))))
+                conditions.append(self._search_condition(where.search))
             column = SORTS[where.sort]
             order = (column.desc(), ItemRow.id.desc()) if where.descending else (column.asc(), ItemRow.id.asc())
             total = session.scalar(select(func.count()).select_from(ItemRow).where(*conditions))
-            items = list(session.scalars(select(ItemRow).where(*conditions).order_by(*order)
-                                         .offset(offset).limit(limit)))
-        return Page(items, total)
+            # The page's ids first (an index range, no row reads), then just those rows.
+            ids = list(session.scalars(select(ItemRow.id).where(*conditions).order_by(*order)
+                                       .offset(offset).limit(limit)))
+            rows = {row.id: row for row in session.scalars(select(ItemRow).where(ItemRow.id.in_(ids)))}
+        return Page([rows[i] for i in ids], total)
+
+    def _search_condition(self, query: str):
+        """Every word of the query, as a word prefix, in the file name, caption or OCR text."""
+        words = re.findall(r"\w+", query.lower())
+        if self.db.engine.dialect.name == "sqlite" and words:
+            match = " AND ".join(f'"{word}"*' for word in words)
+            return text("items.id IN (SELECT rowid FROM items_search WHERE items_search MATCH :match)"
+                        ).bindparams(match=match)
+        pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return or_(*(c.ilike(pattern, escape="\\") for c in (ItemRow.filename, ItemRow.caption, ItemRow.ocr_text)))
 
     def iter_items(self, project_name: str, batch: int = 1000) -> Iterable[Item]:
         """Every item of a project, oldest first, in batches (for export and training)."""
@@ -347,9 +366,17 @@ class Store:
 
     def set_ocr(self, project_name: str, item_id: int, text: str, words: list, engine: str, user: str) -> Item:
         """Machine output: never refused as stale (it doesn't overwrite a human decision)."""
-        return self._change(project_name, item_id, user, "ocr", None,
-                            lambda row: {"ocr_text": text, "ocr_words": words, "ocr_engine": engine},
+        item = self._change(project_name, item_id, user, "ocr", None,
+                            lambda row: {"ocr_text": text, "ocr_engine": engine},
                             lambda row: {"source": engine}, human=False)
+        with self.db.write() as session:
+            session.merge(OcrWordsRow(item_id=item_id, words=words))
+        return item
+
+    def ocr_words(self, item: Item) -> list:
+        with self.db.read() as session:
+            row = session.get(OcrWordsRow, item.id)
+            return row.words if row else []
 
     def record_prediction(self, project_name: str, item_id: int, label: str, confidence: float,
                           probabilities: dict[str, float], model_version: str, user: str = "model") -> Item:

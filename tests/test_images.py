@@ -226,3 +226,26 @@ def test_bad_image_is_a_fusion_error():
 def test_image_sha256():
     assert image_sha256(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert len(image_sha256(encode(sample_rgb(), "PNG"))) == 64
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
+def test_import_check_catches_the_same_damage_as_a_full_decode(fmt, tmp_path):
+    """check_image_file skips pixel work (PNG: CRCs only, JPEG: 1/8 scale) but not the verdict."""
+    from fusion.images import check_image_file
+    from fusion.settings import load_settings
+
+    settings = load_settings(home=tmp_path)
+    data = encode(sample_rgb(640, 480), fmt)
+    file = check_image_file(data, settings)
+    assert (file.width, file.height) == (640, 480) and file.sha256 == image_sha256(data)
+    assert file.extension == {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif"}[fmt]
+    with pytest.raises(BadImage):
+        load_image(data[: len(data) // 2])
+    for bad in (data[: len(data) // 2], data[:-20]):
+        with pytest.raises(BadImage, match="truncated or corrupt|could not read"):
+            check_image_file(bad, settings)
+    if fmt == "PNG":  # one flipped byte in the compressed pixels: a full decode misses it, the CRC doesn't
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF
+        with pytest.raises(BadImage, match="checksum"):
+            check_image_file(bytes(flipped), settings)

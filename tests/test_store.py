@@ -134,6 +134,10 @@ def test_listing_filters_sorts_and_pages(store):
     assert store.list_items("pets", ItemFilter(search="X-RAY")).total == 4
     assert store.list_items("pets", ItemFilter(search="100%_")).total == 0   # LIKE wildcards are literal
     assert [i.id for i in store.list_items("pets", ItemFilter(label="dog")).items] == [items[0].id]
+    words = [{"text": "Troponin", "conf": 0.93, "box": [1, 2, 30, 12]}]
+    read = store.set_ocr("pets", items[5].id, "Troponin raised", words, "easyocr 1.7.2", "ocr")
+    assert read.version == 1 and store.ocr_words(read) == words   # machine output: no new version
+    assert [i.id for i in store.list_items("pets", ItemFilter(search="tropo")).items] == [items[5].id]
     assert store.project_info("pets")["by_status"] == {
         "unlabeled": 6, "predicted": 5, "accepted": 0, "corrected": 1, "skipped": 0}
 
@@ -142,19 +146,26 @@ def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path):
     url = f"sqlite:///{tmp_path / 'fusion.db'}"
     engine = create_database_engine(url)
     upgrade_schema(engine, "0001")
+    old_item = check_image_file(png(7), load_settings(home=tmp_path))
     with engine.begin() as c:
         c.execute(text("INSERT INTO projects (name, labels, created_at, created_by) VALUES "
                        "('old', '[{\"name\": \"a\"}, {\"name\": \"b\"}]', '2026-01-01 00:00:00', 'ann')"))
+        c.execute(text(
+            "INSERT INTO items (project_id, sha256, extension, filename, size, width, height, split, added_at, "
+            "added_by, caption, status, version, updated_at, updated_by) VALUES (1, :sha, '.png', 'old.png', 1, "
+            "40, 30, 'train', '2026-01-01 00:00:00', 'ann', 'an echocardiogram report', 'unlabeled', 1, "
+            "'2026-01-01 00:00:00', 'ann')"), {"sha": old_item.sha256})
     assert schema_revision(engine) == "0001"
-    assert "ix_items_project_status" not in {i["name"] for i in inspect(engine).get_indexes("items")}
+    assert "ix_items_status_updated" not in {i["name"] for i in inspect(engine).get_indexes("items")}
     engine.dispose()
 
     store = Store(load_settings(home=tmp_path))
     assert schema_revision(store.db.engine) == "0002"
     assert store.project("old").labels == {"a": "", "b": ""}
-    assert "ix_items_project_status" in {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
-    item = NewItem(check_image_file(png(7), store.settings), "x.png")
-    store.add_items("old", [item], "ann")
+    assert "ix_items_status_updated" in {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
+    found = store.list_items("old", ItemFilter(search="echocardio")).items   # indexed by the migration
+    assert [i.filename for i in found] == ["old.png"]
+    store.set_label("old", found[0].id, "a", "bob", expected_version=1)
     with pytest.raises(Exception, match="append-only"), store.db.engine.begin() as c:
         c.exec_driver_sql("DELETE FROM history")
 

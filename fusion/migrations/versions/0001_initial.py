@@ -40,7 +40,6 @@ def upgrade() -> None:
     sa.Column('added_at', sa.DateTime(), nullable=False),
     sa.Column('added_by', sa.String(length=128), nullable=False),
     sa.Column('ocr_text', sa.Text(), nullable=True),
-    sa.Column('ocr_words', sa.JSON(), nullable=True),
     sa.Column('ocr_engine', sa.String(length=64), nullable=True),
     sa.Column('caption', sa.Text(), nullable=False),
     sa.Column('pred_label', sa.String(length=128), nullable=True),
@@ -86,9 +85,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_history_item_id'), ['item_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_history_project_id'), ['project_id'], unique=False)
 
+    op.create_table('ocr_words',
+    sa.Column('item_id', sa.Integer(), nullable=False),
+    sa.Column('words', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['item_id'], ['items.id'], ),
+    sa.PrimaryKeyConstraint('item_id')
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('ocr_words')
     with op.batch_alter_table('history', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_history_project_id'))
         batch_op.drop_index(batch_op.f('ix_history_item_id'))
