@@ -44,7 +44,7 @@ def fill(store: Store, project: str, n: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     with store.db.write() as session:
         project_id = session.scalar(select(ProjectRow.id).where(ProjectRow.name == project))
-    labels = list(LABELS)
+    labels = store.project(project).label_names
     for start in range(0, n, 10_000):
         rows = []
         for i in range(start, min(n, start + 10_000)):

@@ -242,6 +242,7 @@ def import_rows(store: Store, project_name: str, rows: list[Row], user: str, rep
                 report.already += outcome != "added"
             if progress:
                 progress("importing", min((k + 1) * batch, len(rows)), len(rows))
+    store.optimize()  # the planner's statistics, for listing what just arrived
     return report
 
 

@@ -253,3 +253,19 @@ def test_cli_create_import_label_history_export(tmp_path):
     assert exported.returncode == 0 and (tmp_path / "out" / "items.csv").read_text().count("\n") == 7
     missing = cli("import", "nope", str(images))
     assert missing.returncode == 2 and missing.stderr.startswith("error: no project 'nope'")
+
+
+def test_search_counts_up_to_a_cap_and_still_pages_in_sort_order(store):
+    from fusion.bench_store import fill
+    from fusion.store import SEARCH_COUNT_CAP
+
+    fill(store, "pets", SEARCH_COUNT_CAP + 200)   # rows only, text from a 15-word vocabulary
+    store.optimize()
+    common = store.list_items("pets", ItemFilter(search="patient", sort="filename", descending=False), limit=50)
+    assert common.total_is_capped and common.total == SEARCH_COUNT_CAP and len(common.items) == 50
+    names = [i.filename for i in common.items]
+    assert names == sorted(names) and all("patient" in f"{i.caption} {i.ocr_text}" for i in common.items)
+    one = store.list_items("pets", ItemFilter(search="scan-000417"))
+    assert (one.total, one.total_is_capped, [i.filename for i in one.items]) == (1, False, ["scan-000417.png"])
+    plain = store.list_items("pets", ItemFilter())
+    assert plain.total == SEARCH_COUNT_CAP + 200 and not plain.total_is_capped
