@@ -257,6 +257,8 @@ class Store:
             if where.split is not None:
                 conditions.append(ItemRow.split == where.split)
             matches = self._search_matches(where.search) if where.search else None
+            if where.search and matches is None:
+                conditions.append(self._search_like(where.search))
             counted = select(ItemRow.id).where(*conditions)
             if matches is not None:
                 counted = counted.where(ItemRow.id.in_(matches)).limit(SEARCH_COUNT_CAP + 1)
@@ -266,8 +268,6 @@ class Store:
                 # Few matches: fetch them by id and sort them. Many: walk the sort's index and keep
                 # the matches ("+ 0" stops SQLite from fetching and sorting 90k matches by id).
                 conditions.append((ItemRow.id + 0 if capped else ItemRow.id).in_(matches))
-            elif where.search:
-                conditions.append(self._search_like(where.search))
             column = SORTS[where.sort]
             order = (column.desc(), ItemRow.id.desc()) if where.descending else (column.asc(), ItemRow.id.asc())
             # The page's ids first (an index range, no row reads), then just those rows.

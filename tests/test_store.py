@@ -132,14 +132,17 @@ def test_listing_filters_sorts_and_pages(store):
     second = store.list_items("pets", ItemFilter(sort="filename", descending=False), offset=10, limit=5)
     assert [i.filename for i in second.items] == ["scan-10.png", "scan-11.png"] and second.total == 12
     assert store.list_items("pets", ItemFilter(search="X-RAY")).total == 4
-    assert store.list_items("pets", ItemFilter(search="100%_")).total == 0   # LIKE wildcards are literal
+    assert store.list_items("pets", ItemFilter(search="100%_")).total == 0
+    add(store, 99, "odd.png", caption="saturation 50% (room air)")
+    assert [i.filename for i in store.list_items("pets", ItemFilter(search="%")).items] == ["odd.png"]  # no words:
+    assert store.list_items("pets", ItemFilter(search="_")).total == 0                # a literal LIKE, not a wildcard
     assert [i.id for i in store.list_items("pets", ItemFilter(label="dog")).items] == [items[0].id]
     words = [{"text": "Troponin", "conf": 0.93, "box": [1, 2, 30, 12]}]
     read = store.set_ocr("pets", items[5].id, "Troponin raised", words, "easyocr 1.7.2", "ocr")
     assert read.version == 1 and store.ocr_words(read) == words   # machine output: no new version
     assert [i.id for i in store.list_items("pets", ItemFilter(search="tropo")).items] == [items[5].id]
     assert store.project_info("pets")["by_status"] == {
-        "unlabeled": 6, "predicted": 5, "accepted": 0, "corrected": 1, "skipped": 0}
+        "unlabeled": 7, "predicted": 5, "accepted": 0, "corrected": 1, "skipped": 0}
 
 
 def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path):
