@@ -27,13 +27,20 @@ COLD_START = (
 )
 
 
-def _median_ms(fn, repeat: int) -> float:
+def timed(fn, repeat: int) -> dict:
+    """Milliseconds per call of fn over `repeat` calls: median, 95th percentile, max."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
-    return round(statistics.median(times), 1)
+    times.sort()
+    return {"median_ms": round(statistics.median(times), 2), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
+            "max_ms": round(times[-1], 2)}
+
+
+def _median_ms(fn, repeat: int) -> float:
+    return round(timed(fn, repeat)["median_ms"], 1)
 
 
 def document_image(size: int = 1024) -> Image.Image:

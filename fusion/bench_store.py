@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import random
 import struct
-import statistics
 import tempfile
 import time
 import zlib
@@ -20,23 +19,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from .bench import timed
 from .schema import STATUSES, HistoryRow, ItemRow, ProjectRow
 from .settings import Settings, load_settings
 from .store import ItemFilter, Store, split_of, utcnow
 
 LABELS = {f"class-{i}": "" for i in range(8)}
 WORDS = "patient chest ecg rhythm sinus lab glucose report form chart normal review follow up note".split()
-
-
-def _timed(fn, repeat: int) -> dict:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    return {"median_ms": round(statistics.median(times), 2), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
-            "max_ms": round(times[-1], 2)}
 
 
 def fill(store: Store, project: str, n: int, seed: int = 0) -> None:
@@ -135,7 +124,7 @@ def bench_store(settings: Settings, items: int = 100_000) -> dict:
             "search_common_words_by_updated": (ItemFilter(search="glucose report"), 0),
             "everything_by_updated_page_1000": (ItemFilter(), 50 * 1000),
         }
-        listing = {name: _timed(lambda w=where, o=offset: store.list_items("bench", w, offset=o, limit=50), 20)
+        listing = {name: timed(lambda w=where, o=offset: store.list_items("bench", w, offset=o, limit=50), 20)
                    for name, (where, offset) in queries.items()}
 
         rng = random.Random(1)
@@ -145,7 +134,7 @@ def bench_store(settings: Settings, items: int = 100_000) -> dict:
         def correct() -> None:
             item = shown.pop()
             store.set_label("bench", item.id, rng.choice(labels), "bench", expected_version=item.version)
-        save = _timed(correct, 200)
+        save = timed(correct, 200)
         store.db.engine.dispose()
 
     imports = [bench_import(settings, 1000, "PNG"), bench_import(settings, 1000, "JPEG")]
