@@ -21,7 +21,7 @@ from sqlalchemy import func, insert, literal_column, or_, select, table, text, u
 from sqlalchemy.orm import Session
 
 from .blobs import BlobStore
-from .database import Database, database_url, open_database
+from .database import database_url, open_database
 from .errors import FusionError, UnknownProject
 from .images import ImageFile
 from .project import Project, check_labels, check_project_name
@@ -88,9 +88,9 @@ class ItemFilter:
 
 
 class Store:
-    def __init__(self, settings: Settings, database: Database | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.db = database or open_database(database_url(settings))
+        self.db = open_database(database_url(settings))
         self.blobs = BlobStore(settings.images_dir)
         self.blobs.recover(self._has_blob_row)
         self._adopt_json_projects()
@@ -228,10 +228,7 @@ class Store:
             project = self._project_row(session, project_name)
             query = select(ItemRow).where(ItemRow.project_id == project.id)
             ref = str(ref)
-            if ref.isdigit():
-                rows = list(session.scalars(query.where(ItemRow.id == int(ref))))
-            else:
-                rows = []
+            rows = list(session.scalars(query.where(ItemRow.id == int(ref)))) if ref.isdigit() else []
             if not rows and len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref.lower()):
                 rows = list(session.scalars(query.where(ItemRow.sha256.startswith(ref.lower())).limit(2)))
             if not rows:
@@ -325,8 +322,9 @@ class Store:
                 changes: Callable[[ItemRow], dict], history: Callable[[ItemRow], dict] = lambda row: {},
                 human: bool = True) -> Item:
         """The one way an item changes: check the version, update, append history, one transaction.
-        Machine output (OCR, predictions) doesn't bump the version: it never makes a reviewer's
-        open edit stale, since the history keeps what the reviewer was shown."""
+        Machine output (OCR, predictions) leaves version and updated_at/by alone: it never makes a
+        reviewer's open edit stale (the history keeps what the reviewer was shown), and a stale
+        edit's message names the last person who changed the item."""
         with self.db.write() as session:
             project = self._project_row(session, project_name)
             row = session.scalar(select(ItemRow).where(ItemRow.id == item_id, ItemRow.project_id == project.id))
@@ -338,7 +336,8 @@ class Store:
                     f"after you opened it (now: {row.label or 'no label'}, {row.status}); your edit was not "
                     "saved. Reload the item and decide again.")
             old = {"label": row.label, "status": row.status, "caption": row.caption}
-            values = changes(row) | {"version": row.version + human, "updated_at": utcnow(), "updated_by": user}
+            now, version = utcnow(), row.version + human
+            values = changes(row) | ({"version": version, "updated_at": now, "updated_by": user} if human else {})
             entry = history(row)
             # The WHERE on version makes the check hold even on a database without IMMEDIATE locks.
             result = session.execute(update(ItemRow).where(ItemRow.id == row.id, ItemRow.version == row.version)
@@ -348,8 +347,8 @@ class Store:
             new = old | {k: values[k] for k in old if k in values}
             caption_changed = new["caption"] != old["caption"]
             session.add(HistoryRow(**dict(
-                item_id=row.id, project_id=project.id, at=values["updated_at"], user=user, action=action,
-                item_version=values["version"], old_label=old["label"], new_label=new["label"],
+                item_id=row.id, project_id=project.id, at=now, user=user, action=action,
+                item_version=version, old_label=old["label"], new_label=new["label"],
                 old_status=old["status"], new_status=new["status"],
                 old_caption=old["caption"] if caption_changed else None,
                 new_caption=new["caption"] if caption_changed else None) | entry))

@@ -227,7 +227,7 @@ def test_cli_create_import_label_history_export(tmp_path):
     for label in ("cat", "dog"):
         (images / label).mkdir(parents=True)
         for i in range(3):
-            (images / label / f"{label}{i}.png").write_bytes(png(hash((label, i)) % 1000))
+            (images / label / f"{label}{i}.png").write_bytes(png(500 + 10 * ("cat", "dog").index(label) + i))
     (images / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
 
     def cli(*args):
