@@ -84,7 +84,6 @@ def _hf_records(settings, project_name: str) -> Iterator[dict]:
 
 
 def _write_hf(store: Store, project_name: str, out: Path, labels: list[str]) -> None:
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets
 
     features = datasets.Features({
