@@ -1,49 +1,73 @@
-"""Review: upload a page, read its text, edit a caption, see the fused prediction explained."""
+"""Review: take a page (upload or the queue), read its text, edit a caption, see the fused
+prediction explained, and accept, correct or skip it: saved at once, with history."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from fusion import demo, streamlit_cache
+from fusion import demo, review, streamlit_cache
 from fusion.errors import FusionError
 from fusion.images import load_upload
 from fusion.overlay import blend_heatmap, colored_words_html, draw_boxes
+from fusion.store import ItemFilter
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"]
+SHORTCUTS = "123456789"  # label k of the project: key k
 
 settings = streamlit_cache.settings()
 engine = streamlit_cache.engine()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
+user = st.session_state.get("user") or "anonymous"
 
 
-def load_page(name: str, data: bytes) -> None:
-    """Decode and OCR a new page once; later reruns (edits, sliders) reuse it."""
-    sha = hashlib.sha256(data).hexdigest()
-    if st.session_state.get("page", {}).get("sha") == sha:
-        return
+def open_item(item, name: str, data: bytes) -> None:
+    """Show a stored item: decode it, and read its text unless EasyOCR read it before."""
     try:
         image = load_upload(data, settings)
     except FusionError as e:
         st.session_state.pop("page", None)
         st.error(f"{name}: {e}")
         return
-    with st.status("Reading the text in the page…", expanded=False) as status:
-        result = engine.read_text(image)
-        status.update(label=f"Read {len(result.words)} words in {result.ms / 1000:.1f} s", state="complete")
-    st.session_state["page"] = {"sha": sha, "name": name, "image": image, "ocr": result}
+    result = review.stored_ocr(store, item)
+    if result is None:
+        with st.status("Reading the text in the page…", expanded=False) as status:
+            result = engine.read_text(image)
+            status.update(label=f"Read {len(result.words)} words in {result.ms / 1000:.1f} s", state="complete")
+    # The version the reviewer sees: their decision is refused if the item changes meanwhile.
+    st.session_state["page"] = {"name": name, "image": image, "ocr": result, "item_id": item.id,
+                                "version": item.version}
     st.session_state["ocr_text"] = result.text
-    st.session_state["caption"] = ""
+    st.session_state["caption"] = item.caption
 
 
-def demo_sample_bytes() -> tuple[str, bytes]:
-    """The next test-split demo page, so a demo needs no file at hand."""
+def open_upload(name: str, data: bytes) -> None:
+    """An upload is stored first (the same file again is the same item), then shown."""
+    try:
+        item = review.add_upload(store, project.name, name, data, user)
+    except FusionError as e:
+        st.session_state.pop("page", None)
+        st.error(f"{name}: {e}")
+        return
+    open_item(item, name, data)
+
+
+def open_next() -> None:
+    item = review.next_in_queue(store, project.name)
+    if item is None:
+        st.session_state.pop("page", None)
+        st.session_state["notice"] = "The queue is empty: every item has a decision. Upload a page to go on."
+    else:
+        open_item(item, item.filename, store.image_path(item).read_bytes())
+
+
+def open_demo_page() -> None:
+    """The next test-split page of the project, so a demo needs no file at hand."""
     n = st.session_state.get("demo_index", 0)
     st.session_state["demo_index"] = n + 1
-    return demo.test_page(store, project, n)
+    open_upload(*demo.test_page(store, project, n))
 
 
 def probability_chart(prediction) -> go.Figure:
@@ -52,31 +76,65 @@ def probability_chart(prediction) -> go.Figure:
     for name, probs, color in (("fused", prediction.probs, "#4f46e5"), ("image only", prediction.probs_image, "#f59e0b"),
                                ("text only", prediction.probs_text, "#10b981")):
         fig.add_bar(name=name, x=labels, y=[probs[k] for k in labels], marker_color=color)
-    fig.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=10, b=10),
+    fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10),
                       yaxis=dict(range=[0, 1], title="probability"),
                       legend=dict(orientation="h", yanchor="top", y=-0.35, x=0))
     return fig
 
 
+def top(probs: dict[str, float]) -> str:
+    label = max(probs, key=probs.get)
+    return f"**{label}** ({probs[label]:.0%})"
+
+
+def save_decision(label: str | None) -> None:
+    """A button's callback: runs before the script, so the next item can replace the widgets' text."""
+    page = st.session_state["page"]
+    item = store.item(project.name, page["item_id"])
+    try:
+        saved = review.decide(store, project.name, item, page["version"], label, user,
+                              st.session_state["prediction"], st.session_state["caption"])
+    except FusionError as e:  # StaleEdit: show who changed it; the next decision is made against that
+        st.session_state["problem"] = str(e)
+        page["version"] = store.item(project.name, item.id).version
+        return
+    verb = {"accepted": "Accepted", "corrected": "Corrected to", "skipped": "Skipped"}[saved.status]
+    st.toast(f"{verb} {saved.label if label else ''} · {saved.filename} (saved, version {saved.version})", icon="✅")
+    st.session_state["open_next"] = True
+
+
 st.title("Review")
-pick, sample = st.columns([4, 1], vertical_alignment="bottom")
+queued = store.list_items(project.name, ItemFilter(status=review.QUEUE_STATUSES), limit=1).total
+pick, buttons = st.columns([3, 1], vertical_alignment="bottom")
 upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP or WebP)", type=UPLOAD_TYPES,
                             max_upload_size=int(settings.max_upload_mb))
-if sample.button("Try a demo page", help="Take the next page of the demo project's test split", width="stretch"):
-    load_page(*demo_sample_bytes())
+if st.session_state.pop("open_next", False):
+    open_next()
+elif buttons.button(f"Next in queue ({queued})", key="next_item", shortcut="N", width="stretch", disabled=queued == 0,
+                  help="The undecided item the model is least sure of"):
+    open_next()
+elif buttons.button("Try a demo page", key="demo_page", width="stretch", help="The next page of the project's test split"):
+    open_demo_page()
 elif upload is not None and upload.file_id != st.session_state.get("upload_id"):
     st.session_state["upload_id"] = upload.file_id  # a new upload, not a rerun with the old one
-    load_page(upload.name, upload.getvalue())
+    open_upload(upload.name, upload.getvalue())
 
+for kind in ("notice", "problem"):
+    if kind in st.session_state:
+        (st.info if kind == "notice" else st.error)(st.session_state.pop(kind))
 page = st.session_state.get("page")
 if page is None:
-    st.info("Upload a scanned page or photo, or press **Try a demo page**. The app reads its text, and "
-            "an image encoder and a text encoder, fused, predict its class and show what drove it.")
+    st.info("Upload a scanned page or photo, take the next item of the queue, or press **Try a demo page**. "
+            "The app reads its text, and an image encoder and a text encoder, fused, predict its class and "
+            "show what drove it.")
     st.stop()
+item = store.item(project.name, page["item_id"])
 
 left, right = st.columns([3, 2], gap="large")
 with right:
     result_box = st.container()
+    decision_box = st.container()
+    details_box = st.container()
     caption = st.text_area("Caption or note", key="caption", height=80,
                            placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
     ocr_info = page["ocr"]
@@ -85,26 +143,40 @@ with right:
         ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed")
 
 # Sliders and toggles rerun the script too: predict again only when the inputs changed.
-inputs = (page["sha"], ocr_text, caption, project.name, project.active_model)
+inputs = (item.id, ocr_text, caption, project.name, project.active_model)
 if st.session_state.get("prediction_inputs") != inputs:
-    with st.spinner("Predicting…"):
+    with st.spinner("Encoding, fusing and explaining…"):
         edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
         st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption,
                                                         ocr_result=edited, with_explanation=True)
+    if st.session_state.get("prediction_inputs", (None,))[0] != item.id:  # an item's first reading: keep it
+        item = review.save_reading(store, project.name, item, page["ocr"], st.session_state["prediction"], "model")
     st.session_state["prediction_inputs"] = inputs
 prediction = st.session_state["prediction"]
 explanation = prediction.explanation
 
-
-def top(probs: dict[str, float]) -> str:
-    label = max(probs, key=probs.get)
-    return f"**{label}** ({probs[label]:.0%})"
-
-
 with result_box:
     st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
                 f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
+with details_box:
     st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})
+
+with decision_box:
+    now = f"now **{item.label}** ({item.status}" + (f" by {item.updated_by})" if item.version > 1 else ")") \
+        if item.label else f"{item.status}"
+    st.markdown(f"**Your decision** on {item.filename} · {now}")
+    accept, skip = st.columns(2)
+    accept.button(f"Accept {prediction.label}", key="accept", type="primary", shortcut="A", width="stretch",
+                  on_click=save_decision, args=(prediction.label,))
+    skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,))
+    st.caption("Or correct it to:")
+    cells = st.columns(min(len(project.labels), 3))
+    for k, label in enumerate(project.labels):
+        key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
+        cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch",
+                                     help=project.labels[label] or None, on_click=save_decision, args=(label,))
+
+with details_box:
     mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
                     help="Attribution: integrated gradients of the predicted class (green for, red against). "
                          "Attention: attention rollout through the text encoder.")

@@ -13,9 +13,13 @@ TIMEOUT = 300  # the first run loads the encoders and EasyOCR
 APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
+UNIQUE = os.urandom(3)  # a dot in the corner: this run's page is a new item even in a reused workspace
+
+
 def page_bytes(fmt: str = "PNG") -> bytes:
     image = Image.new("RGB", (900, 300), "white")
     draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 2, 2), fill=tuple(UNIQUE))
     font = ImageFont.load_default(size=40)
     draw.text((30, 40), "Hemoglobin 13.2 g/dL", fill="black", font=font)
     draw.text((30, 160), "Glucose fasting 5.1 mmol/L", fill="black", font=font)
@@ -24,8 +28,15 @@ def page_bytes(fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def demo_project_settings():
+    from fusion.settings import load_settings
+
+    return load_settings()
+
+
 def started(demo_project) -> AppTest:
     app = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    app.session_state["user"] = "reviewer"
     app.run()
     assert not app.exception, app.exception
     return app
@@ -62,6 +73,25 @@ def test_review_page_upload_ocr_caption_prediction_and_heatmaps(demo_project):
     assert not app.exception, app.exception
     assert [c.value for c in app.caption] == captions
 
+    # Correct the label: saved at once in the store, with the suggestion shown in the history.
+    from fusion.images import image_sha256
+    from fusion.store import open_store
+
+    store = open_store(demo_project_settings())
+    item = store.item(demo_project.name, image_sha256(page_bytes())[:12])
+    assert item.status == "predicted" and item.ocr_engine.startswith("easyocr") and item.added_by == "reviewer"
+    shown = app.session_state["prediction"].label  # on screen now: after the caption edit
+    other = next(label for label in demo_project.labels if label != shown)
+    app.button(key=f"label_{list(demo_project.labels).index(other)}").click().run()
+    assert not app.exception, app.exception
+    item = store.item(demo_project.name, item.id)
+    assert (item.label, item.status, item.updated_by, item.caption) == (
+        other, "corrected", "reviewer", "ECG rhythm strip, troponin, chest pain, cardiology")
+    last = store.history(demo_project.name, item.id)[-1]
+    assert (last.action, last.user, last.old_label, last.new_label, last.shown_label) == (
+        "correct", "reviewer", None, other, shown)
+    assert last.model_version == "v1" and 0 < last.shown_confidence <= 1
+
 
 def test_bad_upload_shows_a_clear_error_and_keeps_the_app_alive(demo_project):
     app = started(demo_project)
@@ -74,7 +104,7 @@ def test_bad_upload_shows_a_clear_error_and_keeps_the_app_alive(demo_project):
 
 def test_demo_page_button(demo_project):
     app = started(demo_project)
-    app.button[0].click().run()
+    app.button(key="demo_page").click().run()
     assert not app.exception, app.exception
     assert app.text_area(key="ocr_text").value.strip()
     assert any(m.value.startswith("### ") for m in app.markdown)

@@ -1,0 +1,57 @@
+"""Reviewing items: what the Review page (and the CLI's `label`) do, as library calls.
+
+An upload becomes an item in the store before anything else, so a reviewer's decision always has
+a row (and a history) to land on. The queue serves items nobody has decided on yet, least
+confident prediction first.
+"""
+from __future__ import annotations
+
+from .images import check_image_file
+from .ocr import ENGINE, OcrResult, Word
+from .pipeline import Prediction
+from .store import ItemFilter, NewItem, Shown, Store
+
+QUEUE_STATUSES = ("unlabeled", "predicted")
+
+
+def add_upload(store: Store, project_name: str, filename: str, data: bytes, user: str):
+    """The item for these bytes: added now, or the one already in the project. BadImage if unreadable."""
+    file = check_image_file(data, store.settings)
+    (item, _outcome), = store.add_items(project_name, [NewItem(file, filename, source="upload")], user)
+    return item
+
+
+def next_in_queue(store: Store, project_name: str, skip_ids: set[int] = frozenset()):
+    """The undecided item the model is least sure of (never-predicted items first), or None."""
+    where = ItemFilter(status=QUEUE_STATUSES, sort="confidence", descending=False)
+    page = store.list_items(project_name, where, limit=len(skip_ids) + 1)
+    return next((item for item in page.items if item.id not in skip_ids), None)
+
+
+def stored_ocr(store: Store, item) -> OcrResult | None:
+    """The item's OCR from an earlier read by EasyOCR, so a page is never read twice."""
+    if item.ocr_text is None or not (item.ocr_engine or "").startswith("easyocr"):
+        return None
+    words = [Word(w["text"], w["conf"], tuple(w["box"])) for w in store.ocr_words(item)]
+    return OcrResult(item.ocr_text, words)
+
+
+def save_reading(store: Store, project_name: str, item, ocr: OcrResult, prediction: Prediction, user: str):
+    """Keep what the machine said about an item: its OCR (if it had none) and the prediction."""
+    if item.ocr_text is None:
+        store.set_ocr(project_name, item.id, ocr.text, [w.to_dict() for w in ocr.words], ENGINE, user)
+    return store.record_prediction(project_name, item.id, prediction.label, prediction.confidence,
+                                   prediction.probs, prediction.model_version, user="model")
+
+
+def decide(store: Store, project_name: str, item, opened_version: int, label: str | None, user: str,
+           shown: Prediction, caption: str | None = None):
+    """Accept or correct (label), or skip (label None), against the version the reviewer opened.
+    A changed caption is saved first, in its own history row. StaleEdit if someone got there first."""
+    version = opened_version
+    if caption is not None and caption != item.caption:
+        version = store.set_caption(project_name, item.id, caption, user, expected_version=version).version
+    if label is None:
+        return store.skip(project_name, item.id, user, expected_version=version)
+    suggestion = Shown(shown.label, shown.confidence, shown.model_version)
+    return store.set_label(project_name, item.id, label, user, expected_version=version, shown=suggestion)
