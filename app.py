@@ -5,7 +5,7 @@ import getpass
 
 import streamlit as st
 
-from fusion import demo, streamlit_cache
+from fusion import background, demo, streamlit_cache
 
 st.set_page_config(page_title="FusionLab", page_icon="🔬", layout="wide")
 settings = streamlit_cache.settings()
@@ -29,7 +29,7 @@ def build_status() -> None:
     if st.session_state["demo_build"].poll() not in (None, 0):
         st.error(f"Building the demo project failed; see {demo.build_log(settings)}")
         return
-    progress = demo.build_progress(demo.build_log(settings))
+    progress = background.progress(demo.build_log(settings))
     if progress is None:
         st.progress(0.0, text="Starting…")
     else:
@@ -50,7 +50,8 @@ def sidebar() -> None:
 
 if demo.demo_ready(settings):
     sidebar()
-    pages = [st.Page("pages/review.py", title="Review", icon="🔍", default=True)]
+    pages = [st.Page("pages/review.py", title="Review", icon="🔍", default=True),
+             st.Page("pages/dataset.py", title="Dataset", icon="🗂️")]
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
 st.navigation(pages).run()

@@ -8,18 +8,16 @@ always go through real OCR, and a test checks that OCR of demo pages recovers th
 from __future__ import annotations
 
 import fcntl
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
-from . import demo_data
+from . import background, demo_data
 from .errors import UnknownProject
 from .images import check_image_file
 from .pipeline import get_engine
 from .project import Project
-from .settings import REPO_ROOT, Settings
+from .settings import Settings
 from .store import ItemFilter, NewItem, Store, open_store
 from .train import TrainConfig, labeled_examples, train_project_model
 
@@ -98,23 +96,7 @@ def build_log(settings: Settings) -> Path:
 
 
 def start_demo_build(settings: Settings) -> subprocess.Popen:
-    """Build the demo project in its own process (the app never trains in its script thread);
-    it writes `stage: done/total` lines to build_log(settings). A second build started while
-    one runs waits on the first one's lock and then finds the project ready."""
-    log = build_log(settings)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"FUSION_HOME": str(settings.home)}
-    with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "fusion", "demo"], stdout=out, stderr=out, env=env,
-                                cwd=REPO_ROOT, start_new_session=True)
-
-
-def build_progress(log: Path) -> tuple[str, int, int] | None:
-    """The latest `stage: done/total` line the build process wrote, if any."""
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    for line in reversed(lines):
-        stage, _, count = line.partition(": ")
-        done, _, total = count.partition("/")
-        if done.isdigit() and total.isdigit():
-            return stage, int(done), int(total)
-    return None
+    """Build the demo project in its own process; it writes `stage: done/total` lines to
+    build_log(settings). A second build started while one runs waits on the first one's lock
+    and then finds the project ready."""
+    return background.start(settings, ["demo"], build_log(settings))

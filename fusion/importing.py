@@ -266,3 +266,38 @@ def import_path(store: Store, project_name: str, path: Path, user: str, ocr: Cal
     rows = read_source(Path(path), report.problems)
     return import_rows(store, project_name, rows, user, report, ocr, progress)
 
+
+
+MAX_UNPACKED_BYTES = 20 * 2**30   # a zip bomb stops here
+
+
+def unpack_upload(filename: str, data: bytes, dest: Path) -> Path:
+    """Save an uploaded .zip (a folder of images, or a CSV with its images) or .csv under `dest`;
+    returns the path to import: the zip's one top-level CSV if it has one, else its folder."""
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    if filename.lower().endswith(".csv"):
+        (dest / Path(filename).name).write_bytes(data)
+        return dest / Path(filename).name
+    if not filename.lower().endswith(".zip"):
+        raise FusionError(f"{filename}: upload a .zip (a folder of images, or a CSV with its images) or a .csv")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        if sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
+            raise FusionError(f"{filename} unpacks to more than {MAX_UNPACKED_BYTES // 2**30} GB")
+        root = dest.resolve()
+        for member in members:
+            target = (dest / member.filename).resolve()
+            if root not in target.parents:   # "../x" or an absolute name: never write outside dest
+                raise FusionError(f"{filename}: {member.filename!r} points outside the archive")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.read(member))
+    except (zipfile.BadZipFile, EOFError, OSError) as e:   # OSError: e.g. an invalid name
+        raise FusionError(f"{filename} is not a readable zip ({e})") from None
+    entries = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir():   # zip of one folder: import the folder
+        dest = entries[0]
+    csvs = list(dest.glob("*.csv"))
+    return csvs[0] if len(csvs) == 1 else dest

@@ -83,6 +83,8 @@ class ItemFilter:
     label: str | None = None
     split: str | None = None
     search: str = ""                 # in file name, caption and OCR text
+    user: str | None = None          # who changed it last
+    confidence: tuple[float, float] | None = None   # the latest prediction's, inclusive
     sort: str = "updated"
     descending: bool = True
 
@@ -253,6 +255,10 @@ class Store:
                 conditions.append(ItemRow.label == where.label)
             if where.split is not None:
                 conditions.append(ItemRow.split == where.split)
+            if where.user is not None:
+                conditions.append(ItemRow.updated_by == where.user)
+            if where.confidence is not None:
+                conditions.append(ItemRow.pred_confidence.between(*where.confidence))
             matches = self._search_matches(where.search) if where.search else None
             if where.search and matches is None:
                 conditions.append(self._search_like(where.search))
@@ -296,6 +302,13 @@ class Store:
             with self.db.write() as session:
                 session.execute(text("PRAGMA analysis_limit=1000"))
                 session.execute(text("ANALYZE"))
+
+    def editors(self, project_name: str) -> list[str]:
+        """Everyone who last changed some item of the project (for the list's 'by' filter)."""
+        with self.db.read() as session:
+            project = self._project_row(session, project_name)
+            return sorted(session.scalars(select(ItemRow.updated_by).where(
+                ItemRow.project_id == project.id).distinct()))
 
     def iter_items(self, project_name: str, batch: int = 1000) -> Iterable[Item]:
         """Every item of a project, oldest first, in batches (for export and training)."""

@@ -129,3 +129,31 @@ def test_first_run_builds_the_demo_in_a_separate_process(tmp_path, monkeypatch):
             build.kill()
             build.wait()
         streamlit_cache.settings.clear()
+
+
+def test_dataset_page_filters_pages_history_and_export(demo_project):
+    app = started(demo_project)
+    app.switch_page("pages/dataset.py").run()
+    assert not app.exception, app.exception
+    assert app.title[0].value == "Dataset"
+    assert int(app.metric[0].value.replace(",", "")) >= 480
+    table = app.dataframe[0].value
+    assert len(table) == 50 and {"thumbnail", "label", "status", "by"} <= set(table.columns)
+    assert table["thumbnail"].str.startswith("data:image/jpeg;base64,").all()
+
+    app.selectbox(key="ds_label").set_value("lab_trend_chart").run()
+    table = app.dataframe[0].value
+    assert len(table) == 50 and set(table["label"]) == {"lab_trend_chart"}
+    app.text_input(key="ds_search").set_value("potassium").run()
+    assert not app.exception, app.exception
+    searched = app.dataframe[0].value
+    assert 0 < len(searched) <= 50 and set(searched["label"]) == {"lab_trend_chart"}
+
+    history = app.dataframe[1].value   # the first item's history, in the expander
+    assert list(history["what"])[0] == "add" and list(history["who"])[0] == "demo generator"
+
+    app.selectbox(key="ds_format").set_value("jsonl").run()
+    app.button(key="export").click().run()
+    assert not app.exception, app.exception
+    name, data = app.session_state["export_zip"]
+    assert name.endswith(".zip") and len(data) > 100_000

@@ -1,0 +1,168 @@
+"""Dataset: every item of the project, filtered and paged; labels edited inline (with history and
+optimistic locking); an item's full history; import and export."""
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from fusion import background, streamlit_cache
+from fusion.errors import FusionError
+from fusion.exporting import FORMATS, export_project
+from fusion.importing import unpack_upload
+from fusion.schema import STATUSES
+from fusion.store import ItemFilter
+from fusion.thumbnails import data_url, thumbnail
+
+PAGE_SIZE = 50
+SORTS = {"last changed": ("updated", True), "least confident": ("confidence", False),
+         "most confident": ("confidence", True), "file name": ("filename", False), "newest": ("added", True)}
+
+settings = streamlit_cache.settings()
+store = streamlit_cache.store()
+project = store.project(st.session_state.get("project", settings.demo_project))
+user = st.session_state.get("user") or "anonymous"
+
+
+@st.cache_data(max_entries=5000, show_spinner=False)
+def thumb(image_path: str, sha256: str) -> str | None:
+    return data_url(thumbnail(settings.images_dir, Path(image_path), sha256))
+
+
+def rows_of(items) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "thumbnail": thumb(str(store.image_path(i)), i.sha256), "id": i.id, "file": i.filename,
+        "label": i.label, "status": i.status, "confidence": i.pred_confidence, "suggested": i.pred_label,
+        "model": i.pred_model, "by": i.updated_by, "when": i.updated_at, "version": i.version,
+    } for i in items], columns=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "model",
+                                "by", "when", "version"])
+
+
+def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
+    """Each changed label goes through the store against the version shown (refused if stale)."""
+    for (_, old), (_, new) in zip(before.iterrows(), after.iterrows()):
+        if new["label"] != old["label"] and new["label"]:
+            try:
+                saved = store.set_label(project.name, int(old["id"]), new["label"], user,
+                                        expected_version=int(old["version"]))
+                st.toast(f"{saved.filename}: {saved.label} ({saved.status}), saved", icon="✅")
+            except FusionError as e:
+                st.error(str(e))
+
+
+st.title("Dataset")
+info = store.project_info(project.name)
+counts = st.columns(len(STATUSES) + 1)
+counts[0].metric("items", f"{info['items']:,}")
+for column, status in zip(counts[1:], STATUSES):
+    column.metric(status, f"{info['by_status'][status]:,}")
+
+f1, f2, f3, f4 = st.columns([3, 2, 2, 2])
+search = f1.text_input("Search file names, captions and page text", key="ds_search")
+label = f2.selectbox("Label", ["any", *project.labels], key="ds_label")
+statuses = f3.multiselect("Status", STATUSES, key="ds_status")
+editor = f4.selectbox("Last changed by", ["anyone", *store.editors(project.name)], key="ds_user")
+g1, g2, g3 = st.columns([3, 2, 2])
+low, high = g1.slider("Model confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="ds_confidence")
+sort = g2.selectbox("Sort by", list(SORTS), key="ds_sort")
+where = ItemFilter(status=tuple(statuses), label=None if label == "any" else label, search=search,
+                   user=None if editor == "anyone" else editor,
+                   confidence=None if (low, high) == (0.0, 1.0) else (low, high),
+                   sort=SORTS[sort][0], descending=SORTS[sort][1])
+
+first = store.list_items(project.name, where, limit=0)
+pages = max(1, -(-first.total // PAGE_SIZE))
+number = g3.number_input(f"Page (of {pages}{'+' if first.total_is_capped else ''})", 1, pages, 1, key="ds_page")
+started = time.perf_counter()
+page = store.list_items(project.name, where, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+shown = rows_of(page.items)
+edited = st.data_editor(
+    shown, key=f"ds_table_{number}_{hash(where.__repr__())}", hide_index=True, width="stretch",
+    height=min(38 + 35 * len(shown), 600), row_height=35,
+    disabled=[c for c in shown.columns if c != "label"],
+    column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "model", "by", "when"],
+    column_config={
+        "thumbnail": st.column_config.ImageColumn("", width="small"),
+        "label": st.column_config.SelectboxColumn("label ✎", options=list(project.labels),
+                                                  help="Edit to label or correct the item"),
+        "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="percent"),
+        "when": st.column_config.DatetimeColumn("when (UTC)", format="YYYY-MM-DD HH:mm"),
+    })
+matched = f"{page.total:,}{'+' if page.total_is_capped else ''}"
+st.caption(f"{matched} items match · page {number} of {pages} · {(time.perf_counter() - started) * 1000:.0f} ms")
+if not edited["label"].equals(shown["label"]):
+    save_label_edits(shown, edited)
+    st.rerun()
+
+with st.expander("An item's history"):
+    if page.items:
+        chosen = st.selectbox("Item", page.items, format_func=lambda i: f"{i.id} · {i.filename}", key="ds_item")
+        history = store.history(project.name, chosen.id)
+        st.dataframe(pd.DataFrame([{
+            "when (UTC)": h.at, "who": h.user, "what": h.action, "label": f"{h.old_label or '–'} → {h.new_label or '–'}",
+            "suggestion shown": f"{h.shown_label} {h.shown_confidence:.0%} ({h.model_version})" if h.shown_label else "",
+            "caption": h.new_caption if h.new_caption is not None or h.old_caption is not None else "",
+            "source": h.source or "",
+        } for h in history]), hide_index=True, width="stretch")
+    else:
+        st.write("No items on this page.")
+
+
+@st.fragment(run_every=1.5)
+def import_status() -> None:
+    job = st.session_state.get("import_job")
+    if job is None:
+        return
+    process, log = job
+    stage = background.progress(log)
+    if process.poll() is None:
+        done, total = (stage[1], stage[2]) if stage else (0, 1)
+        st.progress(done / total, text=f"Importing: {done}/{total}")
+        return
+    lines = log.read_text(errors="replace").splitlines()
+    summary = next((line for line in reversed(lines) if line.startswith(("imported", "error:"))), "finished")
+    problems = [line for line in lines if line.startswith("skipped ")]
+    (st.error if summary.startswith("error:") else st.success)(summary)
+    if problems:
+        st.warning(f"{len(problems)} rows were not imported:\n\n" + "\n".join(f"- {p[8:]}" for p in problems[:20]))
+    if st.button("Done", key="import_done"):
+        st.session_state.pop("import_job")
+        st.rerun(scope="app")
+
+
+with st.expander("Import"):
+    st.write("A .zip of a folder (label/file.png for labeled images, files at the top for unlabeled ones), "
+             "a .zip holding one CSV (image,label[,caption]) with its images, or a CSV whose image paths "
+             "are absolute. Bad rows are listed; good rows are kept; importing again adds only what is new.")
+    upload = st.file_uploader("Images to import", type=["zip", "csv"], key="ds_import")
+    if upload is not None and st.button("Import", key="start_import", disabled="import_job" in st.session_state):
+        folder = settings.home / "uploads" / uuid.uuid4().hex[:12]
+        try:
+            target = unpack_upload(upload.name, upload.getvalue(), folder)
+        except FusionError as e:
+            st.error(str(e))
+        else:
+            log = settings.home / "logs" / f"import-{folder.name}.log"
+            process = background.start(settings, ["import", project.name, str(target), "--user", user], log)
+            st.session_state["import_job"] = (process, log)
+    import_status()
+
+with st.expander("Export"):
+    fmt = st.selectbox("Format", FORMATS, key="ds_format",
+                       help="csv / jsonl: a table + images/; imagefolder: label/file + metadata.jsonl; "
+                            "hf: a Hugging Face dataset (datasets.load_from_disk)")
+    if st.button("Prepare the download", key="export"):
+        with tempfile.TemporaryDirectory() as tmp, st.spinner("Exporting…"):
+            export_project(store, project.name, fmt, Path(tmp) / "export")
+            archive = shutil.make_archive(str(Path(tmp) / f"{project.name}-{fmt}"), "zip", Path(tmp) / "export")
+            st.session_state["export_zip"] = (Path(archive).name, Path(archive).read_bytes())
+    if "export_zip" in st.session_state:
+        name, data = st.session_state["export_zip"]
+        st.download_button(f"Download {name} ({len(data) / 1e6:.1f} MB)", io.BytesIO(data), file_name=name,
+                           mime="application/zip", key="download_export")
