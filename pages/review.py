@@ -142,24 +142,23 @@ with right:
     with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), editable", expanded=False):
         ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed")
 
-# Sliders and toggles rerun the script too: predict again only when the inputs changed.
+# Sliders and toggles rerun the script too: predict again only when the inputs changed. The
+# prediction is shown first, its explanation (3-4x the work) follows in the same run.
 inputs = (item.id, ocr_text, caption, project.name, project.active_model)
+edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
 if st.session_state.get("prediction_inputs") != inputs:
-    with st.spinner("Encoding, fusing and explaining…"):
-        edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
-        st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption,
-                                                        ocr_result=edited, with_explanation=True)
+    st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption, ocr_result=edited)
     if st.session_state.get("prediction_inputs", (None,))[0] != item.id:  # an item's first reading: keep it
         item = review.save_reading(store, project.name, item, page["ocr"], st.session_state["prediction"], "model")
     st.session_state["prediction_inputs"] = inputs
 prediction = st.session_state["prediction"]
-explanation = prediction.explanation
 
 with result_box:
     st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
                 f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
 with details_box:
     st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})
+    explaining = st.empty()
 
 with decision_box:
     now = f"now **{item.label}** ({item.status}" + (f" by {item.updated_by})" if item.version > 1 else ")") \
@@ -175,6 +174,12 @@ with decision_box:
         key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
         cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch",
                                      help=project.labels[label] or None, on_click=save_decision, args=(label,))
+
+if prediction.explanation is None:
+    with explaining, st.spinner("Explaining: Grad-CAM and word attributions…"):
+        prediction = engine.predict(page["image"], project, caption=caption, ocr_result=edited, with_explanation=True)
+    st.session_state["prediction"] = prediction
+explanation = prediction.explanation
 
 with details_box:
     mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",

@@ -1,0 +1,182 @@
+"""End to end in real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium):
+`streamlit run app.py` on a free port; upload a page, wait for the prediction and the heatmap,
+edit the caption, correct the label with the keyboard, check the store. Screenshots and the
+timings seen in the browser go to artifacts/browser/."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from fusion.images import image_sha256
+from fusion.settings import REPO_ROOT
+from fusion.store import open_store
+
+ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def page_file(tmp_path: Path) -> Path:
+    image = Image.new("RGB", (1000, 420), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=42)
+    draw.text((40, 50), "Potassium 4.1 mmol/L", fill="black", font=font)
+    draw.text((40, 170), "Creatinine 88 umol/L", fill="black", font=font)
+    draw.rectangle((0, 0, 2, 2), fill=tuple(os.urandom(3)))  # a new item on every run
+    path = tmp_path / "labs-browser.png"
+    image.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(demo_project, workspace):
+    port = free_port()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO_ROOT, env=os.environ | {"FUSION_HOME": str(workspace)}, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def browser(width: int, height: int):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    options.binary_location = str(CHROMIUM)
+    return webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+
+
+def wait_for(condition, timeout: float = 180, poll: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception:  # the page is re-rendering: elements come and go
+            pass
+        time.sleep(poll)
+    raise TimeoutError(f"gave up after {timeout} s")
+
+
+def body_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project, settings, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    timings = {}
+    driver = browser(1280, 800)
+    try:
+        driver.get(server)
+        start = time.time()
+        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "input[type=file]"), timeout=120)
+        wait_for(lambda: "Next in queue" in body_text(driver))
+        timings["review_first_open_s"] = round(time.time() - start, 2)   # a fresh server: loads the models
+        driver.refresh()
+        start = time.time()
+        upload = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "input[type=file]"))
+        wait_for(lambda: "Next in queue" in body_text(driver))
+        timings["review_interactive_warm_s"] = round(time.time() - start, 2)
+
+        path = page_file(tmp_path)
+        start = time.time()
+        upload.send_keys(str(path))
+        wait_for(lambda: "Your decision" in body_text(driver) and "confident" in body_text(driver))
+        timings["upload_to_prediction_s"] = round(time.time() - start, 2)
+        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "[data-testid=stImage] img"))
+        driver.save_screenshot(str(ARTIFACTS / "review-1280x800.png"))
+
+        def headline() -> str:   # the "### label / confidence / image alone / text alone" block
+            return next(e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stMarkdownContainer]")
+                        if "confident" in e.text)
+
+        def timings_line() -> str:
+            return next(e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stCaptionContainer]")
+                        if "total" in e.text)
+
+        # Each caption flips the topic, so the headline (label and percentages) visibly changes.
+        for n, words in enumerate(["ECG troponin chest pain cardiology", "potassium creatinine laboratory panel"]):
+            before, explained_before = wait_for(headline), wait_for(timings_line)
+            caption = driver.find_element(By.CSS_SELECTOR, "textarea[aria-label='Caption or note']")
+            caption.send_keys(Keys.CONTROL, "a")
+            caption.send_keys(words)
+            start = time.time()
+            caption.send_keys(Keys.CONTROL, Keys.ENTER)   # commit the text area
+            wait_for(lambda: headline() != before, timeout=60, poll=0.02)
+            timings[f"caption_edit_{n + 1}_to_new_prediction_s"] = round(time.time() - start, 2)
+            wait_for(lambda: timings_line() != explained_before, timeout=60, poll=0.02)
+            timings[f"caption_edit_{n + 1}_to_new_explanation_s"] = round(time.time() - start, 2)
+
+        # Correct with the keyboard: key 2 is the project's second label.
+        target = list(demo_project.labels)[1]
+        driver.execute_script("document.activeElement.blur()")   # shortcuts don't fire while typing
+        ActionChains(driver).send_keys("2").perform()
+        store = open_store(settings)
+        sha = image_sha256(path.read_bytes())
+        item = wait_for(lambda: (i := store.item(demo_project.name, sha[:16])).label == target and i, timeout=60)
+        assert item.status in ("accepted", "corrected") and item.caption == "potassium creatinine laboratory panel"
+        last = store.history(demo_project.name, item.id)[-1]
+        assert last.new_label == target and last.action in ("accept", "correct") and last.model_version == "v1"
+        wait_for(lambda: "saved" in body_text(driver))
+        driver.save_screenshot(str(ARTIFACTS / "review-after-decision-1280x800.png"))
+    finally:
+        driver.quit()
+    (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=2))
+    print("browser timings:", timings)
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
+def test_pages_render_at_common_sizes(server, size):
+    from selenium.webdriver.common.by import By
+
+    driver = browser(*size)
+    try:
+        driver.get(server)
+        wait_for(lambda: "Next in queue" in body_text(driver))
+        driver.save_screenshot(str(ARTIFACTS / f"review-empty-{size[0]}x{size[1]}.png"))
+        driver.get(server + "/dataset")
+        start = time.time()
+        wait_for(lambda: "items match" in body_text(driver)
+                 and driver.find_elements(By.CSS_SELECTOR, "[data-testid=stDataFrame]"))
+        loaded = time.time() - start
+        time.sleep(1)  # let the grid paint its thumbnails
+        driver.save_screenshot(str(ARTIFACTS / f"dataset-{size[0]}x{size[1]}.png"))
+        print(f"dataset page at {size}: {loaded:.2f} s")
+    finally:
+        driver.quit()
