@@ -50,8 +50,9 @@ def sidebar() -> None:
 
 if demo.demo_ready(settings):
     sidebar()
-    pages = [st.Page("pages/review.py", title="Review", icon="🔍", default=True),
-             st.Page("pages/dataset.py", title="Dataset", icon="🗂️")]
+    # Material icons ship with Streamlit; emoji need fonts a server or kiosk browser may lack.
+    pages = [st.Page("pages/review.py", title="Review", icon=":material/fact_check:", default=True),
+             st.Page("pages/dataset.py", title="Dataset", icon=":material/table_view:")]
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
 st.navigation(pages).run()

@@ -38,8 +38,8 @@ def thumb(image_path: str, sha256: str) -> str | None:
 def rows_of(items) -> pd.DataFrame:
     return pd.DataFrame([{
         "thumbnail": thumb(str(store.image_path(i)), i.sha256), "id": i.id, "file": i.filename,
-        "label": i.label, "status": i.status, "confidence": i.pred_confidence, "suggested": i.pred_label,
-        "model": i.pred_model, "by": i.updated_by, "when": i.updated_at, "version": i.version,
+        "label": i.label, "status": i.status, "confidence": i.pred_confidence, "suggested": i.pred_label or "",
+        "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version,
     } for i in items], columns=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "model",
                                 "by", "when", "version"])
 

@@ -165,7 +165,7 @@ with decision_box:
         if item.label else f"{item.status}"
     st.markdown(f"**Your decision** on {item.filename} · {now}")
     accept, skip = st.columns(2)
-    accept.button(f"Accept {prediction.label}", key="accept", type="primary", shortcut="A", width="stretch",
+    accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
                   on_click=save_decision, args=(prediction.label,))
     skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,))
     st.caption("Or correct it to:")
