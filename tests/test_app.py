@@ -149,6 +149,23 @@ def test_dataset_page_filters_pages_history_and_export(demo_project):
     searched = app.dataframe[0].value
     assert 0 < len(searched) <= 50 and set(searched["label"]) == {"lab_trend_chart"}
 
+    # An inline label edit goes through the store: history, who, and the version check.
+    editor = app.data_editor[0]
+    first_id = int(searched["id"].iloc[0])
+    app.session_state[editor.key] = {"edited_rows": {0: {"label": "cardiology_chart"}},
+                                     "added_rows": [], "deleted_rows": []}
+    app.run()
+    assert not app.exception, app.exception
+    from fusion.store import open_store
+
+    store = open_store(demo_project_settings())
+    edited = store.item(demo_project.name, first_id)
+    assert (edited.label, edited.updated_by) == ("cardiology_chart", "reviewer")
+    last = store.history(demo_project.name, first_id)[-1]
+    assert (last.user, last.old_label, last.new_label) == ("reviewer", "lab_trend_chart", "cardiology_chart")
+    store.set_label(demo_project.name, first_id, "lab_trend_chart", "test", expected_version=edited.version)
+    app.run()
+
     history = app.dataframe[1].value   # the first item's history, in the expander
     assert list(history["what"])[0] == "add" and list(history["who"])[0] == "demo generator"
 
