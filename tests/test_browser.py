@@ -90,9 +90,7 @@ def wait_for(condition, timeout: float = 180, poll: float = 0.05):
 
 
 def body_text(driver) -> str:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.TAG_NAME, "body").text
+    return driver.execute_script("return document.body.innerText")
 
 
 def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project, settings, tmp_path):
@@ -122,13 +120,16 @@ def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project,
         wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "[data-testid=stImage] img"))
         driver.save_screenshot(str(ARTIFACTS / "review-1280x800.png"))
 
+        def first_text(selector: str, needle: str) -> str:   # one round trip: polls stay ~10 ms apart
+            return driver.execute_script(
+                "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)"
+                ".find(t => t.includes(arguments[1])) || ''", selector, needle)
+
         def headline() -> str:   # the "### label / confidence / image alone / text alone" block
-            return next(e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stMarkdownContainer]")
-                        if "confident" in e.text)
+            return first_text("[data-testid=stMarkdownContainer]", "confident")
 
         def timings_line() -> str:
-            return next(e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stCaptionContainer]")
-                        if "total" in e.text)
+            return first_text("[data-testid=stCaptionContainer]", "total")
 
         # Each caption flips the topic, so the headline (label and percentages) visibly changes.
         for n, words in enumerate(["ECG troponin chest pain cardiology", "potassium creatinine laboratory panel"]):
