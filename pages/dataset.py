@@ -51,7 +51,7 @@ def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
             try:
                 saved = store.set_label(project.name, int(old["id"]), new["label"], user,
                                         expected_version=int(old["version"]))
-                st.toast(f"{saved.filename}: {saved.label} ({saved.status}), saved", icon="✅")
+                st.toast(f"{saved.filename}: {saved.label} ({saved.status}), saved", icon=":material/check_circle:")
             except FusionError as e:
                 st.error(str(e))
 

@@ -99,7 +99,8 @@ def save_decision(label: str | None) -> None:
         page["version"] = store.item(project.name, item.id).version
         return
     verb = {"accepted": "Accepted", "corrected": "Corrected to", "skipped": "Skipped"}[saved.status]
-    st.toast(f"{verb} {saved.label if label else ''} · {saved.filename} (saved, version {saved.version})", icon="✅")
+    st.toast(f"{verb} {saved.label if label else ''} · {saved.filename} (saved, version {saved.version})",
+             icon=":material/check_circle:")
     st.session_state["open_next"] = True
 
 
@@ -108,26 +109,29 @@ queued = store.list_items(project.name, ItemFilter(status=review.QUEUE_STATUSES)
 pick, buttons = st.columns([3, 1], vertical_alignment="bottom")
 upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP or WebP)", type=UPLOAD_TYPES,
                             max_upload_size=int(settings.max_upload_mb))
-if st.session_state.pop("open_next", False):
+next_clicked = buttons.button(f"Next in queue ({queued})", key="next_item", shortcut="N", width="stretch",
+                              disabled=queued == 0, help="The undecided item the model is least sure of")
+demo_clicked = buttons.button("Try a demo page", key="demo_page", width="stretch",
+                              help="The next page of the project's test split")
+if st.session_state.pop("open_next", False) or next_clicked:   # after a decision, or asked for
     open_next()
-elif buttons.button(f"Next in queue ({queued})", key="next_item", shortcut="N", width="stretch", disabled=queued == 0,
-                  help="The undecided item the model is least sure of"):
-    open_next()
-elif buttons.button("Try a demo page", key="demo_page", width="stretch", help="The next page of the project's test split"):
+elif demo_clicked:
     open_demo_page()
 elif upload is not None and upload.file_id != st.session_state.get("upload_id"):
     st.session_state["upload_id"] = upload.file_id  # a new upload, not a rerun with the old one
     open_upload(upload.name, upload.getvalue())
 
-for kind in ("notice", "problem"):
-    if kind in st.session_state:
-        (st.info if kind == "notice" else st.error)(st.session_state.pop(kind))
+notice = st.session_state.pop("notice", None)
+if "problem" in st.session_state:
+    st.error(st.session_state.pop("problem"))
 page = st.session_state.get("page")
 if page is None:
-    st.info("Upload a scanned page or photo, take the next item of the queue, or press **Try a demo page**. "
-            "The app reads its text, and an image encoder and a text encoder, fused, predict its class and "
-            "show what drove it.")
+    st.info(notice or "Upload a scanned page or photo, take the next item of the queue, or press **Try a demo "
+            "page**. The app reads its text, and an image encoder and a text encoder, fused, predict its class "
+            "and show what drove it.")
     st.stop()
+if notice:
+    st.info(notice)
 item = store.item(project.name, page["item_id"])
 
 left, right = st.columns([3, 2], gap="large")
