@@ -272,3 +272,28 @@ def test_search_counts_up_to_a_cap_and_still_pages_in_sort_order(store):
     assert (one.total, one.total_is_capped, [i.filename for i in one.items]) == (1, False, ["scan-000417.png"])
     plain = store.list_items("pets", ItemFilter())
     assert plain.total == SEARCH_COUNT_CAP + 200 and not plain.total_is_capped
+
+
+def test_uploaded_zips_unpack_safely_into_what_import_reads(tmp_path):
+    import zipfile
+
+    from fusion.importing import unpack_upload
+
+    def zipped(entries: dict[str, bytes]) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as archive:
+            for name, data in entries.items():
+                archive.writestr(name, data)
+        return out.getvalue()
+
+    folder = unpack_upload("scans.zip", zipped({"scans/cat/a.png": png(1), "scans/dog/b.png": png(2)}), tmp_path / "u1")
+    assert folder.name == "scans" and (folder / "cat" / "a.png").read_bytes() == png(1)
+    table = unpack_upload("t.zip", zipped({"labels.csv": b"image,label\na.png,cat\n", "a.png": png(3)}), tmp_path / "u2")
+    assert table.name == "labels.csv"
+    with pytest.raises(FusionError, match="outside the archive"):
+        unpack_upload("evil.zip", zipped({"../../escaped.txt": b"x"}), tmp_path / "u3")
+    assert not list(tmp_path.rglob("escaped.txt"))
+    with pytest.raises(FusionError, match="not a readable zip"):
+        unpack_upload("broken.zip", b"PK\x03\x04 garbage", tmp_path / "u4")
+    with pytest.raises(FusionError, match="upload a .zip"):
+        unpack_upload("notes.txt", b"hello", tmp_path / "u5")
