@@ -122,8 +122,6 @@ elif upload is not None and upload.file_id != st.session_state.get("upload_id"):
     open_upload(upload.name, upload.getvalue())
 
 notice = st.session_state.pop("notice", None)
-if "problem" in st.session_state:
-    st.error(st.session_state.pop("problem"))
 page = st.session_state.get("page")
 if page is None:
     st.info(notice or "Upload a scanned page or photo, take the next item of the queue, or press **Try a demo "
@@ -132,77 +130,90 @@ if page is None:
     st.stop()
 if notice:
     st.info(notice)
-item = store.item(project.name, page["item_id"])
 
-left, right = st.columns([3, 2], gap="large")
-with right:
-    result_box = st.container()
-    decision_box = st.container()
-    details_box = st.container()
-    caption = st.text_area("Caption or note", key="caption", height=80,
-                           placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
-    ocr_info = page["ocr"]
-    turned = f", page turned {ocr_info.angle}°" if ocr_info.angle else ""
-    with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), editable", expanded=False):
-        ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed")
 
-# Sliders and toggles rerun the script too: predict again only when the inputs changed. The
-# prediction is shown first, its explanation (3-4x the work) follows in the same run.
-inputs = (item.id, ocr_text, caption, project.name, project.active_model)
-edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
-if st.session_state.get("prediction_inputs") != inputs:
-    st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption, ocr_result=edited)
-    if st.session_state.get("prediction_inputs", (None,))[0] != item.id:  # an item's first reading: keep it
-        item = review.save_reading(store, project.name, item, page["ocr"], st.session_state["prediction"], "model")
-    st.session_state["prediction_inputs"] = inputs
-prediction = st.session_state["prediction"]
+@st.fragment
+def review_panel(page: dict) -> None:
+    """The item under review. A fragment: a caption or text edit, a slider or a toggle reruns
+    only this, not the whole app; a decision reruns the app to open the next item."""
+    if st.session_state.get("open_next"):
+        st.rerun(scope="app")
+    if "problem" in st.session_state:
+        st.error(st.session_state.pop("problem"))
+    item = store.item(project.name, page["item_id"])
 
-with result_box:
-    st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
-                f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
-with details_box:
-    st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})
-    explaining = st.empty()
+    left, right = st.columns([3, 2], gap="large")
+    with right:
+        result_box = st.container()
+        decision_box = st.container()
+        details_box = st.container()
+        caption = st.text_area("Caption or note", key="caption", height=80,
+                               placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
+        ocr_info = page["ocr"]
+        turned = f", page turned {ocr_info.angle}°" if ocr_info.angle else ""
+        with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), editable", expanded=False):
+            ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed")
 
-with decision_box:
-    now = f"now **{item.label}** ({item.status}" + (f" by {item.updated_by})" if item.version > 1 else ")") \
-        if item.label else f"{item.status}"
-    st.markdown(f"**Your decision** on {item.filename} · {now}")
-    accept, skip = st.columns(2)
-    accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
-                  on_click=save_decision, args=(prediction.label,))
-    skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,))
-    st.caption("Or correct it to:")
-    cells = st.columns(min(len(project.labels), 3))
-    for k, label in enumerate(project.labels):
-        key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
-        cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch",
-                                     help=project.labels[label] or None, on_click=save_decision, args=(label,))
+    # Sliders and toggles rerun the script too: predict again only when the inputs changed. The
+    # prediction is shown first, its explanation (3-4x the work) follows in the same run.
+    inputs = (item.id, ocr_text, caption, project.name, project.active_model)
+    edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
+    if st.session_state.get("prediction_inputs") != inputs:
+        st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption, ocr_result=edited)
+        if st.session_state.get("prediction_inputs", (None,))[0] != item.id:  # an item's first reading: keep it
+            item = review.save_reading(store, project.name, item, page["ocr"], st.session_state["prediction"], "model")
+        st.session_state["prediction_inputs"] = inputs
+    prediction = st.session_state["prediction"]
 
-if prediction.explanation is None:
-    with explaining, st.spinner("Explaining: Grad-CAM and word attributions…"):
-        prediction = engine.predict(page["image"], project, caption=caption, ocr_result=edited, with_explanation=True)
-    st.session_state["prediction"] = prediction
-explanation = prediction.explanation
+    with result_box:
+        st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
+                    f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
+    with details_box:
+        st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})
+        explaining = st.empty()
 
-with details_box:
-    mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
-                    help="Attribution: integrated gradients of the predicted class (green for, red against). "
-                         "Attention: attention rollout through the text encoder.")
-    words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
-    st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
-    st.caption(f"Model {prediction.model_version} · " +
-               " · ".join(f"{k} {v:.0f} ms" for k, v in prediction.timings_ms.items()))
+    with decision_box:
+        now = f"now **{item.label}** ({item.status}" + (f" by {item.updated_by})" if item.version > 1 else ")") \
+            if item.label else f"{item.status}"
+        st.markdown(f"**Your decision** on {item.filename} · {now}")
+        accept, skip = st.columns(2)
+        accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
+                      on_click=save_decision, args=(prediction.label,))
+        skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,))
+        st.caption("Or correct it to:")
+        cells = st.columns(min(len(project.labels), 3))
+        for k, label in enumerate(project.labels):
+            key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
+            cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch",
+                                         help=project.labels[label] or None, on_click=save_decision, args=(label,))
 
-with left:
-    maps = {"Grad-CAM": explanation.heatmap}
-    if explanation.text_to_image is not None:
-        maps["Text → image attention"] = explanation.text_to_image
-    c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="bottom")
-    which = c1.radio("Heatmap", list(maps), horizontal=True)
-    opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
-    show_boxes = c3.toggle("OCR boxes", value=True)
-    shown = blend_heatmap(page["image"], maps[which], opacity)
-    if show_boxes:
-        shown = draw_boxes(shown, [w.box for w in page["ocr"].words])
-    st.image(shown, caption=f"{page['name']} · {page['image'].width}x{page['image'].height}", width="stretch")
+    if prediction.explanation is None:
+        with explaining, st.spinner("Explaining: Grad-CAM and word attributions…"):
+            prediction = engine.predict(page["image"], project, caption=caption, ocr_result=edited, with_explanation=True)
+        st.session_state["prediction"] = prediction
+    explanation = prediction.explanation
+
+    with details_box:
+        mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
+                        help="Attribution: integrated gradients of the predicted class (green for, red against). "
+                             "Attention: attention rollout through the text encoder.")
+        words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
+        st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
+        st.caption(f"Model {prediction.model_version} · " +
+                   " · ".join(f"{k} {v:.0f} ms" for k, v in prediction.timings_ms.items()))
+
+    with left:
+        maps = {"Grad-CAM": explanation.heatmap}
+        if explanation.text_to_image is not None:
+            maps["Text → image attention"] = explanation.text_to_image
+        c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="bottom")
+        which = c1.radio("Heatmap", list(maps), horizontal=True)
+        opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
+        show_boxes = c3.toggle("OCR boxes", value=True)
+        shown = blend_heatmap(page["image"], maps[which], opacity)
+        if show_boxes:
+            shown = draw_boxes(shown, [w.box for w in page["ocr"].words])
+        st.image(shown, caption=f"{page['name']} · {page['image'].width}x{page['image'].height}", width="stretch")
+
+
+review_panel(page)
