@@ -124,3 +124,11 @@ def export_project(store: Store, project_name: str, fmt: str, out: Path,
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return {"project": project_name, "format": fmt, "items": len(items), "path": str(out)}
+
+
+def export_zip(store: Store, project_name: str, fmt: str) -> tuple[str, bytes]:
+    """The export as one zip file for a download: (file name, bytes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export_project(store, project_name, fmt, Path(tmp) / "export")
+        archive = shutil.make_archive(str(Path(tmp) / f"{project_name}-{fmt}"), "zip", Path(tmp) / "export")
+        return Path(archive).name, Path(archive).read_bytes()

@@ -3,8 +3,6 @@ optimistic locking); an item's full history; import and export."""
 from __future__ import annotations
 
 import io
-import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -14,7 +12,7 @@ import streamlit as st
 
 from fusion import background, streamlit_cache
 from fusion.errors import FusionError
-from fusion.exporting import FORMATS, export_project
+from fusion.exporting import FORMATS, export_zip
 from fusion.importing import unpack_upload
 from fusion.schema import STATUSES
 from fusion.store import ItemFilter
@@ -158,10 +156,8 @@ with st.expander("Export"):
                        help="csv / jsonl: a table + images/; imagefolder: label/file + metadata.jsonl; "
                             "hf: a Hugging Face dataset (datasets.load_from_disk)")
     if st.button("Prepare the download", key="export"):
-        with tempfile.TemporaryDirectory() as tmp, st.spinner("Exporting…"):
-            export_project(store, project.name, fmt, Path(tmp) / "export")
-            archive = shutil.make_archive(str(Path(tmp) / f"{project.name}-{fmt}"), "zip", Path(tmp) / "export")
-            st.session_state["export_zip"] = (Path(archive).name, Path(archive).read_bytes())
+        with st.spinner("Exporting…"):
+            st.session_state["export_zip"] = export_zip(store, project.name, fmt)
     if "export_zip" in st.session_state:
         name, data = st.session_state["export_zip"]
         st.download_button(f"Download {name} ({len(data) / 1e6:.1f} MB)", io.BytesIO(data), file_name=name,
