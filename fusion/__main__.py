@@ -62,11 +62,13 @@ def cmd_predict(args, settings) -> None:
 
 def cmd_demo(args, settings) -> None:
     from .demo import ensure_demo_project
+    from .registry import get_version
+    from .store import open_store
 
     project = ensure_demo_project(settings, _progress)
-    metrics = json.loads((project.model_dir(project.active_model) / "metrics.json").read_text())
-    data = {"project": project.name, "model_version": project.active_model,
-            "test": metrics["test"], "zero_shot_test": metrics["zero_shot_test"], "counts": metrics["counts"]}
+    metrics = get_version(open_store(settings), project.name, project.active_model).metrics
+    data = {"project": project.name, "model_version": project.active_model, "counts": metrics["counts"],
+            "test": _head_scores(metrics["test"]), "zero_shot_test": _head_scores(metrics["zero_shot_test"])}
     acc = {h: f"{v['accuracy']:.1%}" for h, v in metrics["test"].items()}
     _emit(data, args.json, f"demo project ready at {project.directory}; test accuracy {acc}")
 
@@ -178,6 +180,119 @@ def cmd_history(args, settings) -> None:
     _emit({"history": data}, args.json, "\n".join(line(r) for r in data))
 
 
+def _head_scores(by_head: dict) -> dict:
+    """The headline numbers of each head (the full per-class scores are in `models --json`)."""
+    return {h: {k: s[k] for k in ("accuracy", "macro_f1", "ece")} for h, s in by_head.items()}
+
+
+def _train_config(args, settings):
+    from .train import TrainConfig
+
+    return TrainConfig(mode=args.mode, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                       device=settings.device, l2sp=args.l2sp, lora=args.lora, strategy=args.strategy,
+                       seed=args.seed)
+
+
+def cmd_train(args, settings) -> None:
+    from dataclasses import asdict
+
+    from . import registry
+    from .store import open_store
+    from .train import train_version
+
+    store = open_store(settings)
+    config = _train_config(args, settings)
+    if args.queue:
+        from .jobs import Jobs
+        from .worker import ensure_worker
+
+        job = Jobs(store).submit(args.project, "train", asdict(config) | {"auto_promote": args.promote == "auto"},
+                                 args.user)
+        ensure_worker(settings)
+        _emit({"job": job.id, "status": job.status}, args.json, f"queued job {job.id}; the worker runs it")
+        return
+
+    def report(row: dict) -> None:
+        if row["stage"] == "encoding":
+            _progress("encoding", row["step"], row["steps"])
+        elif row["stage"] == "epoch":
+            _progress("epochs", row["epoch"], row["epochs"])
+
+    version, metrics = train_version(settings, store, args.project, config, args.user, report=report)
+    if version is None:
+        return  # a torchrun rank > 0: rank 0 reports
+    promoted = args.promote == "yes" or (args.promote == "auto" and registry.beats_active(metrics))
+    if promoted:
+        registry.promote(store, args.project, version, args.user)
+    data = {"project": args.project, "version": version, "promoted": promoted, "params": asdict(config),
+            "test": _head_scores(metrics["test"]), "zero_shot_test": _head_scores(metrics["zero_shot_test"]),
+            "parent_test": metrics["parent_test"] and {"version": metrics["parent_test"]["version"],
+                                                       **_head_scores({h: metrics["parent_test"][h] for h in ("fused", "image", "text")})},
+            "counts": metrics["counts"], "epochs_run": metrics["epochs_run"], "seconds": metrics["seconds"],
+            "device": metrics["device"], "world_size": metrics["world_size"]}
+    fused = metrics["test"]["fused"]
+    _emit(data, args.json, f"{args.project} {version}: test accuracy {fused['accuracy']:.1%}, macro-F1 "
+          f"{fused['macro_f1']:.3f} (zero-shot {metrics['zero_shot_test']['fused']['macro_f1']:.3f})"
+          + ("; promoted" if promoted else ""))
+
+
+def cmd_models(args, settings) -> None:
+    from .registry import versions
+    from .store import open_store
+
+    found = versions(open_store(settings), args.project)
+    data = [{"version": v.version, "active": v.active, "parent": v.parent, "created_at": v.created_at,
+             "created_by": v.created_by, "mode": v.params.get("mode"), "counts": v.metrics.get("counts"),
+             "test": _head_scores(v.metrics["test"]) if args.brief or not args.json else v.metrics["test"]}
+            for v in found]
+    lines = [f"{'*' if v['active'] else ' '} {v['version']:>5}  {v['mode'] or '?':7}  fused acc "
+             f"{v['test']['fused']['accuracy']:.1%}  macro-F1 {v['test']['fused']['macro_f1']:.3f}  "
+             f"by {v['created_by']} at {v['created_at']:%Y-%m-%d %H:%M}" for v in data]
+    _emit({"project": args.project, "versions": data}, args.json, "\n".join(lines) or "no trained versions yet")
+
+
+def cmd_promote(args, settings) -> None:
+    from .registry import promote, rollback
+    from .store import open_store
+
+    store = open_store(settings)
+    if args.command == "rollback":
+        project = rollback(store, args.project, args.user, to=args.to)
+    else:
+        project = promote(store, args.project, args.version, args.user)
+    _emit({"project": project.name, "active_model": project.active_model}, args.json,
+          f"{project.name}: active model is now {project.active_model}")
+
+
+def cmd_worker(args, settings) -> None:
+    from .worker import run_worker
+
+    ran = run_worker(settings, idle_exit_s=args.idle_exit)
+    print(f"worker: ran {ran} jobs, idle for {args.idle_exit:g} s; exiting", flush=True)
+
+
+def cmd_jobs(args, settings) -> None:
+    from .jobs import Jobs
+    from .store import open_store
+
+    jobs = Jobs(open_store(settings))
+    if args.cancel is not None:
+        jobs.cancel(args.cancel, args.user)
+    if args.resume is not None:
+        job = jobs.resume(args.resume, args.user)
+        from .worker import ensure_worker
+
+        ensure_worker(settings)
+        print(f"queued job {job.id}, resuming job {args.resume}", file=sys.stderr)
+    found = jobs.list(args.project or None)
+    data = [{"id": j.id, "project": j.project, "kind": j.kind, "status": j.status, "created_by": j.created_by,
+             "created_at": j.created_at, "progress": j.progress, "error": j.error, "result": j.result}
+            for j in found]
+    lines = [f"{j.id:>4}  {j.project}  {j.kind}  {j.status:9}  {j.created_at:%Y-%m-%d %H:%M}  "
+             f"{(j.result or {}).get('version') or j.error or ''}" for j in found]
+    _emit({"jobs": data}, args.json, "\n".join(lines) or "no jobs yet")
+
+
 def cmd_bench(args, settings) -> None:
     from . import bench
 
@@ -252,8 +367,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_history)
 
+    p = sub.add_parser("train", help="train a new model version from the project's labeled items")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--mode", default="head", choices=["head", "partial", "full"],
+                   help="head: frozen encoders, cached features (quick on a CPU); partial: top blocks of both "
+                        "encoders too; full: everything")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--l2sp", type=float, default=0.0, help="pull trained encoder weights toward the pretrained ones")
+    p.add_argument("--lora", action="store_true", help="train the text encoder through LoRA adapters")
+    p.add_argument("--strategy", choices=["concat", "gated", "cross_attention"], help="fusion strategy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--promote", choices=["no", "auto", "yes"], default="no",
+                   help="auto: make it active only if it beats the active version on the test split")
+    p.add_argument("--queue", action="store_true", help="run it as a background job of the worker")
+    p.add_argument("--user", default=user)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("models", help="a project's model versions and their test scores")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--brief", action="store_true", help="with --json: headline scores only")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_models)
+
+    p = sub.add_parser("promote", help="make a model version the active one")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("version", metavar="VERSION")
+    p.add_argument("--user", default=user)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_promote)
+
+    p = sub.add_parser("rollback", help="return to the previously active model version")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--to", metavar="VERSION", help="this version instead of the previous one")
+    p.add_argument("--user", default=user)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_promote)
+
+    p = sub.add_parser("worker", help="run queued background jobs (the app starts one when needed)")
+    p.add_argument("--idle-exit", type=float, default=60.0, help="exit after this many seconds with no job")
+    p.set_defaults(run=cmd_worker)
+
+    p = sub.add_parser("jobs", help="list background jobs; cancel or resume one")
+    p.add_argument("--project", metavar="NAME", default="")
+    p.add_argument("--cancel", type=int, metavar="ID")
+    p.add_argument("--resume", type=int, metavar="ID", help="a failed or cancelled job, from its last checkpoint")
+    p.add_argument("--user", default=user)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_jobs)
+
     p = sub.add_parser("bench", help="measure speed; prints JSON")
-    p.add_argument("what", choices=["predict", "store"])
+    p.add_argument("what", choices=["predict", "store", "train"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_bench)
     return parser

@@ -12,14 +12,13 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from . import background, demo_data
+from . import background, demo_data, registry
 from .errors import UnknownProject
 from .images import check_image_file
-from .pipeline import get_engine
 from .project import Project
 from .settings import Settings
 from .store import ItemFilter, NewItem, Store, open_store
-from .train import TrainConfig, labeled_examples, train_project_model
+from .train import TrainConfig, train_version
 
 DEMO_ITEMS = 480
 DEMO_SEED = 0
@@ -46,7 +45,7 @@ def ensure_demo_project(settings: Settings, progress: Callable[[str, int, int], 
             import_demo_items(settings, store, progress)
         if project.active_model is None:
             version, _ = train_demo_baseline(settings, store, progress)
-            project = store.set_active_model(settings.demo_project, version)
+            project = registry.promote(store, settings.demo_project, version, user=DEMO_USER)
         return project
 
 
@@ -67,11 +66,13 @@ def import_demo_items(settings: Settings, store: Store,
 
 def train_demo_baseline(settings: Settings, store: Store,
                         progress: Callable[[str, int, int], None] | None = None) -> tuple[str, dict]:
-    examples = labeled_examples(store, settings.demo_project)
-    return train_project_model(
-        get_engine(settings), store.project(settings.demo_project), paths=examples.paths,
-        texts=examples.texts, labels=examples.labels, splits=examples.splits,
-        config=TrainConfig(), progress=progress)
+    def report(row: dict) -> None:
+        if progress and row["stage"] == "encoding":
+            progress("encoding", row["step"], row["steps"])
+        elif progress and row["stage"] == "epoch":
+            progress("training", row["epoch"], row["epochs"])
+
+    return train_version(settings, store, settings.demo_project, TrainConfig(), user=DEMO_USER, report=report)
 
 
 def test_page(store: Store, project: Project, n: int) -> tuple[str, bytes]:

@@ -99,6 +99,13 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
 
+    def copy(self) -> "TextEncoder":
+        """A private copy (for fine-tuning) whose two MiniLM copies share weights again:
+        deepcopy alone would give each its own tensors."""
+        clone = copy.deepcopy(self)
+        clone.bert_sdpa.load_state_dict(clone.bert.state_dict(), assign=True)
+        return clone.requires_grad_(False)
+
     def tokenize(self, texts: list[str]) -> TextBatch:
         words = [t.split() for t in texts]
         # Pre-split words so word_ids() index our own word lists (WordPieces merge back to these).
@@ -159,3 +166,28 @@ def imagenet_class_names() -> list[str]:
     from torchvision.models import ResNet50_Weights
 
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+ENCODERS_FILE = "encoders.safetensors"
+
+
+def save_encoders(directory, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> None:
+    """Fine-tuned encoder weights beside a model version's heads (safetensors, never pickle)."""
+    from safetensors.torch import save_file
+
+    state = {f"image.{k}": v for k, v in image_encoder.state_dict().items()}
+    state |= {f"text.{k}": v for k, v in text_encoder.bert.state_dict().items()}
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(directory / ENCODERS_FILE))
+
+
+def load_encoders(directory, image_encoder: ImageEncoder, text_encoder: TextEncoder,
+                  device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:
+    """Copies of the pretrained encoders carrying a version's fine-tuned weights."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / ENCODERS_FILE), device=device)
+    image_encoder, text_encoder = copy.deepcopy(image_encoder), text_encoder.copy()
+    image_encoder.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("image.")})
+    # In place: the SDPA copy shares these tensors and sees the same weights.
+    text_encoder.bert.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("text.")})
+    return image_encoder.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)

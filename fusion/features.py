@@ -35,6 +35,9 @@ class FeatureSet:
     def subset(self, index: torch.Tensor) -> "FeatureSet":
         return FeatureSet(self.patches[index], self.tokens[index], self.mask[index], self.targets[index])
 
+    def inputs(self, device: str) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(device) for t in (self.patches, self.tokens, self.mask))
+
 
 def feature_key(image_bytes: bytes, text: str) -> str:
     return hashlib.sha256(image_bytes + b"\0" + text.encode("utf-8")).hexdigest()

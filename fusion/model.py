@@ -42,6 +42,8 @@ class ModelConfig:
     text_scale: float = 20.0            # cosine -> logit temperature of the text prior
     loss_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)  # fused, image-only, text-only
     version: str = "zero-shot"
+    temperatures: tuple[float, float, float] = (1.0, 1.0, 1.0)  # fused, image, text: fitted on val
+    finetuned_encoders: bool = False    # True: the version carries its own encoders.safetensors
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -49,6 +51,7 @@ class ModelConfig:
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ValueError(f"a model needs at least 2 distinct labels, got {self.labels}")
         self.loss_weights = tuple(self.loss_weights)
+        self.temperatures = tuple(self.temperatures)
 
 
 @dataclass
@@ -130,7 +133,8 @@ class FusionModel(nn.Module):
             fused = 2 * (g * image_logits + (1 - g) * text_logits) + residual
         else:
             fused = image_logits + text_logits + residual
-        return FusionOutput(fused, image_logits, text_logits, gate, attn)
+        tf, ti, tt = self.config.temperatures
+        return FusionOutput(fused / tf, image_logits / ti, text_logits / tt, gate, attn)
 
     def loss(self, out: FusionOutput, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Joint loss: weighted sum of the three heads' cross-entropies."""
@@ -139,8 +143,9 @@ class FusionModel(nn.Module):
         return wf * ce(out.fused) + wi * ce(out.image) + wt * ce(out.text)
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, directory: Path) -> None:
-        """Write model.safetensors + config.json + labels.json atomically (temp dir, then rename)."""
+    def save(self, directory: Path, extra_files=None) -> None:
+        """Write model.safetensors + config.json + labels.json (+ what `extra_files(tmp)` writes)
+        atomically: all in a temp dir, then one rename."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
@@ -148,6 +153,8 @@ class FusionModel(nn.Module):
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
         (tmp / "labels.json").write_text(json.dumps({i: name for i, name in enumerate(self.config.labels)}, indent=2))
+        if extra_files is not None:
+            extra_files(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; a model version is meant to be shared
         if directory.exists():
             raise FileExistsError(f"model directory {directory} exists; versions are immutable")

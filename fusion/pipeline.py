@@ -21,7 +21,7 @@ from .encoders import ImageEncoder, load_image_encoder, load_text_encoder, patch
 from .explain import Explanation, ForwardPass, explain
 from .model import FusionModel, ModelConfig
 from .project import Project
-from .settings import Settings
+from .settings import Settings, describe_device
 from .zeroshot import build_zero_shot_model
 
 FEATURE_CACHE_SIZE = 64  # images; 49x1280 floats each (~250 KB)
@@ -72,9 +72,7 @@ class Engine:
 
     @property
     def device_name(self) -> str:
-        if self.device.startswith("cuda"):
-            return f"{self.device} ({torch.cuda.get_device_name(torch.device(self.device))})"
-        return f"cpu ({torch.get_num_threads()} threads)"
+        return describe_device(self.device)
 
     # -- models ---------------------------------------------------------------------------
     def model_for(self, project: Project) -> FusionModel:

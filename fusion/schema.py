@@ -102,3 +102,60 @@ class HistoryRow(Base):
     shown_label: Mapped[str | None] = mapped_column(String(128))
     shown_confidence: Mapped[float | None] = mapped_column(Float)
     source: Mapped[str | None] = mapped_column(String(255))  # e.g. the import file and line
+
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class JobRow(Base):
+    """A unit of background work (training, pre-labeling) that the worker process runs in order."""
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))            # "train"
+    params: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    worker_pid: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(128))
+    progress: Mapped[dict | None] = mapped_column(JSON)      # step, epoch, loss, metrics, samples/s, ETA
+    curve: Mapped[list | None] = mapped_column(JSON)         # one row per epoch: loss and val metrics
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    resume_of: Mapped[int | None] = mapped_column(Integer)   # the failed job whose checkpoint this continues
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict | None] = mapped_column(JSON)        # e.g. {"version": "v3"}
+
+
+class ModelVersionRow(Base):
+    """A trained model version: its files are <project>/models/<version>/ (safetensors)."""
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("project_id", "version", name="uq_model_versions_project_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    parent: Mapped[str | None] = mapped_column(String(64))    # the active version when training started
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    params: Mapped[dict] = mapped_column(JSON)                # mode, epochs, lr, ...
+    data: Mapped[dict] = mapped_column(JSON)                  # snapshot: item ids, labels hash, counts
+    metrics: Mapped[dict] = mapped_column(JSON)               # evaluation on the test split
+
+
+class ModelEventRow(Base):
+    """Who made which version active, when: promotions and rollbacks, append-only."""
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    user: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(16))           # promote, rollback, auto-promote
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    to_version: Mapped[str | None] = mapped_column(String(64))

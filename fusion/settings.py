@@ -46,6 +46,15 @@ class Settings:
         return self.device
 
 
+def describe_device(device: str) -> str:
+    """"cuda:0 (NVIDIA H100 80GB HBM3)" or "cpu (2 threads)": what the sidebar and jobs show."""
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 _ENV = {
     "home": ("FUSION_HOME", Path),
     "device": ("FUSION_DEVICE", str),

@@ -1,169 +1,382 @@
-"""Training the fusion heads on cached features ("head" mode: encoders frozen).
+"""Training a new model version from a project's human-labeled items.
 
-Joint loss over the three heads, class weights for imbalanced labels, early stopping on the
-validation macro-F1 of the fused head, fixed seeds. The model starts as the zero-shot model
-(residual heads at zero), and the best validation epoch is kept, so it never ends worse on
-validation than where it started.
+One entry point, `train_version`, for the CLI, the worker and `torchrun` (DistributedDataParallel
+when WORLD_SIZE > 1: gloo on CPU, NCCL on GPUs). The model starts as the zero-shot model
+(residual heads at zero); the joint loss trains fused, image-only and text-only heads, with
+class weights; early stopping keeps the epoch with the best validation macro-F1, so a version
+never ends worse on validation than where it started. Temperatures fitted on the validation
+split calibrate each head. Seeds are fixed per epoch, so a run resumed from its checkpoint
+takes the same path as one that was never interrupted.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
+import math
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import f1_score
+from torch import distributed as dist
 
 from .errors import FusionError
+from .evaluation import fit_temperature, scores
 from .features import FeatureSet, cache_features, load_feature_set
+from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
+                       parameter_groups, pretrained_anchor)
+from .encoders import load_encoders, save_encoders
 from .model import FusionModel, ModelConfig
-from .project import Project
+from .training_data import Examples, PixelSet, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model
 
 HEADS = ("fused", "image", "text")
+REPORT_EVERY_S = 1.0          # progress rows (and cancel checks) at most this often
+Report = Callable[[dict], None]  # receives progress; may raise to stop (the worker's cancel)
 
 
 @dataclass
 class TrainConfig:
+    mode: str = "head"
     epochs: int = 40
-    lr: float = 2e-3
+    lr: float = 2e-3          # the heads'; trained encoder weights use lr * ENCODER_LR_SCALE
     batch_size: int = 32
+    device: str = "auto"      # auto: CUDA when present
     weight_decay: float = 1e-2
-    patience: int = 8       # epochs without a better val macro-F1 before stopping
+    patience: int = 8         # epochs without a better val macro-F1 before stopping
     seed: int = 0
+    l2sp: float = 0.0         # > 0: pull trained encoder weights toward the pretrained ones
+    lora: bool = False        # train MiniLM through LoRA adapters instead of its weights
+    strategy: str | None = None  # fusion strategy; None: the settings' default
+
+    def __post_init__(self):
+        problems = []
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 1 <= self.epochs <= 1000:
+            problems.append(f"epochs must be 1-1000, got {self.epochs}")
+        if not 0 < self.lr <= 1:
+            problems.append(f"learning rate must be in (0, 1], got {self.lr}")
+        if not 1 <= self.batch_size <= 4096:
+            problems.append(f"batch size must be 1-4096, got {self.batch_size}")
+        if self.l2sp < 0:
+            problems.append(f"l2sp must be >= 0, got {self.l2sp}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if problems:
+            raise FusionError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FusionError("device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return device
+
+
+# -- batches through the model -------------------------------------------------------------
+def _autocast(device: str, mode: str):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda") and mode != "head")
 
 
 @torch.no_grad()
-def predict_heads(model: FusionModel, data: FeatureSet, batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Class probabilities of each head, (N, K) each."""
-    model.eval()
+def predict_logits(trainable, data, device: str, mode: str = "head", batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Each head's logits (N, K) on the CPU, in fp32."""
+    trainable.eval()
     parts = {h: [] for h in HEADS}
     for i in range(0, len(data), batch_size):
-        out = model(data.patches[i:i + batch_size], data.tokens[i:i + batch_size], data.mask[i:i + batch_size])
+        with _autocast(device, mode):
+            out = trainable(*data.subset(torch.arange(i, min(i + batch_size, len(data)))).inputs(device))
         for h in HEADS:
-            parts[h].append(getattr(out, h).softmax(-1))
+            parts[h].append(getattr(out, h).float().cpu())
     return {h: torch.cat(p) for h, p in parts.items()}
 
 
-def evaluate(model: FusionModel, data: FeatureSet) -> dict[str, dict[str, float]]:
-    """Accuracy and macro-F1 of each head."""
-    y = data.targets.numpy()
-    result = {}
-    for head, probs in predict_heads(model, data).items():
-        pred = probs.argmax(-1).numpy()
-        result[head] = {
-            "accuracy": round(float(accuracy_score(y, pred)), 4),
-            "macro_f1": round(float(f1_score(y, pred, average="macro", labels=np.arange(probs.shape[1]), zero_division=0)), 4),
-        }
-    return result
+def _macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return round(float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro",
+                                labels=np.arange(logits.shape[1]), zero_division=0)), 4)
 
 
-def train_heads(model: FusionModel, train: FeatureSet, val: FeatureSet, config: TrainConfig = TrainConfig(),
-                progress: Callable[[dict], None] | None = None) -> tuple[FusionModel, list[dict]]:
-    torch.manual_seed(config.seed)
-    k = len(model.config.labels)
+def quick_scores(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Accuracy and macro-F1 of each head: what an epoch reports."""
+    return {h: {"accuracy": round(float((l.argmax(-1) == targets).float().mean()), 4),
+                "macro_f1": _macro_f1(l, targets)} for h, l in logits.items()}
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def _trained(module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in module.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, trainable, optimizer, best: dict, meta: dict) -> None:
+    """One safetensors file (weights, best weights, optimizer moments; the loop's state as its
+    metadata), replaced atomically: a kill leaves the previous epoch's checkpoint whole."""
+    state = {f"model.{n}": p.detach().cpu().clone() for n, p in _trained(trainable).items()}
+    state |= {f"best.{n}": v.cpu().clone() for n, v in best.items()}
+    opt = optimizer.state_dict()
+    for i, moments in opt["state"].items():
+        state |= {f"opt.{i}.{k}": torch.as_tensor(v).cpu().clone() for k, v in moments.items()}
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"meta": json.dumps(meta), "param_groups": json.dumps(groups)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, trainable, optimizer) -> tuple[dict, dict]:
+    """Restore weights and optimizer in place; returns (best weights, loop state)."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FusionError(f"no checkpoint at {path}: the job ended before its first epoch; start a new one")
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    state = load_file(str(path))
+    params = _trained(trainable)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[f"model.{n}"])
+    moments: dict[int, dict] = {}
+    for key, value in state.items():
+        if key.startswith("opt."):
+            _, i, name = key.split(".", 2)
+            moments.setdefault(int(i), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": json.loads(header["param_groups"])})
+    best = {k[5:]: v for k, v in state.items() if k.startswith("best.")}
+    return best, json.loads(header["meta"])
+
+
+# -- the loop ------------------------------------------------------------------------------
+def fit(trainable, train, val, config: TrainConfig, device: str, report: Report | None = None,
+        checkpoint: Path | None = None, resume: Path | None = None) -> list[dict]:
+    """Train `trainable` in place; leaves it at its best validation epoch. Returns one row per epoch."""
+    rank, world = distributed()
+    k = len(trainable.fusion.config.labels)
     counts = torch.bincount(train.targets, minlength=k).float()
-    class_weights = counts.sum() / (k * counts.clamp(min=1))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
+    class_weights = (counts.sum() / (k * counts.clamp(min=1))).to(device)
+    anchor = pretrained_anchor(trainable) if config.l2sp > 0 else None
+    model = trainable
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(trainable, device_ids=[device] if device.startswith("cuda") else None)
+    optimizer = torch.optim.AdamW(parameter_groups(trainable, config.lr), weight_decay=config.weight_decay)
 
-    best_f1 = evaluate(model, val)["fused"]["macro_f1"]  # the zero-shot starting point
-    best_state, since_best, history = copy.deepcopy(model.state_dict()), 0, []
-    for epoch in range(1, config.epochs + 1):
+    start, since_best, history = 1, 0, []
+    best_f1 = _macro_f1(predict_logits(trainable, val, device, config.mode)["fused"], val.targets)
+    best = {n: p.detach().clone() for n, p in _trained(trainable).items()}
+    if resume is not None:
+        best, meta = load_checkpoint(resume, trainable, optimizer)
+        start, since_best, best_f1, history = meta["epoch"] + 1, meta["since_best"], meta["best_f1"], meta["history"]
+
+    steps = math.ceil(len(train) / config.batch_size)
+    started, last_report = time.perf_counter(), 0.0
+    for epoch in range(start, config.epochs + 1):
+        if since_best >= config.patience:
+            break
         t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        total = 0.0
-        for i in range(0, len(train), config.batch_size):
-            batch = train.subset(order[i:i + config.batch_size])
-            loss = model.loss(model(batch.patches, batch.tokens, batch.mask), batch.targets, class_weights)
+        torch.manual_seed(config.seed * 10_007 + epoch)   # same order and dropout on every rank, and on resume
+        order = torch.randperm(len(train))
+        trainable.train()
+        total, seen = 0.0, 0
+        for step in range(steps):
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            if len(index) < world:
+                continue                                  # every rank needs a share of the batch
+            batch = train.subset(index[rank::world])
+            with _autocast(device, config.mode):
+                out = model(*batch.inputs(device))
+                loss = trainable.fusion.loss(out, batch.targets.to(device), class_weights)
+                if anchor is not None:
+                    loss = loss + config.l2sp * l2sp_penalty(trainable, anchor)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(batch)
-        metrics = evaluate(model, val)
-        row = {"epoch": epoch, "loss": round(total / len(train), 4), "val": metrics,
-               "seconds": round(time.perf_counter() - t0, 3)}
+            total += float(loss.detach()) * len(index)
+            seen += len(index)
+            now = time.perf_counter()
+            if report and now - last_report >= REPORT_EVERY_S:
+                last_report = now
+                rate = seen / (now - t0)
+                remaining = (config.epochs - epoch) * len(train) + len(train) - seen
+                report({"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step + 1,
+                        "steps": steps, "loss": round(total / seen, 4), "samples_per_s": round(rate, 1),
+                        "eta_s": round(remaining / rate, 1)})
+        seconds = time.perf_counter() - t0
+        val_scores = quick_scores(predict_logits(trainable, val, device, config.mode), val.targets)
+        row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val": val_scores,
+               "seconds": round(seconds, 3), "samples_per_s": round(seen / seconds, 1)}
         history.append(row)
-        if progress:
-            progress(row)
-        if metrics["fused"]["macro_f1"] > best_f1:
-            best_f1, best_state, since_best = metrics["fused"]["macro_f1"], copy.deepcopy(model.state_dict()), 0
+        if val_scores["fused"]["macro_f1"] > best_f1:
+            best_f1, since_best = val_scores["fused"]["macro_f1"], 0
+            best = {n: p.detach().clone() for n, p in _trained(trainable).items()}
         else:
             since_best += 1
-            if since_best >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    return model.eval(), history
+        if rank == 0 and checkpoint is not None:
+            save_checkpoint(checkpoint, trainable, optimizer, best,
+                            {"epoch": epoch, "since_best": since_best, "best_f1": best_f1, "history": history})
+        if report:
+            elapsed = time.perf_counter() - started
+            report({"stage": "epoch", "epoch": epoch, "epochs": config.epochs, "step": steps, "steps": steps,
+                    "loss": row["loss"], "val_macro_f1": val_scores["fused"]["macro_f1"], "best_val_macro_f1": best_f1,
+                    "samples_per_s": row["samples_per_s"],
+                    "eta_s": round(elapsed / (epoch - start + 1) * (config.epochs - epoch), 1), "row": row})
+    with torch.no_grad():
+        params = _trained(trainable)
+        for n, v in best.items():
+            params[n].copy_(v)
+    return history
 
 
-@dataclass
-class Examples:
-    """A project's human-labeled items, as training reads them."""
-    paths: list[Path]
-    texts: list[str]
-    labels: list[str]
-    splits: list[str]
+# -- a model version -----------------------------------------------------------------------
+def _encode(engine, project, examples: Examples, index: torch.Tensor, targets: list[int],
+            report: Report | None) -> FeatureSet:
+    def progress(done, total):
+        if report:
+            report({"stage": "encoding", "step": done, "steps": total})
+    rows = index.tolist()
+    files = cache_features(engine, project.directory / "features", [examples.paths[i] for i in rows],
+                           [examples.texts[i] for i in rows], progress)
+    return load_feature_set(files, [targets[i] for i in rows])
 
 
-def labeled_examples(store, project_name: str) -> Examples:
-    """Items a person labeled (accepted or corrected), with their stored text: no OCR at training."""
-    from .pipeline import compose_text
-    from .store import HUMAN_STATUSES
-
-    examples = Examples([], [], [], [])
-    for item in store.iter_items(project_name):
-        if item.status in HUMAN_STATUSES and item.label is not None:
-            examples.paths.append(store.image_path(item))
-            examples.texts.append(compose_text(item.ocr_text or "", item.caption))
-            examples.labels.append(item.label)
-            examples.splits.append(item.split)
-    return examples
+def _calibrate(trainable, val, device: str, mode: str) -> tuple[float, float, float]:
+    """Temperatures of the three heads on the validation split (the model must start at 1)."""
+    logits = predict_logits(trainable, val, device, mode)
+    return tuple(fit_temperature(logits[h], val.targets) for h in HEADS)
 
 
-def next_version(project: Project) -> str:
-    existing = [int(p.name[1:]) for p in (project.directory / "models").glob("v*") if p.name[1:].isdigit()]
-    return f"v{max(existing, default=0) + 1}"
+def _scores(logits: dict[str, torch.Tensor], targets: torch.Tensor, labels: list[str]) -> dict:
+    return {h: scores(l.softmax(-1).numpy(), targets.numpy(), labels) for h, l in logits.items()}
 
 
-def train_project_model(engine, project: Project, paths: list[Path], texts: list[str], labels: list[str],
-                        splits: list[str], strategy: str | None = None, config: TrainConfig = TrainConfig(),
-                        progress: Callable[[str, int, int], None] | None = None) -> tuple[str, dict]:
-    """Cache features, train the heads from the zero-shot start, evaluate on the test split and
-    save a new model version (not yet active). Returns (version, metrics)."""
-    t0 = time.perf_counter()
-    report = (lambda done, total: progress("encoding", done, total)) if progress else None
-    files = cache_features(engine, project.directory / "features", paths, texts, report)
-    encode_seconds = time.perf_counter() - t0
+def train_version(settings, store, project_name: str, config: TrainConfig, user: str,
+                  report: Report | None = None, job_id: int | None = None,
+                  checkpoint: Path | None = None, resume: Path | None = None) -> tuple[str | None, dict]:
+    """Train, calibrate, evaluate on the test split and register a new model version (not made
+    active: see registry.promote). Returns (version, metrics); version is None on ranks > 0."""
+    from . import registry
+    from .pipeline import get_engine
+
+    rank, world = distributed()
+    device = resolve_device(config.device)
+    project = store.project(project_name)
+    examples = labeled_examples(store, project_name)
+    examples.check_splits()
     index = {name: i for i, name in enumerate(project.label_names)}
-    data = load_feature_set(files, [index[label] for label in labels])
-    split = {s: torch.tensor([i for i, v in enumerate(splits) if v == s]) for s in ("train", "val", "test")}
-    if any(len(v) == 0 for v in split.values()):
-        raise FusionError(f"training needs items in each of train/val/test, got { {k: len(v) for k, v in split.items()} }")
+    targets = [index[label] for label in examples.labels]
+    split = {s: examples.split_index(s) for s in ("train", "val", "test")}
+    engine = get_engine(dataclasses.replace(settings, device=device))
+    t0 = time.perf_counter()
 
-    version = next_version(project)
-    model_config = ModelConfig(project.label_names, project.labels, strategy or engine.settings.fusion, version=version)
-    model = build_zero_shot_model(model_config, engine.image_encoder, engine.text_encoder)
-    zero_shot = evaluate(model, data.subset(split["test"]))
+    # Test features through the pretrained encoders: the zero-shot and head-only models read them.
+    if rank > 0 and world > 1:
+        dist.barrier()                                   # rank 0 fills the feature cache first
+    if config.mode == "head":
+        data = _encode(engine, project, examples, torch.arange(len(targets)), targets, report)
+        test_features = data.subset(split["test"])
+    else:
+        test_features = _encode(engine, project, examples, split["test"], targets, report)
+        if report:
+            report({"stage": "decoding", "step": 0, "steps": len(targets)})
+        data = pixel_set(examples.paths, examples.texts, targets, engine.text_encoder)
+        if device.startswith("cuda"):
+            data = data.pin_memory()
+    if rank == 0 and world > 1:
+        dist.barrier()
+    prepare_seconds = time.perf_counter() - t0
+
+    model_config = ModelConfig(project.label_names, project.labels, config.strategy or settings.fusion,
+                               finetuned_encoders=config.mode != "head")
+    zero_shot = build_zero_shot_model(model_config, engine.image_encoder, engine.text_encoder).to(device)
+    zero_shot_test = _scores(predict_logits(HeadsOnFeatures(zero_shot), test_features, device), test_features.targets,
+                             project.label_names)
+    fusion = build_zero_shot_model(model_config, engine.image_encoder, engine.text_encoder)
+    fusion.requires_grad_(True).imagenet_fc.requires_grad_(False)
+    if config.mode == "head":
+        trainable = HeadsOnFeatures(fusion).to(device)
+    else:
+        image_encoder, text_encoder = encoders_for_training(config.mode, engine.image_encoder, engine.text_encoder,
+                                                            config.lora)
+        trainable = EndToEnd(image_encoder, text_encoder, fusion, channels_last=device.startswith("cuda")).to(device)
+
     t1 = time.perf_counter()
-    epochs = (lambda row: progress("training", row["epoch"], config.epochs)) if progress else None
-    model, history = train_heads(model.requires_grad_(True).train(), data.subset(split["train"]),
-                                 data.subset(split["val"]), config, epochs)
-    model.imagenet_fc.requires_grad_(False)
+    history = fit(trainable, data.subset(split["train"]), data.subset(split["val"]), config, device, report,
+                  checkpoint, resume)
+    train_seconds = time.perf_counter() - t1
+    if config.mode != "head" and config.lora:
+        merge_lora(trainable.text_encoder)
+    fusion.config.temperatures = _calibrate(trainable, data.subset(split["val"]), device, config.mode)
+    test = data.subset(split["test"])
+    test_logits = predict_logits(trainable, test, device, config.mode)
     metrics = {
-        "test": evaluate(model, data.subset(split["test"])),
-        "zero_shot_test": zero_shot,
-        "counts": {k: len(v) for k, v in split.items()},
-        "encode_seconds": round(encode_seconds, 2),
-        "train_seconds": round(time.perf_counter() - t1, 2),
+        "test": _scores(test_logits, test.targets, project.label_names),
+        "zero_shot_test": zero_shot_test,
+        "temperatures": dict(zip(HEADS, fusion.config.temperatures)),
+        "counts": {s: len(v) for s, v in split.items()},
         "epochs_run": len(history),
         "history": history,
+        "device": engine.device_name,
+        "world_size": world,
+        "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
     }
-    model.save(project.model_dir(version))
-    (project.model_dir(version) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if rank > 0:
+        return None, metrics
+    parent = project.active_model
+    metrics["parent_test"] = _parent_scores(engine, project, parent, test_features, examples, split["test"],
+                                            targets, device)
+
+    def extra_files(directory: Path) -> None:
+        if config.mode != "head":
+            save_encoders(directory, trainable.image_encoder, trainable.text_encoder)
+        # Per-item test probabilities: what the Evaluate page's error gallery and comparisons read.
+        (directory / "test_predictions.json").write_text(json.dumps({
+            "item_ids": [examples.ids[i] for i in split["test"].tolist()], "labels": project.label_names,
+            "probs": {h: [[round(x, 5) for x in row] for row in l.softmax(-1).tolist()] for h, l in test_logits.items()},
+        }))
+
+    version = registry.save_version(store, project, fusion.cpu(), extra_files, parent=parent, user=user,
+                                    job_id=job_id, params=asdict(config), data=examples.snapshot(), metrics=metrics)
     return version, metrics
+
+
+def _parent_scores(engine, project, parent: str | None, test_features: FeatureSet, examples: Examples,
+                   test_index: torch.Tensor, targets: list[int], device: str) -> dict | None:
+    """The active version's scores on the same test items, for auto-promotion and comparison."""
+    if parent is None:
+        return None
+    directory = project.model_dir(parent)
+    try:
+        fusion = FusionModel.load(directory, device)
+    except (FileNotFoundError, FusionError):
+        return None                                       # a version whose files are gone
+    if fusion.config.finetuned_encoders:
+        image_encoder, text_encoder = load_encoders(directory, engine.image_encoder, engine.text_encoder, device)
+        rows = test_index.tolist()
+        test = pixel_set([examples.paths[i] for i in rows], [examples.texts[i] for i in rows],
+                         [targets[i] for i in rows], text_encoder)
+        trainable, mode = EndToEnd(image_encoder, text_encoder, fusion), "full"
+    else:
+        test, trainable, mode = test_features, HeadsOnFeatures(fusion), "head"
+    logits = predict_logits(trainable.to(device), test, device, mode)
+    return {"version": parent, **_scores(logits, test.targets, project.label_names)}

@@ -1,0 +1,188 @@
+"""Background jobs, kept in the store so they outlive page reloads and app restarts.
+
+A job is queued by the app or the CLI, claimed by the workspace's one worker process
+(fusion.worker), and ends succeeded, failed or cancelled. While it runs the worker writes its
+progress and a heartbeat every few seconds; each job also has a plain-text log and, for
+training, a checkpoint that a new job can resume from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from .errors import FusionError
+from .schema import JobRow, ProjectRow
+from .store import Store, utcnow
+
+FINISHED = ("succeeded", "failed", "cancelled")
+KINDS = ("train",)
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when someone asked to cancel it."""
+
+
+@dataclass
+class Job:
+    id: int
+    project: str
+    kind: str
+    params: dict
+    status: str
+    created_at: datetime
+    created_by: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    worker_pid: int | None
+    device: str | None
+    progress: dict | None
+    curve: list | None
+    cancel_requested: bool
+    resume_of: int | None
+    error: str | None
+    result: dict | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def seconds_since_heartbeat(self) -> float | None:
+        return None if self.heartbeat_at is None else (utcnow() - self.heartbeat_at).total_seconds()
+
+
+_COLUMNS = [f.name for f in fields(Job) if f.name != "project"]
+
+
+class Jobs:
+    def __init__(self, store: Store):
+        self.store = store
+        self.db = store.db
+        self.root = store.settings.home / "jobs"
+
+    # -- files ----------------------------------------------------------------------------
+    def log_path(self, job_id: int) -> Path:
+        return self.root / str(job_id) / "log.txt"
+
+    def checkpoint_path(self, job_id: int) -> Path:
+        return self.root / str(job_id) / "checkpoint.safetensors"
+
+    def log(self, job_id: int, line: str) -> None:
+        path = self.log_path(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"{utcnow():%Y-%m-%d %H:%M:%S} {line}\n")
+
+    def log_tail(self, job_id: int, lines: int = 30) -> list[str]:
+        path = self.log_path(job_id)
+        return path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+
+    # -- reading --------------------------------------------------------------------------
+    def _job(self, row: JobRow, project: str) -> Job:
+        return Job(project=project, **{c: getattr(row, c) for c in _COLUMNS})
+
+    def get(self, job_id: int) -> Job:
+        with self.db.read() as session:
+            found = session.execute(select(JobRow, ProjectRow.name).join(ProjectRow, ProjectRow.id == JobRow.project_id)
+                                    .where(JobRow.id == job_id)).first()
+        if found is None:
+            raise FusionError(f"no job {job_id}")
+        return self._job(*found)
+
+    def list(self, project: str | None = None, limit: int = 20) -> list[Job]:
+        """Newest first."""
+        query = select(JobRow, ProjectRow.name).join(ProjectRow, ProjectRow.id == JobRow.project_id)
+        if project is not None:
+            query = query.where(ProjectRow.name == project)
+        with self.db.read() as session:
+            return [self._job(*r) for r in session.execute(query.order_by(JobRow.id.desc()).limit(limit)).all()]
+
+    # -- the app's side -------------------------------------------------------------------
+    def submit(self, project: str, kind: str, params: dict, user: str, resume_of: int | None = None,
+               curve: list | None = None) -> Job:
+        if kind not in KINDS:
+            raise FusionError(f"unknown job kind {kind!r}; known: {', '.join(KINDS)}")
+        with self.db.write() as session:
+            row = JobRow(project_id=self.store._project_row(session, project).id, kind=kind, params=params,
+                         status="queued", created_at=utcnow(), created_by=user, cancel_requested=False,
+                         resume_of=resume_of, curve=curve or [])
+            session.add(row)
+            session.flush()
+            job_id = row.id
+        self.log(job_id, f"queued by {user}: {kind} {params}" + (f" (resuming job {resume_of})" if resume_of else ""))
+        return self.get(job_id)
+
+    def cancel(self, job_id: int, user: str) -> Job:
+        """A queued job is cancelled at once; a running one stops at its next progress report."""
+        with self.db.write() as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise FusionError(f"no job {job_id}")
+            if row.status == "queued":
+                row.status, row.finished_at, row.error = "cancelled", utcnow(), f"cancelled by {user} before it started"
+            elif row.status == "running":
+                row.cancel_requested = True
+            else:
+                raise FusionError(f"job {job_id} already {row.status}")
+        self.log(job_id, f"cancel requested by {user}")
+        return self.get(job_id)
+
+    def resume(self, job_id: int, user: str) -> Job:
+        """A new job with the same parameters that continues from this one's last checkpoint."""
+        old = self.get(job_id)
+        if old.status not in ("failed", "cancelled"):
+            raise FusionError(f"job {job_id} is {old.status}; only a failed or cancelled job can be resumed")
+        if not self.checkpoint_path(job_id).is_file():
+            raise FusionError(f"job {job_id} left no checkpoint (it stopped before its first epoch); start a new job")
+        return self.submit(old.project, old.kind, old.params, user, resume_of=job_id, curve=old.curve)
+
+    # -- the worker's side ----------------------------------------------------------------
+    def claim_next(self, pid: int) -> Job | None:
+        """The oldest queued job, now running under this worker (one transaction: no double claim)."""
+        with self.db.write() as session:
+            row = session.scalars(select(JobRow).where(JobRow.status == "queued").order_by(JobRow.id).limit(1)).first()
+            if row is None:
+                return None
+            now = utcnow()
+            row.status, row.started_at, row.heartbeat_at, row.worker_pid = "running", now, now, pid
+            job_id = row.id
+        self.log(job_id, f"started by worker pid {pid}")
+        return self.get(job_id)
+
+    def beat(self, job_id: int, progress: dict | None = None, curve_row: dict | None = None,
+             device: str | None = None) -> bool:
+        """Heartbeat (+ progress); returns whether a cancel was requested."""
+        with self.db.write() as session:
+            row = session.get(JobRow, job_id)
+            row.heartbeat_at = utcnow()
+            if progress is not None:
+                row.progress = progress
+            if curve_row is not None:
+                row.curve = [*(row.curve or []), curve_row]  # a new list: JSON columns track assignment
+            if device is not None:
+                row.device = device
+            return row.cancel_requested
+
+    def finish(self, job_id: int, status: str, result: dict | None = None, error: str | None = None) -> None:
+        with self.db.write() as session:
+            row = session.get(JobRow, job_id)
+            row.status, row.finished_at, row.result, row.error = status, utcnow(), result, error
+        self.log(job_id, f"{status}" + (f": {error}" if error else ""))
+
+    def fail_orphans(self) -> list[int]:
+        """Mark every running job failed. Only the worker-lock holder calls this, so a running
+        job here belongs to a worker that died (killed, out of memory, machine restarted)."""
+        with self.db.write() as session:
+            rows = session.scalars(select(JobRow).where(JobRow.status == "running")).all()
+            for row in rows:
+                beat = f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if row.heartbeat_at else "never"
+                row.status, row.finished_at = "failed", utcnow()
+                row.error = (f"the worker (pid {row.worker_pid}) stopped while running this job; last heartbeat "
+                             f"{beat}. Resume it to continue from its last checkpoint.")
+            failed = [(r.id, r.error) for r in rows]
+        for job_id, error in failed:
+            self.log(job_id, f"failed: {error}")
+        return [job_id for job_id, _ in failed]

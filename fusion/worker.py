@@ -1,0 +1,145 @@
+"""The workspace's one background worker: `python -m fusion worker`.
+
+An exclusive lock on <home>/worker.lock makes it the only one; the app starts it detached when
+it queues a job (ensure_worker) and it exits after a minute with nothing to do. Holding the lock
+also means any job still marked running belongs to a worker that died: those are failed at
+start, with the reason, and can be resumed from their checkpoints.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import traceback
+
+from . import background
+from .jobs import Job, JobCancelled, Jobs
+from .settings import Settings, describe_device
+from .store import Store, open_store
+
+HEARTBEAT_S = 2.0     # also how often a cancel request is noticed
+IDLE_EXIT_S = 60.0
+POLL_S = 0.5
+
+
+def lock_path(settings: Settings):
+    return settings.home / "worker.lock"
+
+
+def worker_alive(settings: Settings) -> bool:
+    """Whether some process holds the worker lock (probing it takes and drops it at once)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(settings), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def ensure_worker(settings: Settings) -> bool:
+    """Start a detached worker unless one runs. Two racing starters are fine: the second
+    worker finds the lock taken and exits."""
+    if worker_alive(settings):
+        return False
+    background.start(settings, ["worker"], settings.home / "logs" / "worker.log")
+    return True
+
+
+def reap_dead_jobs(settings: Settings, store: Store) -> list[int]:
+    """Fail the running jobs of a worker that is gone (no lock holder). For the app to call on
+    page load, so a dead worker's job does not look alive until the next worker starts."""
+    if worker_alive(settings):
+        return []
+    return Jobs(store).fail_orphans()
+
+
+def run_worker(settings: Settings, idle_exit_s: float = IDLE_EXIT_S) -> int:
+    """Run queued jobs in order until idle for `idle_exit_s`. Returns how many jobs ran."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    lock = open(lock_path(settings), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another worker holds the lock; exiting", flush=True)
+        return 0
+    store = open_store(settings)
+    jobs = Jobs(store)
+    for job_id in jobs.fail_orphans():
+        print(f"job {job_id}: its worker had died; marked failed (resumable)", flush=True)
+    ran, idle_since = 0, time.monotonic()
+    while True:
+        job = jobs.claim_next(os.getpid())
+        if job is None:
+            if time.monotonic() - idle_since > idle_exit_s:
+                return ran
+            time.sleep(POLL_S)
+            continue
+        run_job(settings, store, jobs, job)
+        ran, idle_since = ran + 1, time.monotonic()
+
+
+def run_job(settings: Settings, store: Store, jobs: Jobs, job: Job) -> None:
+    """Run one claimed job to its end state. A heartbeat thread keeps the job's row fresh (and
+    notices cancel requests) even while one step runs long, e.g. encoding a batch."""
+    latest: dict = {}
+    cancel = threading.Event()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            if jobs.beat(job.id, dict(latest) or None):
+                cancel.set()
+
+    def report(progress: dict) -> None:
+        row = progress.pop("row", None)
+        latest.clear()
+        latest.update(progress)
+        if row is not None:                 # an epoch ended: its curve point is written now
+            jobs.log(job.id, f"epoch {row['epoch']}: loss {row['loss']}, val macro-F1 "
+                             f"{row['val']['fused']['macro_f1']}, {row['samples_per_s']} samples/s")
+            if jobs.beat(job.id, dict(progress), curve_row=row):
+                cancel.set()
+        if cancel.is_set():
+            raise JobCancelled()
+
+    beat_thread = threading.Thread(target=heartbeat, name=f"job-{job.id}-heartbeat", daemon=True)
+    beat_thread.start()
+    try:
+        result = _run(settings, store, jobs, job, report)
+        jobs.finish(job.id, "succeeded", result=result)
+    except JobCancelled:
+        jobs.finish(job.id, "cancelled", error="cancelled on request")
+    except Exception as e:  # noqa: BLE001 -- whatever went wrong belongs in the job's record
+        jobs.log(job.id, traceback.format_exc())
+        jobs.finish(job.id, "failed", error=f"{type(e).__name__}: {e}")
+    finally:
+        done.set()
+        beat_thread.join()
+
+
+def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
+    if job.kind == "train":
+        return _train(settings, store, jobs, job, report)
+    raise ValueError(f"unknown job kind {job.kind!r}")
+
+
+def _train(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
+    from . import registry
+    from .train import TrainConfig, resolve_device, train_version
+
+    config = TrainConfig.from_dict(job.params)
+    jobs.beat(job.id, {"stage": "preparing"}, device=describe_device(resolve_device(config.device)))
+    resume = jobs.checkpoint_path(job.resume_of) if job.resume_of else None
+    version, metrics = train_version(settings, store, job.project, config, user=job.created_by, report=report,
+                                     job_id=job.id, checkpoint=jobs.checkpoint_path(job.id), resume=resume)
+    promoted = bool(job.params.get("auto_promote")) and registry.beats_active(metrics)
+    if promoted:
+        registry.promote(store, job.project, version, user=job.created_by, action="auto-promote")
+    jobs.log(job.id, f"version {version}: test macro-F1 {metrics['test']['fused']['macro_f1']}"
+                     + (", promoted (beat the active version)" if promoted else ""))
+    return {"version": version, "promoted": promoted,
+            "test": {h: {k: metrics["test"][h][k] for k in ("accuracy", "macro_f1", "ece")} for h in metrics["test"]}}
+
