@@ -52,7 +52,8 @@ if demo.demo_ready(settings):
     sidebar()
     # Material icons ship with Streamlit; emoji need fonts a server or kiosk browser may lack.
     pages = [st.Page("pages/review.py", title="Review", icon=":material/fact_check:", default=True),
-             st.Page("pages/dataset.py", title="Dataset", icon=":material/table_view:")]
+             st.Page("pages/dataset.py", title="Dataset", icon=":material/table_view:"),
+             st.Page("pages/train.py", title="Train", icon=":material/model_training:")]
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
 st.navigation(pages).run()

@@ -189,8 +189,8 @@ def _train_config(args, settings):
     from .train import TrainConfig
 
     return TrainConfig(mode=args.mode, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       device=settings.device, l2sp=args.l2sp, lora=args.lora, strategy=args.strategy,
-                       seed=args.seed)
+                       device=args.train_device or settings.device, l2sp=args.l2sp, lora=args.lora, strategy=args.strategy,
+                       seed=args.seed, patience=args.patience)
 
 
 def cmd_train(args, settings) -> None:
@@ -229,6 +229,8 @@ def cmd_train(args, settings) -> None:
             "parent_test": metrics["parent_test"] and {"version": metrics["parent_test"]["version"],
                                                        **_head_scores({h: metrics["parent_test"][h] for h in ("fused", "image", "text")})},
             "counts": metrics["counts"], "epochs_run": metrics["epochs_run"], "seconds": metrics["seconds"],
+            "history": [{"epoch": r["epoch"], "loss": r["loss"], "val_macro_f1": r["val"]["fused"]["macro_f1"]}
+                        for r in metrics["history"]],
             "device": metrics["device"], "world_size": metrics["world_size"]}
     fused = metrics["test"]["fused"]
     _emit(data, args.json, f"{args.project} {version}: test accuracy {fused['accuracy']:.1%}, macro-F1 "
@@ -375,9 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", dest="train_device", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--l2sp", type=float, default=0.0, help="pull trained encoder weights toward the pretrained ones")
     p.add_argument("--lora", action="store_true", help="train the text encoder through LoRA adapters")
     p.add_argument("--strategy", choices=["concat", "gated", "cross_attention"], help="fusion strategy")
+    p.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better val macro-F1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--promote", choices=["no", "auto", "yes"], default="no",
                    help="auto: make it active only if it beats the active version on the test split")

@@ -47,7 +47,8 @@ def scores(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
         targets, pred, labels=np.arange(k), zero_division=0)
     return {
         "accuracy": round(float(accuracy_score(targets, pred)), 4),
-        "macro_f1": round(float(f1_score(targets, pred, average="macro", labels=np.arange(k), zero_division=0)), 4),
+        # over the labels that occur (in truth or prediction): an absent label has no F1 to average
+        "macro_f1": round(float(f1_score(targets, pred, average="macro", zero_division=0)), 4),
         "ece": round(expected_calibration_error(probs, targets), 4),
         "per_class": {name: {"precision": round(float(p), 4), "recall": round(float(r), 4),
                              "f1": round(float(f), 4), "support": int(s)}

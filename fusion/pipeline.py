@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from . import ocr
-from .encoders import ImageEncoder, load_image_encoder, load_text_encoder, patches_of
+from .encoders import ImageEncoder, TextEncoder, load_encoders, load_image_encoder, load_text_encoder, patches_of
 from .explain import Explanation, ForwardPass, explain
 from .model import FusionModel, ModelConfig
 from .project import Project
@@ -60,13 +60,20 @@ def _probs(labels: list[str], logits: torch.Tensor) -> dict[str, float]:
     return {name: round(float(p), 6) for name, p in zip(labels, logits.softmax(-1)[0])}
 
 
+@dataclass
+class LoadedModel:
+    model: FusionModel
+    image_encoder: ImageEncoder      # the shared pretrained ones, or the version's fine-tuned copies
+    text_encoder: TextEncoder
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.device = settings.resolved_device()
         self.image_encoder: ImageEncoder = load_image_encoder().to(self.device)
         self.text_encoder = load_text_encoder(settings.max_text_tokens).to(self.device)
-        self._models: dict[tuple[str, str], FusionModel] = {}
+        self._models: dict[tuple[str, str], LoadedModel] = {}
         self._features: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()  # Streamlit sessions share one engine
 
@@ -75,39 +82,46 @@ class Engine:
         return describe_device(self.device)
 
     # -- models ---------------------------------------------------------------------------
-    def model_for(self, project: Project) -> FusionModel:
-        """The project's active model, or its zero-shot model when none is trained yet."""
+    def model_for(self, project: Project) -> "LoadedModel":
+        """The project's active model with the encoders it reads (its own when it fine-tuned
+        them), or the zero-shot model when none is trained yet."""
         version = project.active_model or "zero-shot"
         key = (str(project.directory), version)
         with self._lock:
             if key not in self._models:
+                image_encoder, text_encoder = self.image_encoder, self.text_encoder
                 if project.active_model:
-                    model = FusionModel.load(project.model_dir(version), self.device)
+                    directory = project.model_dir(version)
+                    model = FusionModel.load(directory, self.device)
+                    if model.config.finetuned_encoders:
+                        image_encoder, text_encoder = load_encoders(directory, image_encoder, text_encoder, self.device)
                 else:
                     config = ModelConfig(project.label_names, project.labels, self.settings.fusion)
                     model = build_zero_shot_model(config, self.image_encoder, self.text_encoder).to(self.device)
-                self._models[key] = model.requires_grad_(False).eval()
+                self._models[key] = LoadedModel(model.requires_grad_(False).eval(), image_encoder, text_encoder)
             return self._models[key]
 
     def forget_models(self) -> None:
         """After a promotion or rollback: the next prediction loads the new active version."""
         with self._lock:
             self._models.clear()
+            self._features.clear()  # keyed by encoder identity, which a freed encoder's id may reuse
 
     # -- features -------------------------------------------------------------------------
     def read_text(self, image: Image.Image) -> ocr.OcrResult:
         return ocr.read_text(image, max_side=self.settings.ocr_max_side, gpu=self.device.startswith("cuda"))
 
-    def image_features(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixels (1,3,224,224), patches (1,49,1280)), cached by the image's content."""
-        key = hashlib.sha256(image.tobytes()).hexdigest() + f"{image.size}"
+    def image_features(self, image: Image.Image, image_encoder: ImageEncoder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixels (1,3,224,224), patches (1,49,1280)), cached by the image's content and encoder."""
+        image_encoder = image_encoder or self.image_encoder
+        key = hashlib.sha256(image.tobytes()).hexdigest() + f"{image.size}{id(image_encoder)}"
         with self._lock:
             if key in self._features:
                 self._features.move_to_end(key)
                 return self._features[key]
         pixels = ImageEncoder.preprocess([image]).to(self.device)
         with torch.no_grad():
-            patches = patches_of(self.image_encoder(pixels))
+            patches = patches_of(image_encoder(pixels))
         with self._lock:
             self._features[key] = (pixels, patches)
             while len(self._features) > FEATURE_CACHE_SIZE:
@@ -131,13 +145,14 @@ class Engine:
         if ocr_result is None:
             ocr_result = self.read_text(image)
         t = lap("ocr", t)
-        model = self.model_for(project)
+        loaded = self.model_for(project)
+        model = loaded.model
         text = compose_text(ocr_result.text, caption)
-        pixels, patches = self.image_features(image)
-        batch = self.text_encoder.tokenize([text])
+        pixels, patches = self.image_features(image, loaded.image_encoder)
+        batch = loaded.text_encoder.tokenize([text])
         batch.input_ids, batch.mask = batch.input_ids.to(self.device), batch.mask.to(self.device)
         with torch.no_grad():
-            tokens, attentions = self.text_encoder(batch, attentions=with_explanation)
+            tokens, attentions = loaded.text_encoder(batch, attentions=with_explanation)
             t = lap("encode", t)
             out = model(patches, tokens, batch.mask)
         labels = model.config.labels
@@ -147,7 +162,7 @@ class Engine:
         explanation = None
         if with_explanation:
             fwd = ForwardPass(pixels, patches, batch, tokens, attentions, out)
-            explanation = explain(self.image_encoder, self.text_encoder, model, fwd, labels.index(label), image.size)
+            explanation = explain(loaded.image_encoder, loaded.text_encoder, model, fwd, labels.index(label), image.size)
         lap("explain", t)
         timings["total"] = round((time.perf_counter() - start) * 1000, 1)
         return Prediction(

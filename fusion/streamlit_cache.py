@@ -24,3 +24,15 @@ def engine() -> Engine:
 @st.cache_resource(show_spinner=False)
 def store() -> Store:
     return open_store(settings())
+
+
+def require_app_shell() -> None:
+    """Call first on every page. On a fresh server whose first request deep-links to a page (and
+    in AppTest's switch_page), Streamlit's legacy pages-directory mode runs pages/<page>.py on its
+    own: no app.py, so no sidebar and no shared navigation. Switch that mode off and rerun;
+    the rerun goes through app.py and keeps the requested page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()

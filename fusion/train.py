@@ -115,8 +115,7 @@ def predict_logits(trainable, data, device: str, mode: str = "head", batch_size:
 
 
 def _macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    return round(float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro",
-                                labels=np.arange(logits.shape[1]), zero_division=0)), 4)
+    return round(float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro", zero_division=0)), 4)
 
 
 def quick_scores(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -169,6 +168,13 @@ def load_checkpoint(path: Path, trainable, optimizer) -> tuple[dict, dict]:
 
 
 # -- the loop ------------------------------------------------------------------------------
+def _gpu_memory(device: str) -> dict:
+    if not device.startswith("cuda"):
+        return {}
+    return {"gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
+            "gpu_total_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
+
+
 def fit(trainable, train, val, config: TrainConfig, device: str, report: Report | None = None,
         checkpoint: Path | None = None, resume: Path | None = None) -> list[dict]:
     """Train `trainable` in place; leaves it at its best validation epoch. Returns one row per epoch."""
@@ -221,7 +227,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
                 remaining = (config.epochs - epoch) * len(train) + len(train) - seen
                 report({"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step + 1,
                         "steps": steps, "loss": round(total / seen, 4), "samples_per_s": round(rate, 1),
-                        "eta_s": round(remaining / rate, 1)})
+                        "eta_s": round(remaining / rate, 1), **_gpu_memory(device)})
         seconds = time.perf_counter() - t0
         val_scores = quick_scores(predict_logits(trainable, val, device, config.mode), val.targets)
         row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val": val_scores,
@@ -311,6 +317,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     zero_shot = build_zero_shot_model(model_config, engine.image_encoder, engine.text_encoder).to(device)
     zero_shot_test = _scores(predict_logits(HeadsOnFeatures(zero_shot), test_features, device), test_features.targets,
                              project.label_names)
+    torch.manual_seed(config.seed)                        # the heads' initial weights
     fusion = build_zero_shot_model(model_config, engine.image_encoder, engine.text_encoder)
     fusion.requires_grad_(True).imagenet_fc.requires_grad_(False)
     if config.mode == "head":

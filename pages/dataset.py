@@ -22,6 +22,7 @@ PAGE_SIZE = 50
 SORTS = {"last changed": ("updated", True), "least confident": ("confidence", False),
          "most confident": ("confidence", True), "file name": ("filename", False), "newest": ("added", True)}
 
+streamlit_cache.require_app_shell()
 settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))

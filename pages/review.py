@@ -16,6 +16,7 @@ from fusion.store import ItemFilter
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"]
 SHORTCUTS = "123456789"  # label k of the project: key k
 
+streamlit_cache.require_app_shell()
 settings = streamlit_cache.settings()
 engine = streamlit_cache.engine()
 store = streamlit_cache.store()

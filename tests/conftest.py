@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+ANNOTATOR = "annotator ana"
+
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
@@ -43,3 +45,62 @@ def demo_project(settings, engine):
     from fusion.demo import ensure_demo_project
 
     return ensure_demo_project(settings)
+
+
+def make_corrected_project(settings, engine, demo_project, name: str, count: int = 240):
+    """A new project holding the first `count` demo pages (the generator cycles through the
+    labels), first predicted by the zero-shot model, then accepted or corrected by an annotator
+    to the page's true label."""
+    from fusion.demo import DEMO_USER
+    from fusion.features import cache_features, load_feature_set
+    from fusion.finetune import HeadsOnFeatures
+    from fusion.images import check_image_file
+    from fusion.model import ModelConfig
+    from fusion.pipeline import compose_text
+    from fusion.store import NewItem, Shown, open_store
+    from fusion.train import predict_logits
+    from fusion.zeroshot import build_zero_shot_model
+
+    store = open_store(settings)
+    if name in store.project_names():
+        return store.project(name)
+    project = store.create_project(name, demo_project.labels, user=ANNOTATOR)
+    demo = [i for i in store.iter_items(demo_project.name) if i.added_by == DEMO_USER][:count]
+    added = store.add_items(name, [NewItem(check_image_file(store.image_path(i), settings), i.filename,
+                                           ocr_text=i.ocr_text, ocr_engine=i.ocr_engine, caption=i.caption)
+                                   for i in demo], user=ANNOTATOR)
+    files = cache_features(engine, project.directory / "features", [store.image_path(i) for i in demo],
+                           [compose_text(i.ocr_text, i.caption) for i in demo])
+    zero_shot = build_zero_shot_model(ModelConfig(project.label_names, project.labels), engine.image_encoder,
+                                      engine.text_encoder)
+    probs = predict_logits(HeadsOnFeatures(zero_shot), load_feature_set(files, [0] * len(files)), "cpu")["fused"]
+    probs = probs.softmax(-1)
+    for (item, _), truth, p in zip(added, demo, probs):
+        k = int(p.argmax())
+        guess = project.label_names[k]
+        store.record_prediction(name, item.id, guess, float(p[k]), {n: float(x) for n, x in zip(project.label_names, p)},
+                                "zero-shot")
+        store.set_label(name, item.id, truth.label, ANNOTATOR, item.version,
+                        Shown(guess, float(p[k]), "zero-shot"))
+    return store.project(name)
+
+
+@pytest.fixture(scope="session")
+def corrected(settings, engine, demo_project):
+    return make_corrected_project(settings, engine, demo_project, "corrected")
+
+
+@pytest.fixture(autouse=True)
+def navigation_without_legacy_pages(monkeypatch):
+    """AppTest resets Streamlit's legacy pages-directory flag before every run, so each run would
+    start as if a fresh server got a deep link (see streamlit_cache.require_app_shell) and lose
+    its button clicks to the corrective rerun. A served app leaves that mode on its first run;
+    tests start where it then is."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+    monkeypatch.setattr(PagesManager, "__init__", init)

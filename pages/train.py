@@ -1,0 +1,209 @@
+"""Train: start a fine-tuning run in the background worker, follow it live, and manage the model
+versions (metrics, comparison with the active one, promote, roll back)."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from fusion import registry, streamlit_cache
+from fusion.errors import FusionError
+from fusion.finetune import MODES
+from fusion.jobs import Job, Jobs
+from fusion.train import TrainConfig
+from fusion.worker import ensure_worker, reap_dead_jobs
+
+MODE_HELP = {"head": "encoders frozen, features cached: a minute on a CPU",
+             "partial": "also the top blocks of both encoders: best with a GPU",
+             "full": "every weight, bf16 on a GPU: needs a GPU for more than a few hundred items"}
+HEADS = ("fused", "image", "text")
+
+streamlit_cache.require_app_shell()
+settings = streamlit_cache.settings()
+store = streamlit_cache.store()
+jobs = Jobs(store)
+project = store.project(st.session_state.get("project", settings.demo_project))
+user = st.session_state.get("user") or "anonymous"
+reap_dead_jobs(settings, store)   # a job whose worker died shows as failed, not as running forever
+
+
+def start_form() -> None:
+    info = store.project_info(project.name)
+    labeled = info["by_status"]["accepted"] + info["by_status"]["corrected"]
+    st.caption(f"{labeled:,} labeled items (accepted or corrected) of {info['items']:,} train this project's model.")
+    gpu = torch.cuda.is_available()
+    with st.form("train_form"):
+        mode = st.radio("Mode", MODES, horizontal=True, captions=[MODE_HELP[m] for m in MODES], key="train_mode")
+        a, b, c, d = st.columns(4)
+        epochs = a.number_input("Epochs", 1, 1000, 40, key="train_epochs")
+        lr = b.number_input("Learning rate", 1e-6, 1.0, 2e-3, format="%.4f", key="train_lr")
+        batch = c.number_input("Batch size", 1, 4096, 32, key="train_batch")
+        device = d.selectbox("Device", ["auto", "cuda", "cpu"] if gpu else ["auto", "cpu"], key="train_device",
+                             help=None if gpu else "No CUDA GPU on this machine: training runs on the CPU")
+        with st.expander("More options"):
+            l2sp = st.number_input("L2-SP strength (pull fine-tuned encoders toward pretrained)", 0.0, 10.0, 0.0,
+                                   format="%.4f", key="train_l2sp")
+            lora = st.checkbox("LoRA adapters on the text encoder instead of its weights", key="train_lora")
+            auto = st.checkbox("Promote automatically if it beats the active model on the test split",
+                               key="train_auto_promote")
+        if st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:"):
+            try:
+                config = TrainConfig(mode=mode, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
+                                     device=device, l2sp=float(l2sp), lora=lora)
+                job = jobs.submit(project.name, "train", asdict(config) | {"auto_promote": auto}, user)
+                ensure_worker(settings)
+                st.toast(f"Training job {job.id} queued", icon=":material/schedule:")
+            except FusionError as e:
+                st.error(str(e))
+
+
+def curves(job: Job) -> None:
+    rows = job.curve or []
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    fig = go.Figure()
+    fig.add_scatter(x=epochs, y=[r["loss"] for r in rows], name="train loss", yaxis="y")
+    for head, dash in zip(HEADS, ("solid", "dot", "dash")):
+        fig.add_scatter(x=epochs, y=[r["val"][head]["macro_f1"] for r in rows], name=f"val macro-F1 ({head})",
+                        yaxis="y2", line={"dash": dash})
+    fig.update_layout(height=280, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title="epoch",
+                      yaxis={"title": "loss"}, yaxis2={"title": "macro-F1", "overlaying": "y", "side": "right",
+                                                       "range": [0, 1.02]},
+                      legend={"orientation": "h", "y": -0.3})
+    st.plotly_chart(fig, width="stretch", key=f"curve_{job.id}_{len(rows)}")
+
+
+def progress_of(job: Job) -> None:
+    p = job.progress or {}
+    if job.status == "queued":
+        st.progress(0.0, text="Queued: waiting for the worker")
+    elif job.status == "running":
+        if p.get("stage") in ("training", "epoch"):
+            done = (p["epoch"] - 1 + p["step"] / p["steps"]) / p["epochs"]
+            eta = f", about {p['eta_s'] / 60:.0f} min left at most" if p.get("eta_s", 0) > 90 else \
+                f", under {max(p.get('eta_s', 0), 1):.0f} s left at most"
+            st.progress(min(done, 1.0), text=f"Epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['steps']}: "
+                                             f"loss {p['loss']}, {p['samples_per_s']:.0f} samples/s{eta}")
+        elif p.get("stage") == "encoding":
+            st.progress(p["step"] / max(p["steps"], 1), text=f"Encoding items: {p['step']}/{p['steps']}")
+        else:
+            st.progress(0.0, text="Preparing (loading encoders and data)…")
+    stale = job.seconds_since_heartbeat()
+    facts = [f"device `{job.device or '…'}`", f"by {job.created_by}", f"queued {job.created_at:%H:%M:%S} UTC"]
+    if "gpu_memory_gb" in p:
+        facts.append(f"GPU memory {p['gpu_memory_gb']} / {p['gpu_total_gb']} GB")
+    if job.status == "running" and stale is not None and stale > 30:
+        facts.append(f":orange[no heartbeat for {stale:.0f} s]")
+    st.caption(" · ".join(facts))
+
+
+@st.fragment(run_every=2)
+def current_job() -> None:
+    recent = jobs.list(project.name, limit=1)
+    if not recent:
+        st.info("No training runs yet for this project.")
+        return
+    job = recent[0]
+    icon = {"queued": "⏳", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "■"}[job.status]
+    st.subheader(f"Job {job.id}: {job.params.get('mode')} · {icon} {job.status}")
+    progress_of(job)
+    if job.status == "succeeded" and job.result:
+        r = job.result
+        st.success(f"Version **{r['version']}**: test accuracy {r['test']['fused']['accuracy']:.1%}, macro-F1 "
+                   f"{r['test']['fused']['macro_f1']:.3f}" + (" · promoted automatically" if r.get("promoted") else ""))
+    if job.status == "failed":
+        st.error(job.error)
+    cols = st.columns(4)
+    if job.status in ("queued", "running") and cols[0].button("Cancel", icon=":material/stop:", key="cancel_job"):
+        jobs.cancel(job.id, user)
+        st.rerun(scope="fragment")
+    if job.status in ("failed", "cancelled") and jobs.checkpoint_path(job.id).is_file() and \
+            cols[0].button("Resume from checkpoint", icon=":material/replay:", key="resume_job"):
+        jobs.resume(job.id, user)
+        ensure_worker(settings)
+        st.rerun(scope="fragment")
+    curves(job)
+    with st.expander("Log"):
+        st.code("\n".join(jobs.log_tail(job.id, 20)) or "(empty)", language=None)
+    if job.finished and job.result and st.session_state.get("seen_result") != job.id:
+        st.session_state["seen_result"] = job.id
+        st.rerun(scope="app")  # the versions table below gains the new version
+
+
+def versions_table(found: list[registry.ModelVersion]) -> None:
+    rows = []
+    for v in found:
+        test, zero = v.metrics.get("test", {}), v.metrics.get("zero_shot_test", {})
+        rows.append({"version": v.version, "active": "●" if v.active else "", "mode": v.params.get("mode", "?"),
+                     "fused acc": test["fused"]["accuracy"], "fused F1": test["fused"]["macro_f1"],
+                     "image F1": test["image"]["macro_f1"], "text F1": test["text"]["macro_f1"],
+                     "zero-shot F1": zero.get("fused", {}).get("macro_f1"), "ECE": test["fused"].get("ece"),
+                     "test items": v.metrics.get("counts", {}).get("test"), "by": v.created_by,
+                     "when": v.created_at})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "fused acc": st.column_config.NumberColumn(format="percent"),
+        "when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+
+
+def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
+    heads = pd.DataFrame([{"head": h, "metric": m, a.version: a.metrics["test"][h].get(m),
+                           b.version: b.metrics["test"][h].get(m)}
+                          for h in HEADS for m in ("accuracy", "macro_f1", "ece")])
+    per_class = pd.DataFrame([{"label": label, f"F1 {a.version}": a.metrics["test"]["fused"]["per_class"][label]["f1"],
+                               f"F1 {b.version}": b.metrics["test"]["fused"]["per_class"].get(label, {}).get("f1")}
+                              for label in a.metrics["test"]["fused"].get("per_class", {})])
+    left, right = st.columns(2)
+    left.dataframe(heads, hide_index=True, width="stretch")
+    if not per_class.empty:
+        right.dataframe(per_class, hide_index=True, width="stretch")
+
+
+def change_active(version: str | None) -> None:
+    """Promote `version`, or roll back to the previous active one (None). Runs as a button
+    callback, so the page then renders once with the new state."""
+    try:
+        if version is None:
+            changed = registry.rollback(store, project.name, user)
+        else:
+            changed = registry.promote(store, project.name, version, user)
+        streamlit_cache.engine().forget_models()  # every session predicts with the new version from now
+        st.session_state["train_flash"] = ("success", f"{changed.active_model} is now the active model")
+    except FusionError as e:
+        st.session_state["train_flash"] = ("error", str(e))
+
+
+st.title("Train")
+left, right = st.columns([2, 3], gap="large")
+with left:
+    st.subheader("New training run")
+    start_form()
+with right:
+    current_job()
+
+st.subheader("Model versions")
+found = registry.versions(store, project.name)
+if not found:
+    st.info("No trained versions yet: the project predicts zero-shot from its label names.")
+else:
+    versions_table(found)
+    names = [v.version for v in found]
+    active = next((v for v in found if v.active), None)
+    pick = st.selectbox("Version", names, key="train_version_pick")
+    chosen = next(v for v in found if v.version == pick)
+    a, b, _ = st.columns([1, 1, 3])
+    a.button(f"Promote {pick}", disabled=chosen.active, icon=":material/upgrade:", key="promote",
+             on_click=change_active, args=(pick,))
+    b.button("Roll back to the previous", disabled=active is None, icon=":material/undo:", key="rollback",
+             on_click=change_active, args=(None,))
+    if "train_flash" in st.session_state:
+        kind, message = st.session_state.pop("train_flash")
+        getattr(st, kind)(message)
+    if active is not None and not chosen.active:
+        st.markdown(f"**{chosen.version}** beside the active **{active.version}** (test split):")
+        compare(chosen, active)
+    with st.expander("Promotions and rollbacks"):
+        st.dataframe(pd.DataFrame([vars(e) for e in registry.events(store, project.name)]), hide_index=True)

@@ -1,0 +1,50 @@
+"""The Train page under AppTest: start a run from the form (the worker process trains it), see it
+finish with its curve, then promote the new version and roll back."""
+from __future__ import annotations
+
+import time
+
+from fusion import registry
+from fusion.jobs import Jobs
+from fusion.store import open_store
+
+from test_app import started
+
+
+def test_train_page_runs_a_job_then_promotes_and_rolls_back(settings, demo_project, corrected):
+    store = open_store(settings)
+    jobs = Jobs(store)
+    app = started(demo_project)
+    app.selectbox(key="project").set_value(corrected.name).run()
+    app.switch_page("pages/train.py").run()
+    assert not app.exception, app.exception
+    assert app.title[0].value == "Train"
+
+    app.number_input(key="train_epochs").set_value(3)
+    app.button[0].click().run()                          # the form's "Start training"
+    assert not app.exception, app.exception
+    job = jobs.list(corrected.name, limit=1)[0]
+    assert job.project == corrected.name and job.created_by == "reviewer" and job.params["epochs"] == 3 and job.params["mode"] == "head"
+
+    end = time.monotonic() + 240
+    while not jobs.get(job.id).finished and time.monotonic() < end:
+        time.sleep(1)
+    done = jobs.get(job.id)
+    assert done.status == "succeeded", (done.error, jobs.log_tail(job.id))
+    assert [r["epoch"] for r in done.curve] == [1, 2, 3]
+
+    app.run()
+    assert not app.exception, app.exception
+    assert any(f"Version **{done.result['version']}**" in s.value for s in app.success)
+    table = app.dataframe[0].value
+    assert done.result["version"] in set(table["version"])
+
+    before = store.project(corrected.name).active_model
+    app.selectbox(key="train_version_pick").set_value(done.result["version"]).run()
+    app.button(key="promote").click().run()
+    assert not app.exception, app.exception
+    assert store.project(corrected.name).active_model == done.result["version"]
+    assert registry.events(store, corrected.name)[0].user == "reviewer"
+    if before is not None:
+        app.button(key="rollback").click().run()
+        assert store.project(corrected.name).active_model == before

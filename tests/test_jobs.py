@@ -1,0 +1,118 @@
+"""Background jobs: queued in the store, run in order by one worker process, cancelled within
+seconds, and a worker killed mid-training leaves its job failed and resumable, the active model
+and the database intact."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import pytest
+
+from fusion import registry
+from fusion.errors import FusionError
+from fusion.jobs import Jobs
+from fusion.settings import REPO_ROOT
+from fusion.store import open_store
+from fusion.train import TrainConfig
+from fusion.worker import reap_dead_jobs, worker_alive
+
+from conftest import ANNOTATOR
+
+
+def wait_for(check, timeout: float, what: str, every: float = 0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_worker(settings, idle_exit: float = 2.0) -> subprocess.Popen:
+    env = os.environ | {"FUSION_HOME": str(settings.home)}
+    return subprocess.Popen([sys.executable, "-m", "fusion", "worker", "--idle-exit", str(idle_exit)], cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def params(**overrides) -> dict:
+    return asdict(TrainConfig(**overrides)) | {"auto_promote": True}
+
+
+@pytest.fixture
+def jobs(settings, corrected):
+    return Jobs(open_store(settings))
+
+
+def test_queue_order_cancel_before_start_and_resume_rules(jobs, corrected):
+    first = jobs.submit(corrected.name, "train", params(epochs=1), ANNOTATOR)
+    second = jobs.submit(corrected.name, "train", params(epochs=1), ANNOTATOR)
+    assert jobs.cancel(first.id, "reviewer rae").status == "cancelled"       # queued: at once
+    with pytest.raises(FusionError, match="already cancelled"):
+        jobs.cancel(first.id, "reviewer rae")
+    with pytest.raises(FusionError, match="left no checkpoint"):
+        jobs.resume(first.id, ANNOTATOR)
+    with pytest.raises(FusionError, match="unknown job kind"):
+        jobs.submit(corrected.name, "mine bitcoin", {}, ANNOTATOR)
+    claimed = jobs.claim_next(pid=os.getpid())
+    assert claimed.id == second.id and claimed.status == "running" and claimed.worker_pid == os.getpid()
+    assert jobs.claim_next(pid=os.getpid()) is None
+    with pytest.raises(FusionError, match="only a failed or cancelled job"):
+        jobs.resume(second.id, ANNOTATOR)
+    jobs.finish(second.id, "cancelled", error="test over")
+    assert "cancel requested by" not in "\n".join(jobs.log_tail(second.id)) and jobs.log_tail(first.id)
+
+
+def test_worker_killed_mid_training_leaves_a_failed_resumable_job(settings, jobs, corrected):
+    store = open_store(settings)
+    active_before = store.project(corrected.name).active_model
+    versions_before = [v.version for v in registry.versions(store, corrected.name)]
+    job = jobs.submit(corrected.name, "train", params(epochs=30, patience=100, batch_size=8), ANNOTATOR)
+    worker = start_worker(settings)
+    try:
+        wait_for(lambda: len(jobs.get(job.id).curve or []) >= 2, 180, "two finished epochs")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+    finally:
+        worker.kill()
+    assert jobs.get(job.id).status == "running"                # nobody has noticed yet...
+    assert not worker_alive(settings)
+    assert reap_dead_jobs(settings, store) == [job.id]          # ...until the app or a worker looks
+    failed = jobs.get(job.id)
+    assert failed.status == "failed" and "stopped while running" in failed.error and "Resume" in failed.error
+    assert jobs.checkpoint_path(job.id).is_file()
+    assert store.project(corrected.name).active_model == active_before
+    assert [v.version for v in registry.versions(store, corrected.name)] == versions_before
+    with sqlite3.connect(settings.home / "fusion.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+    resumed = jobs.resume(job.id, ANNOTATOR)
+    worker = start_worker(settings, idle_exit=1)
+    out, _ = worker.communicate(timeout=300)
+    done = jobs.get(resumed.id)
+    assert done.status == "succeeded", (done.error, out, jobs.log_tail(resumed.id))
+    epochs = [row["epoch"] for row in done.curve]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == 30   # continued, not restarted
+    version = done.result["version"]
+    assert version not in versions_before and registry.get_version(store, corrected.name, version).job_id == resumed.id
+
+
+def test_cancel_stops_a_running_job_within_seconds(settings, jobs, corrected):
+    job = jobs.submit(corrected.name, "train", params(epochs=1000, patience=1000, batch_size=4), ANNOTATOR)
+    worker = start_worker(settings)
+    try:
+        wait_for(lambda: (jobs.get(job.id).progress or {}).get("stage") in ("training", "epoch"), 180, "training")
+        asked = time.monotonic()
+        jobs.cancel(job.id, "reviewer rae")
+        wait_for(lambda: jobs.get(job.id).status == "cancelled", 15, "the job to stop")
+        print(f"cancel took {time.monotonic() - asked:.1f} s")
+        assert jobs.get(job.id).device.startswith(("cpu", "cuda"))
+        worker.wait(30)                                         # and the worker went idle and exited
+    finally:
+        worker.kill()
+    assert any("cancel requested by reviewer rae" in line for line in jobs.log_tail(job.id))
