@@ -1,5 +1,5 @@
 """Benchmarks (`python -m fusion bench predict|store --json`): speed lives here, not in timed tests.
-store: see fusion/bench_store.py.
+store: see fusion/bench_store.py; train: fusion/bench_train.py.
 
 predict: on a 1024x1024 demo document, warm -- OCR alone; full predict + explain (image
 features not cached); re-predict with an edited caption (OCR result and image features reused)
@@ -105,5 +105,6 @@ def bench_predict(settings: Settings) -> dict:
 
 def run(what: str, settings: Settings) -> dict:
     from .bench_store import bench_store
+    from .bench_train import bench_train
 
-    return {"predict": bench_predict, "store": bench_store}[what](settings)
+    return {"predict": bench_predict, "store": bench_store, "train": bench_train}[what](settings)

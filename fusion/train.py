@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import f1_score
 from torch import distributed as dist
 
+from .checkpoints import load_checkpoint, save_checkpoint, trained_parameters
 from .errors import FusionError
 from .evaluation import fit_temperature, scores
 from .features import FeatureSet, cache_features, load_feature_set
@@ -32,7 +31,7 @@ from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, 
                        parameter_groups, pretrained_anchor)
 from .encoders import load_encoders, save_encoders
 from .model import FusionModel, ModelConfig
-from .training_data import Examples, PixelSet, labeled_examples, pixel_set
+from .training_data import Examples, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model
 
 HEADS = ("fused", "image", "text")
@@ -124,49 +123,6 @@ def quick_scores(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict
                 "macro_f1": _macro_f1(l, targets)} for h, l in logits.items()}
 
 
-# -- checkpoints ---------------------------------------------------------------------------
-def _trained(module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in module.named_parameters() if p.requires_grad}
-
-
-def save_checkpoint(path: Path, trainable, optimizer, best: dict, meta: dict) -> None:
-    """One safetensors file (weights, best weights, optimizer moments; the loop's state as its
-    metadata), replaced atomically: a kill leaves the previous epoch's checkpoint whole."""
-    state = {f"model.{n}": p.detach().cpu().clone() for n, p in _trained(trainable).items()}
-    state |= {f"best.{n}": v.cpu().clone() for n, v in best.items()}
-    opt = optimizer.state_dict()
-    for i, moments in opt["state"].items():
-        state |= {f"opt.{i}.{k}": torch.as_tensor(v).cpu().clone() for k, v in moments.items()}
-    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"meta": json.dumps(meta), "param_groups": json.dumps(groups)})
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, trainable, optimizer) -> tuple[dict, dict]:
-    """Restore weights and optimizer in place; returns (best weights, loop state)."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise FusionError(f"no checkpoint at {path}: the job ended before its first epoch; start a new one")
-    with safe_open(str(path), "pt") as f:
-        header = f.metadata()
-    state = load_file(str(path))
-    params = _trained(trainable)
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(state[f"model.{n}"])
-    moments: dict[int, dict] = {}
-    for key, value in state.items():
-        if key.startswith("opt."):
-            _, i, name = key.split(".", 2)
-            moments.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": json.loads(header["param_groups"])})
-    best = {k[5:]: v for k, v in state.items() if k.startswith("best.")}
-    return best, json.loads(header["meta"])
-
-
 # -- the loop ------------------------------------------------------------------------------
 def _gpu_memory(device: str) -> dict:
     if not device.startswith("cuda"):
@@ -190,7 +146,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
 
     start, since_best, history = 1, 0, []
     best_f1 = _macro_f1(predict_logits(trainable, val, device, config.mode)["fused"], val.targets)
-    best = {n: p.detach().clone() for n, p in _trained(trainable).items()}
+    best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
     if resume is not None:
         best, meta = load_checkpoint(resume, trainable, optimizer)
         start, since_best, best_f1, history = meta["epoch"] + 1, meta["since_best"], meta["best_f1"], meta["history"]
@@ -235,7 +191,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
         history.append(row)
         if val_scores["fused"]["macro_f1"] > best_f1:
             best_f1, since_best = val_scores["fused"]["macro_f1"], 0
-            best = {n: p.detach().clone() for n, p in _trained(trainable).items()}
+            best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
         else:
             since_best += 1
         if rank == 0 and checkpoint is not None:
@@ -248,7 +204,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
                     "samples_per_s": row["samples_per_s"],
                     "eta_s": round(elapsed / (epoch - start + 1) * (config.epochs - epoch), 1), "row": row})
     with torch.no_grad():
-        params = _trained(trainable)
+        params = trained_parameters(trainable)
         for n, v in best.items():
             params[n].copy_(v)
     return history

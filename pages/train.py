@@ -37,7 +37,8 @@ def start_form() -> None:
     gpu = torch.cuda.is_available()
     with st.form("train_form"):
         mode = st.radio("Mode", MODES, horizontal=True, captions=[MODE_HELP[m] for m in MODES], key="train_mode")
-        a, b, c, d = st.columns(4)
+        a, b = st.columns(2)
+        c, d = st.columns(2)
         epochs = a.number_input("Epochs", 1, 1000, 40, key="train_epochs")
         lr = b.number_input("Learning rate", 1e-6, 1.0, 2e-3, format="%.4f", key="train_lr")
         batch = c.number_input("Batch size", 1, 4096, 32, key="train_batch")
@@ -144,8 +145,10 @@ def versions_table(found: list[registry.ModelVersion]) -> None:
                      "zero-shot F1": zero.get("fused", {}).get("macro_f1"), "ECE": test["fused"].get("ece"),
                      "test items": v.metrics.get("counts", {}).get("test"), "by": v.created_by,
                      "when": v.created_at})
+    score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-        "fused acc": st.column_config.NumberColumn(format="percent"),
+        "fused acc": st.column_config.NumberColumn(format="percent"), "fused F1": score, "image F1": score,
+        "text F1": score, "zero-shot F1": score, "ECE": score,
         "when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
 
 
@@ -192,13 +195,14 @@ else:
     versions_table(found)
     names = [v.version for v in found]
     active = next((v for v in found if v.active), None)
-    pick = st.selectbox("Version", names, key="train_version_pick")
+    newest_inactive = next((i for i, v in enumerate(found) if not v.active), 0)
+    pick = st.selectbox("Version", names, index=newest_inactive, key="train_version_pick")
     chosen = next(v for v in found if v.version == pick)
-    a, b, _ = st.columns([1, 1, 3])
-    a.button(f"Promote {pick}", disabled=chosen.active, icon=":material/upgrade:", key="promote",
-             on_click=change_active, args=(pick,))
-    b.button("Roll back to the previous", disabled=active is None, icon=":material/undo:", key="rollback",
-             on_click=change_active, args=(None,))
+    with st.container(horizontal=True):
+        st.button(f"Promote {pick}", disabled=chosen.active, icon=":material/upgrade:", key="promote",
+                  on_click=change_active, args=(pick,))
+        st.button("Roll back", disabled=active is None, icon=":material/undo:", key="rollback",
+                  help="Make the previously active version active again", on_click=change_active, args=(None,))
     if "train_flash" in st.session_state:
         kind, message = st.session_state.pop("train_flash")
         getattr(st, kind)(message)

@@ -4,7 +4,6 @@ edit the caption, correct the label with the keyboard, check the store. Screensh
 timings seen in the browser go to artifacts/browser/."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket

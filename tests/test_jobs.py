@@ -72,7 +72,7 @@ def test_worker_killed_mid_training_leaves_a_failed_resumable_job(settings, jobs
     store = open_store(settings)
     active_before = store.project(corrected.name).active_model
     versions_before = [v.version for v in registry.versions(store, corrected.name)]
-    job = jobs.submit(corrected.name, "train", params(epochs=30, patience=100, batch_size=8), ANNOTATOR)
+    job = jobs.submit(corrected.name, "train", params(epochs=12, patience=100, batch_size=16), ANNOTATOR)
     worker = start_worker(settings)
     try:
         wait_for(lambda: len(jobs.get(job.id).curve or []) >= 2, 180, "two finished epochs")
@@ -97,7 +97,7 @@ def test_worker_killed_mid_training_leaves_a_failed_resumable_job(settings, jobs
     done = jobs.get(resumed.id)
     assert done.status == "succeeded", (done.error, out, jobs.log_tail(resumed.id))
     epochs = [row["epoch"] for row in done.curve]
-    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == 30   # continued, not restarted
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == 12   # continued, not restarted
     version = done.result["version"]
     assert version not in versions_before and registry.get_version(store, corrected.name, version).job_id == resumed.id
 

