@@ -113,8 +113,7 @@ def _full_mode(settings: Settings, store, project: str, device: str) -> dict:
     # 128 tokens for every sample, as the target states (pages usually fill them anyway)
     data.input_ids = torch.nn.functional.pad(data.input_ids, (0, 128 - data.input_ids.shape[1]))[:, :128]
     data.mask = torch.nn.functional.pad(data.mask, (0, 128 - data.mask.shape[1]), value=1)[:, :128]
-    if cuda:
-        data = data.pin_memory()
+    data = data.on_gpu_if_it_fits(device)
     batch = 256 if cuda else 16
     config = TrainConfig(mode="full", epochs=4 if cuda else 1, batch_size=batch, patience=100, device=device)
     fusion = build_zero_shot_model(ModelConfig(labels), engine.image_encoder, engine.text_encoder)

@@ -262,8 +262,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
         if report:
             report({"stage": "decoding", "step": 0, "steps": len(targets)})
         data = pixel_set(examples.paths, examples.texts, targets, engine.text_encoder)
-        if device.startswith("cuda"):
-            data = data.pin_memory()
+        data = data.on_gpu_if_it_fits(device)
     if rank == 0 and world > 1:
         dist.barrier()
     prepare_seconds = time.perf_counter() - t0
