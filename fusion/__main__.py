@@ -295,6 +295,28 @@ def cmd_jobs(args, settings) -> None:
     _emit({"jobs": data}, args.json, "\n".join(lines) or "no jobs yet")
 
 
+def cmd_evaluate(args, settings) -> None:
+    from .scoring import score_version
+    from .store import open_store
+
+    result = score_version(settings, open_store(settings), args.project, args.version, args.data, _progress)
+    heads = [h for h in ("fused", "image", "text", "zero_shot") if h in result]
+    lines = [f"{result['project']} {result['version'] or 'zero-shot'} on {result['data']} ({result['items']} items):"]
+    lines += [f"  {h:9} accuracy {result[h]['accuracy']:.1%}  macro-F1 {result[h]['macro_f1']:.3f}  "
+              f"ECE {result[h]['ece']:.3f}" for h in heads]
+    lines += [f"  skipped {p['where']}: {p['reason']}" for p in result["problems"]]
+    _emit(result, args.json, "\n".join(lines))
+
+
+def cmd_predict_folder(args, settings) -> None:
+    from .batch_predict import predict_folder
+    from .store import open_store
+
+    result = predict_folder(settings, open_store(settings), args.project, args.folder, args.out, _progress)
+    _emit(result, args.json, f"{result['images']} images predicted by {result['model_version']} "
+          f"({result['failed']} unreadable) -> {result['out']}")
+
+
 def cmd_bench(args, settings) -> None:
     from . import bench
 
@@ -421,6 +443,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=user)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_jobs)
+
+    p = sub.add_parser("evaluate", help="score a model version on the test split or a labeled CSV")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--version", help="default: the active version")
+    p.add_argument("--data", metavar="CSV", help="image,label[,caption][,ocr_text]; default: the test split")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("predict-folder", help="predict every image in a folder into a CSV")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("folder", metavar="FOLDER")
+    p.add_argument("--out", required=True, metavar="CSV")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_predict_folder)
 
     p = sub.add_parser("bench", help="measure speed; prints JSON")
     p.add_argument("what", choices=["predict", "store", "train"])

@@ -29,8 +29,8 @@ from .evaluation import fit_temperature, scores
 from .features import FeatureSet, cache_features, load_feature_set
 from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
                        parameter_groups, pretrained_anchor)
-from .encoders import load_encoders, save_encoders
-from .model import FusionModel, ModelConfig
+from .encoders import save_encoders
+from .model import ModelConfig
 from .training_data import Examples, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model
 
@@ -305,8 +305,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     if rank > 0:
         return None, metrics
     parent = project.active_model
-    metrics["parent_test"] = _parent_scores(engine, project, parent, test_features, examples, split["test"],
-                                            targets, device)
+    metrics["parent_test"] = _parent_scores(engine, project, parent, test_features, examples, split["test"], device)
 
     def extra_files(directory: Path) -> None:
         if config.mode != "head":
@@ -323,22 +322,16 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
 
 
 def _parent_scores(engine, project, parent: str | None, test_features: FeatureSet, examples: Examples,
-                   test_index: torch.Tensor, targets: list[int], device: str) -> dict | None:
+                   test_index: torch.Tensor, device: str) -> dict | None:
     """The active version's scores on the same test items, for auto-promotion and comparison."""
+    from .scoring import version_logits
+
     if parent is None:
         return None
-    directory = project.model_dir(parent)
+    rows = test_index.tolist()
     try:
-        fusion = FusionModel.load(directory, device)
+        logits = version_logits(engine, project, parent, test_features, [examples.paths[i] for i in rows],
+                                [examples.texts[i] for i in rows], device)
     except (FileNotFoundError, FusionError):
         return None                                       # a version whose files are gone
-    if fusion.config.finetuned_encoders:
-        image_encoder, text_encoder = load_encoders(directory, engine.image_encoder, engine.text_encoder, device)
-        rows = test_index.tolist()
-        test = pixel_set([examples.paths[i] for i in rows], [examples.texts[i] for i in rows],
-                         [targets[i] for i in rows], text_encoder)
-        trainable, mode = EndToEnd(image_encoder, text_encoder, fusion), "full"
-    else:
-        test, trainable, mode = test_features, HeadsOnFeatures(fusion), "head"
-    logits = predict_logits(trainable.to(device), test, device, mode)
-    return {"version": parent, **_scores(logits, test.targets, project.label_names)}
+    return {"version": parent, **_scores(logits, test_features.targets, project.label_names)}

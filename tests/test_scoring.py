@@ -1,0 +1,78 @@
+"""Scoring a version from the CLI (`evaluate`) on the test split or a labeled CSV, and
+pre-labeling a folder into a CSV (`predict-folder`)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from fusion import registry
+from fusion.__main__ import main
+from fusion.store import open_store
+from fusion.train import TrainConfig, train_version
+
+from conftest import ANNOTATOR
+
+
+@pytest.fixture(scope="module")
+def version(settings, corrected):
+    store = open_store(settings)
+    name, _ = train_version(settings, store, corrected.name, TrainConfig(epochs=5), user=ANNOTATOR)
+    return registry.get_version(store, corrected.name, name)
+
+
+def test_evaluate_on_the_test_split_reproduces_the_registry(settings, corrected, version, capsys):
+    assert main(["evaluate", corrected.name, "--version", version.version, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["items"] == version.metrics["counts"]["test"] and result["data"] == "test split"
+    for head in ("fused", "image", "text"):
+        assert result[head]["accuracy"] == version.metrics["test"][head]["accuracy"]
+        assert result[head]["confusion"] == version.metrics["test"][head]["confusion"]
+    assert result["zero_shot"]["macro_f1"] == version.metrics["zero_shot_test"]["fused"]["macro_f1"]
+    assert result["fused"]["macro_f1"] > result["zero_shot"]["macro_f1"]
+    assert main(["evaluate", corrected.name, "--version", "v999"]) == 2
+    assert "no model version 'v999'" in capsys.readouterr().err
+
+
+def test_evaluate_on_an_external_csv_lists_its_bad_rows(settings, corrected, version, tmp_path, capsys):
+    store = open_store(settings)
+    items = [i for i in store.iter_items(corrected.name) if i.split == "test"][:8]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "label", "caption", "ocr_text"])
+        for n, item in enumerate(items):
+            shutil.copy(store.image_path(item), tmp_path / f"page{n}.png")
+            writer.writerow([f"page{n}.png", item.label, item.caption, item.ocr_text])
+        writer.writerow(["missing.png", items[0].label, "", "text"])
+        writer.writerow(["page0.png", "not-a-label", "", "text"])
+    assert main(["evaluate", corrected.name, "--version", version.version, "--data",
+                 str(tmp_path / "labels.csv"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["items"] == 8 and len(result["problems"]) == 2
+    reasons = " | ".join(p["reason"] for p in result["problems"])
+    assert "missing.png" in reasons and "'not-a-label' is not one of" in reasons
+    assert sum(result["fused"]["per_class"][k]["support"] for k in corrected.labels) == 8
+
+
+def test_predict_folder_writes_every_head_and_an_error_row(settings, corrected, tmp_path, capsys):
+    store = open_store(settings)
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for n, item in enumerate([i for i in store.iter_items(corrected.name)][:2]):
+        shutil.copy(store.image_path(item), folder / f"page{n}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "results.csv"
+    assert main(["predict-folder", corrected.name, str(folder), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 3 and summary["failed"] == 1
+    rows = list(csv.DictReader(open(out)))
+    assert [r["file"] for r in rows] == ["broken.png", "page0.png", "page1.png"]
+    assert rows[0]["error"] and not rows[0]["label"]
+    for row in rows[1:]:
+        assert row["label"] in corrected.labels and not row["error"] and int(row["text_chars"]) > 20
+        for head in ("fused", "image", "text"):
+            assert sum(float(row[f"{head}:{k}"]) for k in corrected.labels) == pytest.approx(1, abs=1e-4)
+    assert not list(tmp_path.glob(".results.csv.tmp"))
