@@ -317,6 +317,26 @@ def cmd_predict_folder(args, settings) -> None:
           f"({result['failed']} unreadable) -> {result['out']}")
 
 
+def cmd_prelabel(args, settings) -> None:
+    from .store import open_store
+
+    store = open_store(settings)
+    if args.queue:
+        from .jobs import Jobs
+        from .worker import ensure_worker
+
+        job = Jobs(store).submit(args.project, "prelabel", {}, args.user)
+        ensure_worker(settings)
+        _emit({"job": job.id, "status": job.status}, args.json, f"queued job {job.id}; the worker runs it")
+        return
+    from .prelabel import prelabel_project
+
+    result = prelabel_project(settings, store, args.project,
+                              report=lambda row: _progress("predicting", row["step"], row["steps"]))
+    _emit(result, args.json, f"predicted {result['predicted']} undecided items of {args.project} with "
+          f"{result['version']} ({result['read_by_ocr']} read by OCR first)")
+
+
 def cmd_bench(args, settings) -> None:
     from . import bench
 
@@ -457,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="CSV")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_predict_folder)
+
+    p = sub.add_parser("prelabel", help="predict every undecided item with the active model (for the queue)")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--queue", action="store_true", help="run it as a background job of the worker")
+    p.add_argument("--user", default=user)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_prelabel)
 
     p = sub.add_parser("bench", help="measure speed; prints JSON")
     p.add_argument("what", choices=["predict", "store", "train"])

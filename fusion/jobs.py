@@ -18,7 +18,7 @@ from .schema import JobRow, ProjectRow
 from .store import Store, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled")
-KINDS = ("train",)
+KINDS = ("train", "prelabel")
 
 
 class JobCancelled(Exception):
@@ -92,11 +92,13 @@ class Jobs:
             raise FusionError(f"no job {job_id}")
         return self._job(*found)
 
-    def list(self, project: str | None = None, limit: int = 20) -> list[Job]:
+    def list(self, project: str | None = None, limit: int = 20, kind: str | None = None) -> list[Job]:
         """Newest first."""
         query = select(JobRow, ProjectRow.name).join(ProjectRow, ProjectRow.id == JobRow.project_id)
         if project is not None:
             query = query.where(ProjectRow.name == project)
+        if kind is not None:
+            query = query.where(JobRow.kind == kind)
         with self.db.read() as session:
             return [self._job(*r) for r in session.execute(query.order_by(JobRow.id.desc()).limit(limit)).all()]
 

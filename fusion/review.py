@@ -1,11 +1,14 @@
 """Reviewing items: what the Review page (and the CLI's `label`) do, as library calls.
 
 An upload becomes an item in the store before anything else, so a reviewer's decision always has
-a row (and a history) to land on. The queue serves items nobody has decided on yet, least
-confident prediction first.
+a row (and a history) to land on. The queue serves items nobody has decided on yet, in the
+order of the strategy the reviewer picks.
 """
 from __future__ import annotations
 
+import random
+
+from .errors import FusionError
 from .images import check_image_file
 from .ocr import ENGINE, OcrResult, Word
 from .pipeline import Prediction
@@ -21,9 +24,33 @@ def add_upload(store: Store, project_name: str, filename: str, data: bytes, user
     return item
 
 
-def next_in_queue(store: Store, project_name: str, skip_ids: set[int] = frozenset()):
-    """The undecided item the model is least sure of (never-predicted items first), or None."""
-    where = ItemFilter(status=QUEUE_STATUSES, sort="confidence", descending=False)
+# How the queue picks the next undecided item: (sort, descending), or None for random.
+# Never-predicted items have no uncertainty yet: SQLite puts them first in ascending orders and
+# last in descending ones. Pre-labeling (fusion.prelabel) predicts them all.
+STRATEGIES = {
+    "least confident": ("confidence", False),
+    "most uncertain (entropy)": ("entropy", True),
+    "smallest margin": ("margin", False),
+    "image and text disagree": ("disagreement", True),
+    "random": None,
+}
+
+
+def next_in_queue(store: Store, project_name: str, skip_ids: set[int] = frozenset(),
+                  strategy: str = "least confident"):
+    """The undecided item that `strategy` puts first (skipping `skip_ids`), or None."""
+    if strategy not in STRATEGIES:
+        raise FusionError(f"unknown queue strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if STRATEGIES[strategy] is None:
+        total = store.list_items(project_name, ItemFilter(status=QUEUE_STATUSES), limit=0).total
+        for _ in range(8):   # a few draws; skipped items are rare
+            page = store.list_items(project_name, ItemFilter(status=QUEUE_STATUSES, sort="id"),
+                                    offset=random.randrange(total), limit=1) if total else None
+            if page and page.items and page.items[0].id not in skip_ids:
+                return page.items[0]
+        strategy = "least confident"
+    sort, descending = STRATEGIES[strategy]
+    where = ItemFilter(status=QUEUE_STATUSES, sort=sort, descending=descending)
     page = store.list_items(project_name, where, limit=len(skip_ids) + 1)
     return next((item for item in page.items if item.id not in skip_ids), None)
 
@@ -41,7 +68,8 @@ def save_reading(store: Store, project_name: str, item, ocr: OcrResult, predicti
     if item.ocr_text is None:
         store.set_ocr(project_name, item.id, ocr.text, [w.to_dict() for w in ocr.words], ENGINE, user)
     return store.record_prediction(project_name, item.id, prediction.label, prediction.confidence,
-                                   prediction.probs, prediction.model_version, user="model")
+                                   prediction.probs, prediction.model_version, user="model",
+                                   heads={"image": prediction.probs_image, "text": prediction.probs_text})
 
 
 def decide(store: Store, project_name: str, item, opened_version: int, label: str | None, user: str,

@@ -42,6 +42,10 @@ class ItemRow(Base):
         Index("ix_items_added", "project_id", "added_at"),
         Index("ix_items_confidence", "project_id", "pred_confidence"),
         Index("ix_items_filename", "project_id", "filename"),
+        # The review queue's strategies (migration 0004): undecided items by each uncertainty.
+        Index("ix_items_status_entropy", "project_id", "status", "pred_entropy"),
+        Index("ix_items_status_margin", "project_id", "status", "pred_margin"),
+        Index("ix_items_status_disagreement", "project_id", "status", "pred_disagreement"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -64,6 +68,10 @@ class ItemRow(Base):
     pred_confidence: Mapped[float | None] = mapped_column(Float)
     pred_probs: Mapped[dict | None] = mapped_column(JSON)
     pred_model: Mapped[str | None] = mapped_column(String(64))
+    pred_heads: Mapped[dict | None] = mapped_column(JSON)            # {"image": probs, "text": probs}
+    pred_entropy: Mapped[float | None] = mapped_column(Float)        # of the fused probabilities, in nats
+    pred_margin: Mapped[float | None] = mapped_column(Float)         # top-1 minus top-2 probability
+    pred_disagreement: Mapped[float | None] = mapped_column(Float)   # total variation, image vs text head
     predicted_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     label: Mapped[str | None] = mapped_column(String(128))  # the human label; None until someone decides

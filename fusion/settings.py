@@ -26,6 +26,7 @@ class Settings:
     fusion: str = "concat"            # default strategy of newly trained models
     demo_project: str = "demo"
     database_url: str = ""            # any SQLAlchemy URL; "" is SQLite at <home>/fusion.db
+    review_threshold: float = 0.6     # predictions less confident than this are flagged "needs review"
 
     @property
     def projects_dir(self) -> Path:
@@ -63,6 +64,7 @@ _ENV = {
     "max_pixels": ("FUSION_MAX_PIXELS", int),
     "fusion": ("FUSION_STRATEGY", str),
     "database_url": ("FUSION_DATABASE_URL", str),
+    "review_threshold": ("FUSION_REVIEW_THRESHOLD", float),
 }
 
 

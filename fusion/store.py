@@ -9,6 +9,7 @@ Rules it keeps:
 """
 from __future__ import annotations
 
+import math
 import json
 import re
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ Item = ItemRow  # what callers get: a detached snapshot of one item's current st
 HUMAN_STATUSES = ("accepted", "corrected")
 SEARCH_COUNT_CAP = 1000  # counting every match of a common word in 100k items costs more than the page
 SORTS = {"updated": ItemRow.updated_at, "added": ItemRow.added_at, "confidence": ItemRow.pred_confidence,
-         "filename": ItemRow.filename, "id": ItemRow.id}
+         "filename": ItemRow.filename, "id": ItemRow.id, "entropy": ItemRow.pred_entropy,
+         "margin": ItemRow.pred_margin, "disagreement": ItemRow.pred_disagreement}
 
 
 class StaleEdit(FusionError):
@@ -417,10 +419,14 @@ class Store:
             return row.words if row else []
 
     def record_prediction(self, project_name: str, item_id: int, label: str, confidence: float,
-                          probabilities: dict[str, float], model_version: str, user: str = "model") -> Item:
+                          probabilities: dict[str, float], model_version: str, user: str = "model",
+                          heads: dict[str, dict[str, float]] | None = None) -> Item:
+        """The latest prediction, with what the review queue sorts by: the fused probabilities'
+        entropy and margin, and (given the image and text heads) how much the two disagree."""
         def changes(row: ItemRow) -> dict:
             values = {"pred_label": label, "pred_confidence": confidence, "pred_probs": probabilities,
-                      "pred_model": model_version, "predicted_at": utcnow()}
+                      "pred_model": model_version, "predicted_at": utcnow(), "pred_heads": heads,
+                      **uncertainty(probabilities, heads)}
             if row.status == "unlabeled":
                 values["status"] = "predicted"
             return values
@@ -428,6 +434,16 @@ class Store:
         return self._change(project_name, item_id, user, "predict", None, changes,
                             lambda row: {"model_version": model_version, "shown_label": label,
                                          "shown_confidence": confidence}, human=False)
+
+
+def uncertainty(probabilities: dict[str, float], heads: dict[str, dict[str, float]] | None = None) -> dict:
+    p = sorted(probabilities.values(), reverse=True)
+    values = {"pred_entropy": round(-sum(x * math.log(x) for x in p if x > 0), 6),
+              "pred_margin": round(p[0] - (p[1] if len(p) > 1 else 0.0), 6), "pred_disagreement": None}
+    if heads:
+        image, text = heads["image"], heads["text"]
+        values["pred_disagreement"] = round(0.5 * sum(abs(image[k] - text.get(k, 0.0)) for k in image), 6)
+    return values
 
 
 @lru_cache(maxsize=8)

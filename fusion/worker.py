@@ -123,6 +123,12 @@ def run_job(settings: Settings, store: Store, jobs: Jobs, job: Job) -> None:
 def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
     if job.kind == "train":
         return _train(settings, store, jobs, job, report)
+    if job.kind == "prelabel":
+        from .prelabel import prelabel_project
+
+        result = prelabel_project(settings, store, job.project, report)
+        jobs.log(job.id, f"predicted {result['predicted']} undecided items with {result['version']}")
+        return result
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 

@@ -9,6 +9,8 @@ import streamlit as st
 
 from fusion import demo, review, streamlit_cache
 from fusion.errors import FusionError
+from fusion.jobs import Jobs
+from fusion.worker import ensure_worker
 from fusion.images import load_upload
 from fusion.overlay import blend_heatmap, colored_words_html, draw_boxes
 from fusion.store import ItemFilter
@@ -56,7 +58,7 @@ def open_upload(name: str, data: bytes) -> None:
 
 
 def open_next() -> None:
-    item = review.next_in_queue(store, project.name)
+    item = review.next_in_queue(store, project.name, strategy=st.session_state.get("queue_strategy", "least confident"))
     if item is None:
         st.session_state.pop("page", None)
         st.session_state["notice"] = "The queue is empty: every item has a decision. Upload a page to go on."
@@ -105,15 +107,40 @@ def save_decision(label: str | None) -> None:
     st.session_state["open_next"] = True
 
 
+def queue_settings() -> None:
+    st.selectbox("Next item", list(review.STRATEGIES), key="queue_strategy")
+    prelabel_status()
+    if st.button("Pre-label undecided items", key="prelabel", icon=":material/bolt:",
+                 help="Predict every undecided item with the active model in the background, so the queue "
+                      "can order them by uncertainty"):
+        Jobs(store).submit(project.name, "prelabel", {}, user)
+        ensure_worker(settings)
+        st.rerun()
+
+
+@st.fragment(run_every=3)
+def prelabel_status() -> None:
+    recent = Jobs(store).list(project.name, limit=1, kind="prelabel")
+    if recent and not recent[0].finished:
+        p = recent[0].progress or {}
+        st.progress(p.get("step", 0) / max(p.get("steps", 1), 1), text=f"Pre-labeling: {p.get('step', 0)}/"
+                    f"{p.get('steps', '…')} ({recent[0].status})")
+    elif recent and recent[0].result:
+        st.caption(f"Last pre-labeled {recent[0].finished_at:%Y-%m-%d %H:%M} UTC: "
+                   f"{recent[0].result['predicted']} items by {recent[0].result['version']}")
+
+
 st.title("Review")
 queued = store.list_items(project.name, ItemFilter(status=review.QUEUE_STATUSES), limit=1).total
 pick, buttons = st.columns([3, 1], vertical_alignment="bottom")
 upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP or WebP)", type=UPLOAD_TYPES,
                             max_upload_size=int(settings.max_upload_mb))
 next_clicked = buttons.button(f"Next in queue ({queued})", key="next_item", shortcut="N", width="stretch",
-                              disabled=queued == 0, help="The undecided item the model is least sure of")
+                              disabled=queued == 0, help="The next undecided item, in the queue order you pick")
 demo_clicked = buttons.button("Try a demo page", key="demo_page", width="stretch",
                               help="The next page of the project's test split")
+with buttons.popover("Queue order", width="stretch"):
+    queue_settings()
 if st.session_state.pop("open_next", False) or next_clicked:   # after a decision, or asked for
     open_next()
 elif demo_clicked:
@@ -167,7 +194,8 @@ def review_panel(page: dict) -> None:
     prediction = st.session_state["prediction"]
 
     with result_box:
-        st.markdown(f"### {prediction.label}  \n{prediction.confidence:.0%} confident · "
+        flag = " :orange-badge[needs review]" if prediction.confidence < settings.review_threshold else ""
+        st.markdown(f"### {prediction.label}{flag}  \n{prediction.confidence:.0%} confident · "
                     f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
     with details_box:
         st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})

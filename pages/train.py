@@ -104,7 +104,7 @@ def progress_of(job: Job) -> None:
 
 @st.fragment(run_every=2)
 def current_job() -> None:
-    recent = jobs.list(project.name, limit=1)
+    recent = jobs.list(project.name, limit=1, kind="train")
     if not recent:
         st.info("No training runs yet for this project.")
         return
