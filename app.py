@@ -53,7 +53,8 @@ if demo.demo_ready(settings):
     # Material icons ship with Streamlit; emoji need fonts a server or kiosk browser may lack.
     pages = [st.Page("pages/review.py", title="Review", icon=":material/fact_check:", default=True),
              st.Page("pages/dataset.py", title="Dataset", icon=":material/table_view:"),
-             st.Page("pages/train.py", title="Train", icon=":material/model_training:")]
+             st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+             st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:")]
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
 st.navigation(pages).run()

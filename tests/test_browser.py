@@ -188,5 +188,10 @@ def test_pages_render_at_common_sizes(server, size):
         time.sleep(1)  # let the grid paint its thumbnails
         driver.save_screenshot(str(ARTIFACTS / f"dataset-{size[0]}x{size[1]}.png"))
         print(f"dataset page at {size}: {loaded:.2f} s")
+        for page, ready in (("train", "Model versions"), ("evaluate", "Learning curve")):
+            driver.get(f"{server}/{page}")
+            wait_for(lambda: ready in body_text(driver))
+            time.sleep(1)
+            driver.save_screenshot(str(ARTIFACTS / f"{page}-{size[0]}x{size[1]}.png"))
     finally:
         driver.quit()

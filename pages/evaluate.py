@@ -1,0 +1,154 @@
+"""Evaluate: how good a model version is on the project's test split, and where it fails."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from fusion import registry, streamlit_cache, version_report
+from fusion.images import load_image
+from fusion.ocr import OcrResult
+from fusion.overlay import blend_heatmap
+from fusion.thumbnails import data_url, thumbnail
+
+streamlit_cache.require_app_shell()
+settings = streamlit_cache.settings()
+store = streamlit_cache.store()
+project = store.project(st.session_state.get("project", settings.demo_project))
+GALLERY = 8
+
+
+@st.cache_data(max_entries=5000, show_spinner=False)
+def thumb(image_path: str, sha256: str) -> str | None:
+    return data_url(thumbnail(settings.images_dir, Path(image_path), sha256))
+
+
+@st.cache_data(max_entries=200, show_spinner=False)
+def gradcam_picture(project_name: str, version: str, item_id: int):
+    """The page with the version's Grad-CAM for its own prediction (explained once, then cached)."""
+    item = store.item(project_name, item_id)
+    image = load_image(store.image_path(item))
+    as_version = dataclasses.replace(store.project(project_name), active_model=version)
+    prediction = streamlit_cache.engine().predict(image, as_version, caption=item.caption,
+                                                  ocr_result=OcrResult(item.ocr_text or ""), with_explanation=True)
+    picture = blend_heatmap(image, prediction.explanation.heatmap, 0.45)
+    picture.thumbnail((360, 360))
+    return picture, [w for w, _ in prediction.explanation.top_words(5)]
+
+
+def headline(v: registry.ModelVersion) -> pd.DataFrame:
+    rows = [{"model": f"{h} ({v.version})", **{m: v.metrics["test"][h].get(m) for m in ("accuracy", "macro_f1", "ece")}}
+            for h in version_report.HEADS]
+    rows.append({"model": "zero-shot fused", **{m: v.metrics["zero_shot_test"]["fused"].get(m)
+                                                for m in ("accuracy", "macro_f1", "ece")}})
+    return pd.DataFrame(rows)
+
+
+def confusion_chart(v: registry.ModelVersion):
+    labels = project.label_names
+    matrix = v.metrics["test"]["fused"]["confusion"]
+    fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}",
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} items<extra></extra>"))
+    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title="Confusion (fused head)",
+                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
+    return st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key="confusion",
+                           config={"displayModeBar": False})
+
+
+def reliability_chart(v: registry.ModelVersion) -> None:
+    bins = v.metrics["test"]["fused"].get("reliability", [])
+    fig = go.Figure()
+    fig.add_bar(x=[(b["lo"] + b["hi"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
+                width=[b["hi"] - b["lo"] for b in bins], name="accuracy", customdata=[b["count"] for b in bins],
+                hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} items<extra></extra>")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dash"})
+    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10}, xaxis_title="confidence",
+                      yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1.02], showlegend=False,
+                      title=f"Reliability (fused), ECE {v.metrics['test']['fused'].get('ece', 0):.3f}")
+    st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
+
+
+def item_rows(predictions) -> pd.DataFrame:
+    rows = []
+    for p in predictions:
+        item = store.item(project.name, p.item_id)
+        top = {h: max(p.probs[h], key=p.probs[h].get) for h in version_report.HEADS}
+        rows.append({"thumbnail": thumb(str(store.image_path(item)), item.sha256), "file": item.filename,
+                     "true": p.truth, "fused": f"{p.predicted} {p.confidence:.0%}",
+                     "image-only": f"{top['image']} {p.probs['image'][top['image']]:.0%}",
+                     "text-only": f"{top['text']} {p.probs['text'][top['text']]:.0%}"})
+    return pd.DataFrame(rows)
+
+
+def show_items(predictions, empty: str) -> None:
+    if not predictions:
+        st.caption(empty)
+        return
+    st.dataframe(item_rows(predictions), hide_index=True, width="stretch", row_height=60,
+                 column_config={"thumbnail": st.column_config.ImageColumn(width="small")})
+
+
+st.title("Evaluate")
+found = registry.versions(store, project.name)
+if not found:
+    st.info("No trained versions yet: train one on the Train page, then see here how it does on the test split.")
+    st.stop()
+names = [v.version for v in found]
+active = next((v.version for v in found if v.active), names[0])
+pick, other = st.columns(2)
+chosen = found[names.index(pick.selectbox("Version", names, index=names.index(active), key="eval_version"))]
+compare_to = other.selectbox("Compare with", ["(none)"] + [n for n in names if n != chosen.version], key="eval_other")
+predictions = version_report.test_predictions(store, project, chosen.version)
+st.caption(f"{chosen.metrics.get('counts', {}).get('test', len(predictions))} test items · trained by "
+           f"{chosen.created_by} on {chosen.created_at:%Y-%m-%d %H:%M} · mode {chosen.params.get('mode', '?')}"
+           + (" · active" if chosen.active else ""))
+
+score = st.column_config.NumberColumn(format="%.3f")
+st.dataframe(headline(chosen), hide_index=True, width="stretch",
+             column_config={"accuracy": st.column_config.NumberColumn(format="percent"), "macro_f1": score, "ece": score})
+
+left, right = st.columns(2)
+with left:
+    selection = confusion_chart(chosen)
+with right:
+    reliability_chart(chosen)
+points = (selection or {}).get("selection", {}).get("points", []) if selection else []
+if points:
+    truth, predicted = points[0]["y"], points[0]["x"]
+    st.markdown(f"**True {truth}, predicted {predicted}**")
+    show_items(version_report.in_cell(predictions, truth, predicted), "No items in this cell.")
+else:
+    st.caption("Click a cell of the confusion matrix to see its items.")
+
+with st.expander("Per-class precision, recall and F1", expanded=False):
+    st.dataframe(pd.DataFrame([{"label": k, **v} for k, v in chosen.metrics["test"]["fused"]["per_class"].items()]),
+                 hide_index=True, width="stretch")
+
+st.subheader("Errors")
+wrong = version_report.errors(predictions)
+show_items(wrong[:50], "No misclassified test items.")
+if wrong and st.toggle(f"Grad-CAM of the most confident errors (up to {GALLERY})", key="eval_gradcam"):
+    columns = st.columns(4)
+    for n, p in enumerate(wrong[:GALLERY]):
+        picture, words = gradcam_picture(project.name, chosen.version, p.item_id)
+        columns[n % 4].image(picture, caption=f"true {p.truth} · predicted {p.predicted} · {', '.join(words)}")
+
+st.subheader("Learning curve")
+curve = version_report.learning_curve(found)
+fig = go.Figure(go.Scatter(x=[c["train_items"] for c in curve], y=[c["accuracy"] for c in curve], mode="lines+markers",
+                           text=[c["version"] for c in curve], hovertemplate="%{text}: %{y:.1%} with %{x} items<extra></extra>"))
+fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title="labeled training items",
+                  yaxis_title="test accuracy (fused)", yaxis_range=[0, 1.02])
+st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
+
+if compare_to != "(none)":
+    st.subheader(f"{chosen.version} beside {compare_to}")
+    other_version = found[names.index(compare_to)]
+    both = pd.concat([headline(chosen), headline(other_version)])
+    st.dataframe(both, hide_index=True, width="stretch", column_config={"macro_f1": score, "ece": score})
+    flips = version_report.changed(predictions, version_report.test_predictions(store, project, compare_to))
+    st.markdown(f"**{len(flips)} test items whose prediction changed** ({chosen.version} first)")
+    show_items([a for a, _ in flips], "None: both versions predict the same label for every test item they share.")
