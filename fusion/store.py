@@ -325,6 +325,17 @@ class Store:
             yield from rows
             last_id = rows[-1].id
 
+    def labels_of(self, project_name: str, item_ids: list[int]) -> dict[int, str]:
+        """The human label of each of these items that has one (one query per 500 ids)."""
+        found: dict[int, str] = {}
+        with self.db.read() as session:
+            project_id = self._project_row(session, project_name).id
+            for start in range(0, len(item_ids), 500):
+                found |= dict(session.execute(select(ItemRow.id, ItemRow.label).where(
+                    ItemRow.project_id == project_id, ItemRow.id.in_(item_ids[start:start + 500]),
+                    ItemRow.label.is_not(None))).all())
+        return found
+
     def history(self, project_name: str, ref: str | int) -> list[HistoryRow]:
         item = self.item(project_name, ref)
         with self.db.read() as session:

@@ -27,7 +27,7 @@ def test_predictions(store, project: Project, version: str) -> list[TestPredicti
         return []
     stored = json.loads(path.read_text())
     labels = stored["labels"]
-    truth = {i.id: i.label for i in store.iter_items(project.name) if i.label is not None}
+    truth = store.labels_of(project.name, stored["item_ids"])
     found = []
     for n, item_id in enumerate(stored["item_ids"]):
         if item_id not in truth:
