@@ -193,6 +193,14 @@ def _train_config(args, settings):
                        seed=args.seed, patience=args.patience)
 
 
+def _queue(args, settings, store, kind: str, params: dict) -> None:
+    """--queue: hand the work to the background worker instead of running it here."""
+    from .worker import queue_job
+
+    job = queue_job(settings, store, args.project, kind, params, args.user)
+    _emit({"job": job.id, "status": job.status}, args.json, f"queued job {job.id}; the worker runs it")
+
+
 def cmd_train(args, settings) -> None:
     from dataclasses import asdict
 
@@ -203,13 +211,7 @@ def cmd_train(args, settings) -> None:
     store = open_store(settings)
     config = _train_config(args, settings)
     if args.queue:
-        from .jobs import Jobs
-        from .worker import ensure_worker
-
-        job = Jobs(store).submit(args.project, "train", asdict(config) | {"auto_promote": args.promote == "auto"},
-                                 args.user)
-        ensure_worker(settings)
-        _emit({"job": job.id, "status": job.status}, args.json, f"queued job {job.id}; the worker runs it")
+        _queue(args, settings, store, "train", config.job_params(auto_promote=args.promote == "auto"))
         return
 
     def report(row: dict) -> None:
@@ -281,10 +283,9 @@ def cmd_jobs(args, settings) -> None:
     if args.cancel is not None:
         jobs.cancel(args.cancel, args.user)
     if args.resume is not None:
-        job = jobs.resume(args.resume, args.user)
-        from .worker import ensure_worker
+        from .worker import resume_job
 
-        ensure_worker(settings)
+        job = resume_job(settings, jobs.store, args.resume, args.user)
         print(f"queued job {job.id}, resuming job {args.resume}", file=sys.stderr)
     found = jobs.list(args.project or None)
     data = [{"id": j.id, "project": j.project, "kind": j.kind, "status": j.status, "created_by": j.created_by,
@@ -322,12 +323,7 @@ def cmd_prelabel(args, settings) -> None:
 
     store = open_store(settings)
     if args.queue:
-        from .jobs import Jobs
-        from .worker import ensure_worker
-
-        job = Jobs(store).submit(args.project, "prelabel", {}, args.user)
-        ensure_worker(settings)
-        _emit({"job": job.id, "status": job.status}, args.json, f"queued job {job.id}; the worker runs it")
+        _queue(args, settings, store, "prelabel", {})
         return
     from .prelabel import prelabel_project
 

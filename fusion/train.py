@@ -70,6 +70,10 @@ class TrainConfig:
         if problems:
             raise FusionError("; ".join(problems))
 
+    def job_params(self, auto_promote: bool = False) -> dict:
+        """A training job's parameters: this config, and whether to promote a better result."""
+        return asdict(self) | {"auto_promote": auto_promote}
+
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}

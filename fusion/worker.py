@@ -48,6 +48,20 @@ def ensure_worker(settings: Settings) -> bool:
     return True
 
 
+def queue_job(settings: Settings, store: Store, project: str, kind: str, params: dict, user: str) -> Job:
+    """Queue a job and make sure a worker will run it: what the pages and the CLI call."""
+    job = Jobs(store).submit(project, kind, params, user)
+    ensure_worker(settings)
+    return job
+
+
+def resume_job(settings: Settings, store: Store, job_id: int, user: str) -> Job:
+    """Queue the continuation of a failed or cancelled job from its checkpoint, and a worker for it."""
+    job = Jobs(store).resume(job_id, user)
+    ensure_worker(settings)
+    return job
+
+
 def reap_dead_jobs(settings: Settings, store: Store) -> list[int]:
     """Fail the running jobs of a worker that is gone (no lock holder). For the app to call on
     page load, so a dead worker's job does not look alive until the next worker starts."""

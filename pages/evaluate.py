@@ -39,6 +39,12 @@ def gradcam_picture(project_name: str, version: str, item_id: int):
     return picture, [w for w, _ in prediction.explanation.top_words(5)]
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def test_predictions(project_name: str, version: str) -> list[version_report.TestPrediction]:
+    """Read once per version and half minute, not on every click of this page."""
+    return version_report.test_predictions(store, store.project(project_name), version)
+
+
 def headline(v: registry.ModelVersion) -> pd.DataFrame:
     rows = [{"model": f"{h} ({v.version})", **{m: v.metrics["test"][h].get(m) for m in ("accuracy", "macro_f1", "ece")}}
             for h in version_report.HEADS]
@@ -101,7 +107,7 @@ active = next((v.version for v in found if v.active), names[0])
 pick, other = st.columns(2)
 chosen = found[names.index(pick.selectbox("Version", names, index=names.index(active), key="eval_version"))]
 compare_to = other.selectbox("Compare with", ["(none)"] + [n for n in names if n != chosen.version], key="eval_other")
-predictions = version_report.test_predictions(store, project, chosen.version)
+predictions = test_predictions(project.name, chosen.version)
 st.caption(f"{chosen.metrics.get('counts', {}).get('test', len(predictions))} test items · trained by "
            f"{chosen.created_by} on {chosen.created_at:%Y-%m-%d %H:%M} · mode {chosen.params.get('mode', '?')}"
            + (" · active" if chosen.active else ""))
@@ -149,6 +155,6 @@ if compare_to != "(none)":
     other_version = found[names.index(compare_to)]
     both = pd.concat([headline(chosen), headline(other_version)])
     st.dataframe(both, hide_index=True, width="stretch", column_config={"macro_f1": score, "ece": score})
-    flips = version_report.changed(predictions, version_report.test_predictions(store, project, compare_to))
+    flips = version_report.changed(predictions, test_predictions(project.name, compare_to))
     st.markdown(f"**{len(flips)} test items whose prediction changed** ({chosen.version} first)")
     show_items([a for a, _ in flips], "None: both versions predict the same label for every test item they share.")

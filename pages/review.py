@@ -10,7 +10,7 @@ import streamlit as st
 from fusion import demo, review, streamlit_cache
 from fusion.errors import FusionError
 from fusion.jobs import Jobs
-from fusion.worker import ensure_worker
+from fusion.worker import queue_job
 from fusion.images import load_upload
 from fusion.overlay import blend_heatmap, colored_words_html, draw_boxes
 from fusion.store import ItemFilter
@@ -113,8 +113,7 @@ def queue_settings() -> None:
     if st.button("Pre-label undecided items", key="prelabel", icon=":material/bolt:",
                  help="Predict every undecided item with the active model in the background, so the queue "
                       "can order them by uncertainty"):
-        Jobs(store).submit(project.name, "prelabel", {}, user)
-        ensure_worker(settings)
+        queue_job(settings, store, project.name, "prelabel", {}, user)
         st.rerun()
 
 

@@ -2,8 +2,6 @@
 versions (metrics, comparison with the active one, promote, roll back)."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -14,7 +12,7 @@ from fusion.errors import FusionError
 from fusion.finetune import MODES
 from fusion.jobs import Job, Jobs
 from fusion.train import TrainConfig
-from fusion.worker import ensure_worker, reap_dead_jobs
+from fusion.worker import queue_job, reap_dead_jobs, resume_job
 
 MODE_HELP = {"head": "encoders frozen, features cached: a minute on a CPU",
              "partial": "also the top blocks of both encoders: best with a GPU",
@@ -54,8 +52,7 @@ def start_form() -> None:
             try:
                 config = TrainConfig(mode=mode, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
                                      device=device, l2sp=float(l2sp), lora=lora)
-                job = jobs.submit(project.name, "train", asdict(config) | {"auto_promote": auto}, user)
-                ensure_worker(settings)
+                job = queue_job(settings, store, project.name, "train", config.job_params(auto_promote=auto), user)
                 st.toast(f"Training job {job.id} queued", icon=":material/schedule:")
             except FusionError as e:
                 st.error(str(e))
@@ -124,8 +121,7 @@ def current_job() -> None:
         st.rerun(scope="fragment")
     if job.status in ("failed", "cancelled") and jobs.checkpoint_path(job.id).is_file() and \
             cols[0].button("Resume from checkpoint", icon=":material/replay:", key="resume_job"):
-        jobs.resume(job.id, user)
-        ensure_worker(settings)
+        resume_job(settings, store, job.id, user)
         st.rerun(scope="fragment")
     curves(job)
     with st.expander("Log"):

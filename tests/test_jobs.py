@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 
 import pytest
 
@@ -41,11 +40,14 @@ def start_worker(settings, idle_exit: float = 2.0) -> subprocess.Popen:
 
 
 def params(**overrides) -> dict:
-    return asdict(TrainConfig(**overrides)) | {"auto_promote": True}
+    return TrainConfig(**overrides).job_params(auto_promote=True)
 
 
 @pytest.fixture
 def jobs(settings, corrected):
+    # A worker the app tests started may still be idling (it exits after 60 s): these tests claim
+    # and run jobs themselves, so wait for it to go.
+    wait_for(lambda: not worker_alive(settings), 90, "the previous worker to exit", every=1)
     return Jobs(open_store(settings))
 
 
