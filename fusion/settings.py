@@ -27,6 +27,14 @@ class Settings:
     demo_project: str = "demo"
     database_url: str = ""            # any SQLAlchemy URL; "" is SQLite at <home>/fusion.db
     review_threshold: float = 0.6     # predictions less confident than this are flagged "needs review"
+    auth: bool = False                # accounts and roles; off for a single local user
+    session_minutes: int = 480        # a signed-in session expires after this long
+    deidentify: bool = False          # redact names, dates, phones, addresses, record numbers in text
+    demo_mode: bool = False           # for showing to an audience: turns de-identification on
+
+    @property
+    def redact_text(self) -> bool:
+        return self.deidentify or self.demo_mode
 
     @property
     def projects_dir(self) -> Path:
@@ -65,7 +73,20 @@ _ENV = {
     "fusion": ("FUSION_STRATEGY", str),
     "database_url": ("FUSION_DATABASE_URL", str),
     "review_threshold": ("FUSION_REVIEW_THRESHOLD", float),
+    "auth": ("FUSION_AUTH", "bool"),
+    "session_minutes": ("FUSION_SESSION_MINUTES", int),
+    "deidentify": ("FUSION_DEIDENTIFY", "bool"),
+    "demo_mode": ("FUSION_DEMO_MODE", "bool"),
 }
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise FusionError(f"expected a yes/no setting (1/0, true/false, yes/no, on/off), got {text!r}")
 
 
 def load_settings(**overrides) -> Settings:
@@ -78,7 +99,7 @@ def load_settings(**overrides) -> Settings:
             values.update(tomllib.load(f))
     for name, (var, cast) in _ENV.items():
         if os.environ.get(var):
-            values[name] = cast(os.environ[var])
+            values[name] = _flag(os.environ[var]) if cast == "bool" else cast(os.environ[var])
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name: f.type for f in dataclasses.fields(Settings)}
     unknown = set(values) - set(known)
