@@ -104,7 +104,9 @@ def bench_predict(settings: Settings) -> dict:
 
 
 def run(what: str, settings: Settings) -> dict:
+    from .bench_evaluate import bench_evaluate
     from .bench_store import bench_store
     from .bench_train import bench_train
 
-    return {"predict": bench_predict, "store": bench_store, "train": bench_train}[what](settings)
+    benches = {"predict": bench_predict, "store": bench_store, "train": bench_train, "evaluate": bench_evaluate}
+    return benches[what](settings)

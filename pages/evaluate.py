@@ -19,6 +19,7 @@ settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
 GALLERY = 8
+LISTED = 50       # rows of a table of items: a cell or a comparison can hold thousands
 
 
 @st.cache_data(max_entries=5000, show_spinner=False)
@@ -93,8 +94,10 @@ def show_items(predictions, empty: str) -> None:
     if not predictions:
         st.caption(empty)
         return
-    st.dataframe(item_rows(predictions), hide_index=True, width="stretch", row_height=60,
+    st.dataframe(item_rows(predictions[:LISTED]), hide_index=True, width="stretch", row_height=60,
                  column_config={"thumbnail": st.column_config.ImageColumn(width="small")})
+    if len(predictions) > LISTED:
+        st.caption(f"The first {LISTED} of {len(predictions)}.")
 
 
 st.title("Evaluate")
@@ -135,7 +138,7 @@ with st.expander("Per-class precision, recall and F1", expanded=False):
 
 st.subheader("Errors")
 wrong = version_report.errors(predictions)
-show_items(wrong[:50], "No misclassified test items.")
+show_items(wrong, "No misclassified test items.")
 if wrong and st.toggle(f"Grad-CAM of the most confident errors (up to {GALLERY})", key="eval_gradcam"):
     columns = st.columns(4)
     for n, p in enumerate(wrong[:GALLERY]):
