@@ -5,7 +5,7 @@ import getpass
 
 import streamlit as st
 
-from fusion import background, demo, streamlit_cache
+from fusion import accounts, app_session, background, demo, streamlit_cache
 
 st.set_page_config(page_title="FusionLab", page_icon="🔬", layout="wide")
 settings = streamlit_cache.settings()
@@ -45,16 +45,26 @@ def sidebar() -> None:
         name = st.selectbox("Project", projects, index=projects.index(settings.demo_project), key="project")
         project = store.project(name)
         st.markdown(f"**Model** `{project.active_model or 'zero-shot'}`  \n**Device** `{engine.device_name}`")
-        st.text_input("Your name", value=getpass.getuser(), key="user")
+        if settings.auth:
+            st.markdown(f"Signed in as **{account.name}** ({account.role})")
+            st.button("Sign out", key="sign_out", icon=":material/logout:", on_click=app_session.sign_out)
+        else:
+            st.text_input("Your name", value=getpass.getuser(), key="user")
 
 
-if demo.demo_ready(settings):
+# Material icons ship with Streamlit; emoji need fonts a server or kiosk browser may lack.
+ICONS = {"review": ":material/fact_check:", "dataset": ":material/table_view:", "train": ":material/model_training:",
+         "evaluate": ":material/analytics:", "admin": ":material/admin_panel_settings:"}
+# With accounts on, the navigation holds only the pages the role may use: any other is
+# unreachable, also by URL. Off, the one local user has every page but Admin (no accounts).
+account = app_session.active_account() if settings.auth else None
+if settings.auth and account is None:
+    pages = [st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)]
+elif demo.demo_ready(settings):
     sidebar()
-    # Material icons ship with Streamlit; emoji need fonts a server or kiosk browser may lack.
-    pages = [st.Page("pages/review.py", title="Review", icon=":material/fact_check:", default=True),
-             st.Page("pages/dataset.py", title="Dataset", icon=":material/table_view:"),
-             st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-             st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:")]
+    allowed = accounts.PAGES_BY_ROLE[account.role] if account else [p for p in accounts.PAGES if p != "admin"]
+    pages = [st.Page(f"pages/{name}.py", title=app_session.PAGE_TITLES[name], icon=ICONS[name],
+                     default=name == "review") for name in allowed]
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
 st.navigation(pages).run()

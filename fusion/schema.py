@@ -167,3 +167,46 @@ class ModelEventRow(Base):
     action: Mapped[str] = mapped_column(String(16))           # promote, rollback, auto-promote
     from_version: Mapped[str | None] = mapped_column(String(64))
     to_version: Mapped[str | None] = mapped_column(String(64))
+
+
+ROLES = ("annotator", "reviewer", "admin")   # in order: each may do all the one before it may (fusion.accounts)
+
+
+class UserRow(Base):
+    """An account that signs in to the app when settings.auth is on (migration 0005)."""
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))                     # as typed when created
+    name_key: Mapped[str] = mapped_column(String(64), unique=True)    # casefolded: "Rita" and "rita" are one
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))           # argon2id, salt and parameters inside
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    password_changed_at: Mapped[datetime] = mapped_column(DateTime)   # sessions older than this end
+    last_sign_in_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class SignInAttemptRow(Base):
+    """Every sign-in attempt, by the name tried (which need not exist): the rate limit counts these."""
+    __tablename__ = "sign_in_attempts"
+    __table_args__ = (Index("ix_sign_in_attempts_name_at", "name_key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    name_key: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16))     # ok, wrong, locked, disabled
+    address: Mapped[str | None] = mapped_column(String(64))   # the client's IP when known (shown, not trusted)
+
+
+class AccountEventRow(Base):
+    """Who added an account or changed its role, password or access, when: append-only."""
+    __tablename__ = "account_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime)
+    by: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(64))        # the account changed
+    action: Mapped[str] = mapped_column(String(16))      # add, role, disable, enable, password
+    detail: Mapped[str | None] = mapped_column(String(255))

@@ -36,3 +36,11 @@ def require_app_shell() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+def current_user() -> str:
+    """Who this session's writes are recorded as (the signed-in account with FUSION_AUTH on);
+    see fusion.app_session."""
+    from .app_session import current_user as signed_in_user   # app_session imports this module
+
+    return signed_in_user()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from fusion import background, streamlit_cache
+from fusion import app_session, background, streamlit_cache
 from fusion.errors import FusionError
 from fusion.exporting import FORMATS, export_zip
 from fusion.importing import unpack_upload
@@ -23,10 +23,11 @@ SORTS = {"last changed": ("updated", True), "least confident": ("confidence", Fa
          "most confident": ("confidence", True), "file name": ("filename", False), "newest": ("added", True)}
 
 streamlit_cache.require_app_shell()
+app_session.require_page("dataset")
 settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
-user = st.session_state.get("user") or "anonymous"
+user = streamlit_cache.current_user()
 
 
 @st.cache_data(max_entries=5000, show_spinner=False)
@@ -48,7 +49,8 @@ def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
     for (_, old), (_, new) in zip(before.iterrows(), after.iterrows()):
         if new["label"] != old["label"] and new["label"]:
             try:
-                saved = store.set_label(project.name, int(old["id"]), new["label"], user,
+                app_session.check_may_change(store.item(project.name, int(old["id"])))
+                saved = store.set_label(project.name, int(old["id"]), new["label"], streamlit_cache.current_user(),
                                         expected_version=int(old["version"]))
                 st.toast(f"{saved.filename}: {saved.label} ({saved.status}), saved", icon=":material/check_circle:")
             except FusionError as e:
@@ -139,7 +141,10 @@ with st.expander("Import"):
     st.write("A .zip of a folder (label/file.png for labeled images, files at the top for unlabeled ones), "
              "a .zip holding one CSV (image,label[,caption]) with its images, or a CSV whose image paths "
              "are absolute. Bad rows are listed; good rows are kept; importing again adds only what is new.")
-    upload = st.file_uploader("Images to import", type=["zip", "csv"], key="ds_import")
+    if not app_session.may("import"):
+        st.caption("Importing needs the reviewer role or higher.")
+    upload = st.file_uploader("Images to import", type=["zip", "csv"], key="ds_import",
+                              disabled=not app_session.may("import"))
     if upload is not None and st.button("Import", key="start_import", disabled="import_job" in st.session_state):
         folder = settings.home / "uploads" / uuid.uuid4().hex[:12]
         try:

@@ -8,13 +8,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from fusion import registry, streamlit_cache, version_report
+from fusion import app_session, registry, streamlit_cache, version_report
 from fusion.images import load_image
 from fusion.ocr import OcrResult
 from fusion.overlay import blend_heatmap
 from fusion.thumbnails import data_url, thumbnail
 
 streamlit_cache.require_app_shell()
+app_session.require_page("evaluate")
 settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))

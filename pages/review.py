@@ -7,7 +7,7 @@ import dataclasses
 import plotly.graph_objects as go
 import streamlit as st
 
-from fusion import demo, review, streamlit_cache
+from fusion import app_session, demo, review, streamlit_cache
 from fusion.errors import FusionError
 from fusion.jobs import Jobs
 from fusion.worker import queue_job
@@ -19,11 +19,12 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"]
 SHORTCUTS = "123456789"  # label k of the project: key k
 
 streamlit_cache.require_app_shell()
+app_session.require_page("review")
 settings = streamlit_cache.settings()
 engine = streamlit_cache.engine()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
-user = st.session_state.get("user") or "anonymous"
+user = streamlit_cache.current_user()
 
 
 def open_item(item, name: str, data: bytes) -> None:
@@ -95,7 +96,8 @@ def save_decision(label: str | None) -> None:
     page = st.session_state["page"]
     item = store.item(project.name, page["item_id"])
     try:
-        saved = review.decide(store, project.name, item, page["version"], label, user,
+        app_session.check_may_change(item)   # also ends here if the session expired meanwhile
+        saved = review.decide(store, project.name, item, page["version"], label, streamlit_cache.current_user(),
                               st.session_state["prediction"], st.session_state["caption"])
     except FusionError as e:  # StaleEdit: show who changed it; the next decision is made against that
         st.session_state["problem"] = str(e)
@@ -111,6 +113,7 @@ def queue_settings() -> None:
     st.selectbox("Next item", list(review.STRATEGIES), key="queue_strategy")
     prelabel_status()
     if st.button("Pre-label undecided items", key="prelabel", icon=":material/bolt:",
+                 disabled=not app_session.may("prelabel"),
                  help="Predict every undecided item with the active model in the background, so the queue "
                       "can order them by uncertainty"):
         queue_job(settings, store, project.name, "prelabel", {}, user)

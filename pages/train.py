@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from fusion import registry, streamlit_cache
+from fusion import app_session, registry, streamlit_cache
 from fusion.errors import FusionError
 from fusion.finetune import MODES
 from fusion.jobs import Job, Jobs
@@ -20,11 +20,12 @@ MODE_HELP = {"head": "encoders frozen, features cached: a minute on a CPU",
 HEADS = ("fused", "image", "text")
 
 streamlit_cache.require_app_shell()
+app_session.require_page("train")
 settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 jobs = Jobs(store)
 project = store.project(st.session_state.get("project", settings.demo_project))
-user = st.session_state.get("user") or "anonymous"
+user = streamlit_cache.current_user()
 reap_dead_jobs(settings, store)   # a job whose worker died shows as failed, not as running forever
 
 
@@ -117,11 +118,11 @@ def current_job() -> None:
         st.error(job.error)
     cols = st.columns(4)
     if job.status in ("queued", "running") and cols[0].button("Cancel", icon=":material/stop:", key="cancel_job"):
-        jobs.cancel(job.id, user)
+        jobs.cancel(job.id, streamlit_cache.current_user())
         st.rerun(scope="fragment")
     if job.status in ("failed", "cancelled") and jobs.checkpoint_path(job.id).is_file() and \
             cols[0].button("Resume from checkpoint", icon=":material/replay:", key="resume_job"):
-        resume_job(settings, store, job.id, user)
+        resume_job(settings, store, job.id, streamlit_cache.current_user())
         st.rerun(scope="fragment")
     curves(job)
     with st.expander("Log"):
@@ -166,9 +167,9 @@ def change_active(version: str | None) -> None:
     callback, so the page then renders once with the new state."""
     try:
         if version is None:
-            changed = registry.rollback(store, project.name, user)
+            changed = registry.rollback(store, project.name, streamlit_cache.current_user())
         else:
-            changed = registry.promote(store, project.name, version, user)
+            changed = registry.promote(store, project.name, version, streamlit_cache.current_user())
         streamlit_cache.engine().forget_models()  # every session predicts with the new version from now
         st.session_state["train_flash"] = ("success", f"{changed.active_model} is now the active model")
     except FusionError as e:
