@@ -3,20 +3,37 @@
 One row per image: the fused label and confidence, each head's probability of every label, the
 model version and the OCR text's length; an unreadable file gets its error in the row instead
 of stopping the run. The CSV is written to a temp file and renamed when complete.
+
+Each image is read by OCR one at a time (EasyOCR takes one page at a time), then the encoders
+and heads run on batches of BATCH pages, as pre-labeling does: on a GPU the encoders see whole
+batches. Features go to a throwaway cache, not the project's.
 """
 from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 from .errors import FusionError
+from .features import cache_features, load_feature_set
 from .images import load_upload
 from .importing import IMAGE_SUFFIXES
-from .pipeline import get_engine
+from .pipeline import compose_text, get_engine
+from .scoring import version_logits, zero_shot_logits
 
 HEADS = (("fused", "probs"), ("image", "probs_image"), ("text", "probs_text"))
+BATCH = 32
+
+
+def _predict_batch(engine, project, paths: list[Path], texts: list[str], cache: Path) -> list[dict]:
+    """Each head's probabilities of every label, per page."""
+    features = load_feature_set(cache_features(engine, cache, paths, texts), [0] * len(paths))
+    logits = (version_logits(engine, project, project.active_model, features, paths, texts, engine.device)
+              if project.active_model else zero_shot_logits(engine, project, features, engine.device))
+    probs = {head: l.softmax(-1).tolist() for head, l in logits.items()}
+    return [{head: dict(zip(project.label_names, p[k])) for head, p in probs.items()} for k in range(len(paths))]
 
 
 def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
@@ -29,27 +46,39 @@ def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
     if not files:
         raise FusionError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     engine = get_engine(settings)
+    version = project.active_model or "zero-shot"
     columns = ["file", "label", "confidence"] + [f"{head}:{label}" for head, _ in HEADS for label in project.labels]
     columns += ["model_version", "text_chars", "error"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     failed = 0
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with open(tmp, "w", newline="", encoding="utf-8") as f, tempfile.TemporaryDirectory() as cache:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        for n, path in enumerate(files, 1):
-            row = {"file": str(path.relative_to(folder))}
-            try:
-                p = engine.predict(load_upload(path, settings), project)
-                row |= {"label": p.label, "confidence": round(p.confidence, 6), "model_version": p.model_version,
-                        "text_chars": len(p.ocr_text)}
-                row |= {f"{head}:{label}": getattr(p, field)[label] for head, field in HEADS for label in project.labels}
-            except FusionError as e:
-                row["error"], failed = str(e), failed + 1
-            writer.writerow(row)
+        for start in range(0, len(files), BATCH):
+            rows, readable, texts = [], [], []
+            for path in files[start:start + BATCH]:
+                rows.append({"file": str(path.relative_to(folder))})
+                try:
+                    text = engine.read_text(load_upload(path, settings)).text
+                except FusionError as e:
+                    rows[-1]["error"], failed = str(e), failed + 1
+                    continue
+                rows[-1] |= {"model_version": version, "text_chars": len(text)}
+                readable.append((rows[-1], path))
+                texts.append(compose_text(text, ""))
+                if progress:
+                    progress("reading", start + len(rows), len(files))
+            if readable:
+                for (row, _), probs in zip(readable, _predict_batch(engine, project, [p for _, p in readable], texts,
+                                                                     Path(cache))):
+                    label = max(probs["fused"], key=probs["fused"].get)
+                    row |= {"label": label, "confidence": round(probs["fused"][label], 6)}
+                    row |= {f"{head}:{k}": probs[head][k] for head, _ in HEADS for k in project.labels}
+            writer.writerows(rows)
             if progress:
-                progress("predicting", n, len(files))
+                progress("predicting", start + len(rows), len(files))
     os.replace(tmp, out)
-    return {"project": project_name, "model_version": project.active_model or "zero-shot", "images": len(files),
+    return {"project": project_name, "model_version": version, "images": len(files),
             "failed": failed, "out": str(out)}

@@ -10,6 +10,7 @@ import pytest
 
 from fusion import registry
 from fusion.__main__ import main
+from fusion.images import load_upload
 from fusion.store import open_store
 from fusion.train import TrainConfig, train_version
 
@@ -56,7 +57,7 @@ def test_evaluate_on_an_external_csv_lists_its_bad_rows(settings, corrected, ver
     assert sum(result["fused"]["per_class"][k]["support"] for k in corrected.labels) == 8
 
 
-def test_predict_folder_writes_every_head_and_an_error_row(settings, corrected, tmp_path, capsys):
+def test_predict_folder_writes_every_head_and_an_error_row(settings, engine, corrected, tmp_path, capsys):
     store = open_store(settings)
     folder = tmp_path / "incoming"
     folder.mkdir()
@@ -75,4 +76,10 @@ def test_predict_folder_writes_every_head_and_an_error_row(settings, corrected, 
         assert row["label"] in corrected.labels and not row["error"] and int(row["text_chars"]) > 20
         for head in ("fused", "image", "text"):
             assert sum(float(row[f"{head}:{k}"]) for k in corrected.labels) == pytest.approx(1, abs=1e-4)
+    # Batched through cached (fp16) features, yet what one page's prediction in the app says.
+    one = engine.predict(load_upload(folder / "page0.png", settings), store.project(corrected.name))
+    assert rows[1]["label"] == one.label
+    for head, probs in (("fused", one.probs), ("image", one.probs_image), ("text", one.probs_text)):
+        assert [float(rows[1][f"{head}:{k}"]) for k in corrected.labels] == pytest.approx(
+            [probs[k] for k in corrected.labels], abs=0.01)
     assert not list(tmp_path.glob(".results.csv.tmp"))
