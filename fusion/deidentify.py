@@ -1,0 +1,391 @@
+"""De-identification: find names, dates, phone numbers, addresses, record numbers and e-mail
+addresses in free text (OCR text, captions) and replace them with typed placeholders such as
+[NAME] or [DATE].
+
+Phone numbers come from Google's libphonenumber rules (the `phonenumbers` package). No trained
+recogniser (Presidio, spaCy) can be loaded here, so the rest are tested rules, written for
+clinical documents: a name is found by its context (a title such as "Dr.", or a label such as
+"Patient:" or "Reviewed by"), since a bare capitalised word may as well be a test or a ward;
+dates by their shape (3 parts, or a month name) and by labels such as "DOB" even when OCR
+garbled the digits; record numbers by labels (MRN, account, ...) and by long digit runs.
+Years alone, times, measurements and reference ranges are kept: they are not identifying and the
+model needs them. Rules are a best effort: they reduce what a screen shows, they do not prove
+a document is free of PHI.
+
+Only what is shown or exported is redacted; the model always reads the original text.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from phonenumbers import Leniency, PhoneNumberMatcher, is_valid_number
+
+KINDS = ("NAME", "DATE", "PHONE", "ADDRESS", "ID", "EMAIL")
+PLACEHOLDER = re.compile(r"\[(?:%s)\]" % "|".join(KINDS))
+
+
+@dataclass(frozen=True)
+class Span:
+    """Characters [start, end) of a text that are PHI of this kind."""
+    start: int
+    end: int
+    kind: str
+
+    @property
+    def placeholder(self) -> str:
+        return f"[{self.kind}]"
+
+
+# ---- the rules ---------------------------------------------------------------------------------
+# Each rule yields (start, end) of the PHI itself; a label before it ("MRN", "Patient:") stays.
+
+_MONTH_NAMES = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+                "October", "November", "December"]
+# Capitalised or upper case only: "may" in "potassium may read high" is not a month.
+_MONTH = "(?:%s)" % "|".join(sorted(
+    {v for m in _MONTH_NAMES for v in (m, m.upper(), m[:3], m[:3].upper())} | {"Sept", "SEPT"}, key=len, reverse=True))
+_ORD = r"(?:st|nd|rd|th)?"
+_DATE_PATTERNS = [
+    re.compile(r"(?<![\w.,/-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![\w/-]|\.\d)"),            # 2024-01-05
+    re.compile(r"(?<![\w.,/-])(\d{1,2})([-/.])(\d{1,2})\2(\d{4}|\d{2})(?![\w/-]|\.\d)"),        # 03/14/1962, 5.1.24
+    re.compile(rf"(?<![\w.])\d{{1,2}}{_ORD}(?:\s+of)?[\s-]+{_MONTH}\.?,?[\s-]+\d{{2,4}}\b"),   # 14 Mar 1962
+    re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}{_ORD},?\s+\d{{4}}\b"),                            # March 14, 1962
+    re.compile(rf"\b{_MONTH}\.?,?\s+\d{{4}}\b"),                                              # March 1962
+    re.compile(rf"(?<![\w.])\d{{1,2}}{_ORD}(?:\s+of)?\s+{_MONTH}\b(?!\w)"),                   # 14 March
+    re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}{_ORD}(?![\w:.])"),                                # March 14
+]
+# Labels whose value is a date whatever shape OCR left it in: the next 1-3 tokens holding digits.
+_DATE_LABEL = re.compile(
+    r"\b(?:DOB|D\.O\.B\.?|DOD|DOS|date of (?:birth|death|service|admission|discharge|visit)|birth ?date|born|"
+    r"(?:admission|discharge|visit|service|collection|report|exam|procedure) date|admitted|discharged|date)"
+    r"\s*[:#.]?\s*", re.IGNORECASE)
+# OCR's readings of digits and separators: O for 0, l or I or | for 1, ~ or _ for a lost character.
+_DATEISH_TOKEN = re.compile(rf"(?:[\dOIlo|/.~_-]*\d[\dOIlo|/.~_-]*,?|[~_-]+|{_MONTH}\.?,?)(?=\s|$)")
+
+_ID_LABEL = re.compile(
+    r"\b(?:MRN|MR\s?#|MR\s?No|medical record(?:\s*(?:number|no|#))?|record\s*(?:number|no|#)|"
+    r"(?:patient|chart|hospital|case|visit|encounter|member|insurance|policy|account|accession|specimen|"
+    r"sample|lab|order|device|serial|license|licence|passport|NHS|health card|health plan|subscriber|"
+    r"beneficiary|claim|group)\s*(?:ID|number|no|num|#)|acct|account|encounter|accession|SSN|"
+    r"social security(?:\s*(?:number|no|#))?|ID)\b\.?\s*(?:[:#]|no\.?|number)?\s*", re.IGNORECASE)
+_ID_VALUE = re.compile(r"(?=[A-Za-z0-9/-]*\d)[A-Za-z0-9][A-Za-z0-9/-]{3,}\b")
+_ID_PATTERNS = [
+    re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"),                      # SSN
+    re.compile(r"(?<![\w.,-])[A-Z]{0,3}\d{7,}(?![\w.,]\d|\w)"),                # long digit runs: MRNs, accounts
+]
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+
+_STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
+           "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR GU VI AS MP").split()
+_SUFFIX = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Court|Ct|Way|Place|Pl|Terrace|Ter|"
+           r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Crescent|Cres|Close|Row|Walk|Alley|Plaza|"
+           r"Loop|Pike|Dr(?=\.?\s*(?:,|\n|$|Apt|Suite|Unit|#)))")
+_UNIT = r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Room|Rm|#)\.?\s*#?\s*[\w-]+)?"
+_CITY_STATE_ZIP = rf"[A-Z][a-z]+(?:\s[A-Z][a-z]+){{0,2}},?\s+(?:{'|'.join(_STATES)})\.?\s+\d{{5}}(?:-\d{{4}})?\b"
+_ADDRESS_PATTERNS = [
+    re.compile(rf"(?<![\w.,])\d{{1,6}}[A-Za-z]?\s+(?:(?:[NSEW]|North|South|East|West)\.?\s+)?"
+               rf"(?:(?:[A-Z][a-z]+|\d+(?:st|nd|rd|th))\s+){{1,3}}{_SUFFIX}\b\.?"
+               rf"(?:\s+(?:NE|NW|SE|SW|N|S|E|W)\b)?{_UNIT}"
+               rf"(?:,?\s*{_CITY_STATE_ZIP}|,\s*[A-Z][a-z]+(?:\s[A-Z][a-z]+){{0,2}}(?=\s*(?:[,.;]|\n|$)))?"),
+    re.compile(rf"\b{_CITY_STATE_ZIP}"),
+    re.compile(r"\bP\.?\s?O\.?\s+Box\s+\d+\b", re.IGNORECASE),
+]
+# "Address: anything up to the end of the line (or the next "Label:")".
+_ADDRESS_LABEL = re.compile(r"(?:home |street |mailing )?(?:address|addr)\s*[:#]\s*([^\n]+?)(?=\s+\w+\s*:|\s*\n|\s*$)",
+                            re.IGNORECASE)
+
+_TITLE = re.compile(r"\b(?:Dr|DR|Doctor|Mr|MR|Mrs|MRS|Ms|MS|Mx|Miss|Prof|Professor)\b[.:]?\s*")  # OCR: "Dr:"
+_NAME_LABEL = re.compile(
+    r"\b(?:patient(?:'s)?(?: full)?(?: name)?|pt(?: name)?|name(?: of patient)?|full name|surname|last name|"
+    r"first name|given names?|family name|maiden name|next of kin|NOK|guardian|mother|father|spouse|"
+    r"emergency contact|contact person|physician|attending|consultant|surgeon|GP|PCP|provider|clinician|"
+    r"referring (?:physician|doctor|provider)|referrer|radiologist|cardiologist|pathologist|technician|"
+    r"technologist|signature|signed)\s*[:;]\s*", re.IGNORECASE)
+_BY_LABEL = re.compile(
+    r"\b(?:reviewed|ordered|signed|seen|referred|dictated|verified|approved|authori[sz]ed|attended|examined|"
+    r"reported|transcribed|requested|prepared|performed|interpreted|read|confirmed|witnessed)\s+by\s*:?\s*",
+    re.IGNORECASE)
+_NAME_TOKEN = re.compile(r"(?:Ma?c|O['’])?[A-Z][A-Za-z'’]*(?:-[A-Z][A-Za-z'’]*)?\.?")
+# Words that end a name: the labels of the fields that follow it on the same line.
+_NOT_NAME = {"mrn", "dob", "dod", "id", "no", "age", "sex", "gender", "male", "female", "ward", "room", "bed",
+             "date", "tel", "phone", "fax", "status", "specimen", "indication", "collected", "recorded",
+             "ordered", "reviewed", "signed", "unit", "dept", "department", "clinic", "hospital", "address",
+             "the", "and", "md", "do", "rn", "np", "pa", "phd", "mbbs", "frcp", "facc", "m", "f", "on", "at",
+             "result", "results", "report", "final", "preliminary", "amended", "page", "of", "ssn", "acct"}
+
+
+class _Text:
+    """A text and its words, read once and shared by every rule: a rule that starts at a label
+    ("MRN", "Patient:") tries its regex only where the label's first word is, not at every
+    character (Python's re has no fast scan for a long list of alternatives)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.at: dict[str, list[int]] = {}       # lower-case word -> where it starts
+        for m in _WORD.finditer(text):
+            self.at.setdefault(m.group().lower(), []).append(m.start())
+        self.vocab = self.at.keys()
+        self.taken: list[Span] = []
+
+    def labels(self, label: re.Pattern, first_words: frozenset[str]):
+        """Matches of `label` that begin at one of these (lower-case) words."""
+        starts = sorted(i for word in first_words & self.vocab for i in self.at[word])
+        for start in starts:
+            if m := label.match(self.text, start):
+                yield m
+
+    def masked(self) -> str:
+        """The text with the spans found so far blanked out (same length, so offsets still hold)."""
+        chars = list(self.text)
+        for span in self.taken:
+            chars[span.start:span.end] = " " * (span.end - span.start)
+        return "".join(chars)
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def _firsts(*words: str) -> frozenset[str]:
+    return frozenset(w.lower() for w in words)
+
+
+_TITLE_FIRSTS = _firsts("Dr", "Doctor", "Mr", "Mrs", "Ms", "Mx", "Miss", "Prof", "Professor")
+_NAME_FIRSTS = _firsts(
+    "patient", "pt", "name", "full", "surname", "last", "first", "given", "family", "maiden", "next", "nok", "guardian",
+    "mother", "father", "spouse", "emergency", "contact", "physician", "attending", "consultant", "surgeon", "gp", "pcp",
+    "provider", "clinician", "referring", "referrer", "radiologist", "cardiologist", "pathologist", "technician",
+    "technologist", "signature", "signed")
+_BY_FIRSTS = _firsts(
+    "reviewed", "ordered", "signed", "seen", "referred", "dictated", "verified", "approved", "authorised", "authorized",
+    "attended", "examined", "reported", "transcribed", "requested", "prepared", "performed", "interpreted", "read",
+    "confirmed", "witnessed")
+_DATE_FIRSTS = _firsts("DOB", "D", "DOD", "DOS", "date", "birth", "birthdate", "born", "admission", "discharge", "visit",
+                       "service", "collection", "report", "exam", "procedure", "admitted", "discharged")
+_ID_FIRSTS = _firsts(
+    "MRN", "MR", "medical", "record", "patient", "chart", "hospital", "case", "visit", "encounter", "member", "insurance",
+    "policy", "account", "accession", "specimen", "sample", "lab", "order", "device", "serial", "license", "licence",
+    "passport", "NHS", "health", "subscriber", "beneficiary", "claim", "group", "acct", "SSN", "social", "ID")
+_ADDRESS_FIRSTS = _firsts("address", "addr", "home", "street", "mailing")
+_MONTH_WORDS = _firsts(*_MONTH_NAMES, *(m[:3] for m in _MONTH_NAMES), "Sept")
+_SUFFIX_WORDS = _firsts(*re.findall(r"[A-Z][a-z]+", _SUFFIX))
+_ZIP = re.compile(r"\b\d{5}\b")
+
+
+def _name_after(text: str, start: int) -> tuple[int, int] | None:
+    """The name that begins at `start` (after a label or title): up to 4 capitalised tokens,
+    initials included ("Jane Q. Doe", "DOE, JANE"); a leading title stays visible."""
+    pos, first, last, count = start, None, None, 0
+    title = _TITLE.match(text, pos)
+    if title:
+        pos = title.end()
+    while count < 4:
+        m = _NAME_TOKEN.match(text, pos)
+        if not m or m.group().rstrip(".").lower() in _NOT_NAME or text[m.end():m.end() + 1] == ":":
+            break
+        if first is None:
+            first = m.start()
+        last, count = m.end(), count + 1
+        gap = _NAME_GAP.match(text, last)
+        if not gap:
+            break
+        pos = gap.end()
+    if first is None or not re.search(r"[A-Za-z]{2}", text[first:last]):
+        return None
+    return first, last
+
+
+_NAME_GAP = re.compile(r",? (?=\S)")   # one space, or ", " in "Doe, Jane"
+
+
+def _names(t: _Text):
+    for label, firsts in ((_NAME_LABEL, _NAME_FIRSTS), (_BY_LABEL, _BY_FIRSTS), (_TITLE, _TITLE_FIRSTS)):
+        for m in t.labels(label, firsts):
+            found = _name_after(t.text, m.end())
+            if found:
+                yield found
+
+
+def _dates(t: _Text):
+    text = t.text
+    for pattern in _DATE_PATTERNS[:2]:
+        for m in pattern.finditer(text):
+            if _plausible_numeric_date(m):
+                yield m.span()
+    if not _MONTH_WORDS.isdisjoint(t.vocab):
+        for pattern in _DATE_PATTERNS[2:]:
+            for m in pattern.finditer(text):
+                yield m.span()
+    for m in t.labels(_DATE_LABEL, _DATE_FIRSTS):      # OCR-garbled values after DOB:, Date:, ...
+        pos, end = m.end(), None
+        for _ in range(3):
+            token = _DATEISH_TOKEN.match(text, pos)
+            if not token:
+                break
+            end = token.end()
+            pos = end + (text[end:end + 1] == " ")
+        if end is not None and re.search(r"\d", text[m.end():end]):
+            yield m.end(), end
+
+
+def _plausible_numeric_date(m: re.Match) -> bool:
+    a, sep, b, c = m.group(1), m.group(2), m.group(3), m.group(4)
+    if len(a) == 4:                                    # year first
+        return 1800 <= int(a) <= 2199 and 1 <= int(b) <= 12 and 1 <= int(c) <= 31
+    if sep == "." and len(c) != 4:                      # "5.1.24" reads like a version or a value
+        return False
+    x, y = int(a), int(b)
+    return 1 <= x <= 31 and 1 <= y <= 31 and (x <= 12 or y <= 12) and (len(c) == 2 or 1800 <= int(c) <= 2199)
+
+
+def _ids(t: _Text):
+    for m in t.labels(_ID_LABEL, _ID_FIRSTS):
+        value = _ID_VALUE.match(t.text, m.end())
+        if value:
+            yield value.span()
+    for pattern in _ID_PATTERNS:
+        for m in pattern.finditer(t.text):
+            yield m.span()
+
+
+# A window of digits and phone punctuation with 7+ digits: only these are handed to libphonenumber
+# (on a whole page it costs milliseconds; on a page's few windows, microseconds).
+_PHONE_WINDOW = re.compile(r"(?:\+|\b)\(?\d[\d\s().\-/]{5,}\d\b")
+_PHONE_LABEL = re.compile(r"\b(?:tel|telephone|phone|ph|fax|mobile|mob|cell|pager|bleep|contact)\b\.?\s*(?:no\.?|#)?\s*[:#]?\s*$",
+                          re.IGNORECASE)
+_PHONE_SHAPE = re.compile(r"\(\d{3}\)\s?\d{3}[\s.-]?\d{4}$|\d{3}[\s.-]\d{3}[\s.-]\d{4}$|\d{3}[\s.-]\d{4}$")
+
+
+def _phones(t: _Text):
+    text = t.masked()    # record numbers and dates found before are not phone numbers
+    for window in _PHONE_WINDOW.finditer(text):
+        if sum(c.isdigit() for c in window.group()) < 7:
+            continue
+        labeled = _PHONE_LABEL.search(text, max(0, window.start() - 20), window.start()) is not None
+        lo = max(0, window.start() - 1)    # the matcher wants the "+" or "(" and a boundary before
+        for match in PhoneNumberMatcher(text[lo:window.end()], "US", leniency=Leniency.POSSIBLE):
+            raw = match.raw_string
+            # Valid numbers anywhere; fictional ones ("555") only when shaped or labeled like a phone.
+            if labeled or is_valid_number(match.number) or _PHONE_SHAPE.search(raw) or raw.startswith("+"):
+                yield lo + match.start, lo + match.end
+
+
+def _addresses(t: _Text):
+    text = t.text
+    if not _SUFFIX_WORDS.isdisjoint(t.vocab):
+        yield from (m.span() for m in _ADDRESS_PATTERNS[0].finditer(text))
+    if _ZIP.search(text):
+        yield from (m.span() for m in _ADDRESS_PATTERNS[1].finditer(text))
+    if "box" in t.vocab:
+        yield from (m.span() for m in _ADDRESS_PATTERNS[2].finditer(text))
+    for m in t.labels(_ADDRESS_LABEL, _ADDRESS_FIRSTS):
+        yield m.span(1)
+
+
+def _emails(t: _Text):
+    if "@" in t.text:
+        yield from (m.span() for m in _EMAIL.finditer(t.text))
+
+
+# Earlier rules win where two overlap: "MRN 1234567" is an ID, not a phone number; "12 Oak Dr"
+# is an address, not Dr. Oak.
+_RULES = (("EMAIL", _emails), ("ID", _ids), ("DATE", _dates), ("ADDRESS", _addresses), ("PHONE", _phones),
+          ("NAME", _names))
+
+
+def find_phi(text: str) -> list[Span]:
+    """The PHI spans of `text`, sorted and non-overlapping; neighbours of one kind separated only
+    by spaces or commas are merged ("123 Main St, Springfield, IL 62704" is one address)."""
+    if not text:
+        return []
+    t = _Text(text)
+    for kind, rule in _RULES:
+        found = sorted({(s, e) for s, e in rule(t) if e > s}, key=lambda se: (se[0], -se[1]))
+        for start, end in found:
+            if not any(start < s.end and s.start < end for s in t.taken):
+                t.taken.append(Span(start, end, kind))
+    taken = sorted(t.taken, key=lambda s: s.start)
+    merged: list[Span] = []
+    for span in taken:
+        if merged and merged[-1].kind == span.kind and not text[merged[-1].end:span.start].strip(" ,"):
+            merged[-1] = Span(merged[-1].start, span.end, span.kind)
+        else:
+            merged.append(span)
+    return merged
+
+
+def apply_spans(text: str, spans: list[Span]) -> str:
+    out, pos = [], 0
+    for span in spans:
+        out += [text[pos:span.start], span.placeholder]
+        pos = span.end
+    return "".join(out) + text[pos:]
+
+
+def redact(text: str | None) -> str:
+    """`text` with every PHI span replaced by its placeholder ("Patient: [NAME] MRN [ID]")."""
+    return apply_spans(text, find_phi(text)) if text else (text or "")
+
+
+def shown(text: str | None, on: bool) -> str:
+    """What a screen or export shows of `text`: redacted when de-identification is on."""
+    return redact(text) if on else (text or "")
+
+
+# ---- words: the coloured words of an explanation, the OCR word boxes ----------------------------
+
+def word_offsets(text: str, words: list[str]) -> list[tuple[int, int] | None]:
+    """Where each word lies in `text` (which holds them in order, e.g. OCR's reading-order text
+    or the words joined by spaces); None for a word not found."""
+    offsets, pos = [], 0
+    for word in words:
+        at = text.find(word, pos) if word else -1
+        offsets.append((at, at + len(word)) if at >= 0 else None)
+        pos = at + len(word) if at >= 0 else pos
+    return offsets
+
+
+def phi_words(text: str, words: list[str]) -> list[bool]:
+    """For each word of `text`, whether any of it is PHI (e.g. to black out its OCR box)."""
+    spans = find_phi(text)
+    return [where is None or any(where[0] < s.end and s.start < where[1] for s in spans)
+            if spans else False for where in word_offsets(text, words)]
+
+
+def redact_words(words: list[str], text: str | None = None) -> list[str]:
+    """Each word as it shows once its text is redacted. `text` is the text the words were split
+    from (its line breaks end a name); without it, the words joined by spaces. A span over
+    several words shows its placeholder on the first and leaves the others "" (so scores can
+    stay one per word)."""
+    text = " ".join(words) if text is None else text
+    spans = find_phi(text)
+    if not spans:
+        return list(words)
+    out = []
+    for where, word in zip(word_offsets(text, words), words):
+        if where is None:                      # not in the text as given: judge the word alone
+            out.append(redact(word))
+            continue
+        start, end = where
+        pieces, pos = [], start
+        for span in spans:
+            if span.end <= start or span.start >= end:
+                continue
+            pieces.append(text[pos:max(pos, span.start)])
+            if span.start >= start:            # the span starts in this word: its placeholder shows here
+                pieces.append(span.placeholder)
+            pos = max(pos, min(end, span.end))
+        out.append("".join(pieces) + text[pos:end])
+    return out
+
+
+def restore_placeholders(edited: str, original: str) -> str:
+    """An edit of the redacted text back onto the original: when the edit kept the placeholders
+    as shown (same kinds, same order), each gets its original words back, so editing around a
+    hidden name keeps the name. Otherwise the edit is taken as typed."""
+    spans = find_phi(original)
+    kept = PLACEHOLDER.findall(edited)
+    if not spans or kept != [s.placeholder for s in spans]:
+        return edited
+    values = iter(original[s.start:s.end] for s in spans)
+    return PLACEHOLDER.sub(lambda _: next(values), edited)
