@@ -143,8 +143,14 @@ def cmd_export(args, settings) -> None:
     from .exporting import export_project
     from .store import open_store
 
-    data = export_project(open_store(settings), args.project, args.format, args.out, progress=_progress)
-    _emit(data, args.json, f"exported {data['items']} items of {args.project} as {args.format} to {data['path']}")
+    data = export_project(open_store(settings), args.project, args.format, args.out, progress=_progress,
+                          deidentify=args.deidentify)
+    note = ""
+    if data["deidentified"]:
+        note = (f"; de-identified: text redacted, {data['images_masked']} images masked"
+                + (f", {data['images_unmasked']} images with PHI in their text but no OCR word boxes left as scanned"
+                   if data["images_unmasked"] else ""))
+    _emit(data, args.json, f"exported {data['items']} items of {args.project} as {args.format} to {data['path']}{note}")
 
 
 def cmd_label(args, settings) -> None:
@@ -431,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project", metavar="NAME")
     p.add_argument("--format", required=True, choices=["csv", "jsonl", "imagefolder", "hf"])
     p.add_argument("out", metavar="OUT", help="a new folder")
+    p.add_argument("--deidentify", action=argparse.BooleanOptionalAction, default=None,
+                   help="redact names, dates, phones, addresses and record numbers in captions, text and file "
+                        "names, and black out those words on the pages (default: on when FUSION_DEIDENTIFY or "
+                        "FUSION_DEMO_MODE is)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_export)
 

@@ -23,6 +23,8 @@ from phonenumbers import Leniency, PhoneNumberMatcher, is_valid_number
 
 KINDS = ("NAME", "DATE", "PHONE", "ADDRESS", "ID", "EMAIL")
 PLACEHOLDER = re.compile(r"\[(?:%s)\]" % "|".join(KINDS))
+NOTICE = ("De-identified: names, dates, phone numbers, addresses and record numbers in page text and captions "
+          "show as [NAME], [DATE], [PHONE], [ADDRESS], [ID]")
 
 
 @dataclass(frozen=True)
@@ -327,7 +329,7 @@ def redact(text: str | None) -> str:
     return apply_spans(text, find_phi(text)) if text else (text or "")
 
 
-def shown(text: str | None, on: bool) -> str:
+def as_shown(text: str | None, on: bool) -> str:
     """What a screen or export shows of `text`: redacted when de-identification is on."""
     return redact(text) if on else (text or "")
 
@@ -377,6 +379,28 @@ def redact_words(words: list[str], text: str | None = None) -> list[str]:
             pos = max(pos, min(end, span.end))
         out.append("".join(pieces) + text[pos:end])
     return out
+
+
+def redact_scored(pairs: list[tuple[str, float]], text: str) -> list[tuple[str, float]]:
+    """Scored words (an explanation's attribution or attention) as they show when redacted: a
+    placeholder carries the strongest score of the words it hides."""
+    shown_words = redact_words([w for w, _ in pairs], text)
+    out: list[tuple[str, float]] = []
+    for (word, score), display in zip(pairs, shown_words):
+        if display:
+            out.append((display, score))
+        elif out:                                # hidden inside the placeholder before it
+            out[-1] = (out[-1][0], max(out[-1][1], score, key=abs))
+    return out
+
+
+def phi_boxes(text: str, words) -> list[tuple[int, int, int, int]]:
+    """The boxes of the OCR words of `text` that hold PHI, to black out on the page image.
+    `words`: OCR words (with .text and .box) or their stored dicts ({"text", "box"})."""
+    def get(word, key):
+        return word[key] if isinstance(word, dict) else getattr(word, key)
+    flags = phi_words(text, [get(w, "text") for w in words])
+    return [tuple(get(w, "box")) for w, hidden in zip(words, flags) if hidden]
 
 
 def restore_placeholders(edited: str, original: str) -> str:

@@ -17,6 +17,21 @@ def draw_boxes(image: Image.Image, boxes: list[tuple[int, int, int, int]]) -> Im
     return out
 
 
+def black_out(image: Image.Image, boxes: list[tuple[int, int, int, int]], pad: int = 2) -> Image.Image:
+    """The image with these boxes filled black (a little wider: OCR boxes hug the ink)."""
+    if not boxes:
+        return image
+    if image.mode in ("RGB", "RGBA", "L", "LA"):
+        out = image.copy()
+    else:    # palette, CMYK, 16-bit: black is not simply 0 there
+        out = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    draw = ImageDraw.Draw(out)
+    fill = {"RGB": (0, 0, 0), "RGBA": (0, 0, 0, 255), "L": 0, "LA": (0, 255)}[out.mode]
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle((x0 - pad, y0 - pad, x1 + pad, y1 + pad), fill=fill)
+    return out
+
+
 def blend_heatmap(image: Image.Image, heatmap: np.ndarray, opacity: float = 0.5) -> Image.Image:
     """Jet-coloured heatmap (H, W in [0, 1]) over the image; opacity 0 shows the image alone."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)

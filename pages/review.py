@@ -12,7 +12,9 @@ from fusion.errors import FusionError
 from fusion.jobs import Jobs
 from fusion.worker import queue_job
 from fusion.images import load_upload
-from fusion.overlay import blend_heatmap, colored_words_html, draw_boxes
+from fusion.overlay import black_out, blend_heatmap, colored_words_html, draw_boxes
+from fusion.deidentify import NOTICE, as_shown, phi_boxes, redact_scored, restore_placeholders
+from fusion.pipeline import compose_text
 from fusion.store import ItemFilter
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"]
@@ -42,9 +44,17 @@ def open_item(item, name: str, data: bytes) -> None:
             status.update(label=f"Read {len(result.words)} words in {result.ms / 1000:.1f} s", state="complete")
     # The version the reviewer sees: their decision is refused if the item changes meanwhile.
     st.session_state["page"] = {"name": name, "image": image, "ocr": result, "item_id": item.id,
-                                "version": item.version}
-    st.session_state["ocr_text"] = result.text
-    st.session_state["caption"] = item.caption
+                                "version": item.version, "caption": item.caption}
+    # De-identified: the boxes show redacted text; the model reads the originals (model_caption).
+    st.session_state["ocr_text"] = as_shown(result.text, settings.redact_text)
+    st.session_state["caption"] = as_shown(item.caption, settings.redact_text)
+
+
+def model_caption() -> str:
+    """The caption as the model reads it and a decision saves it. De-identified, the box shows
+    placeholders: an edit that keeps them gets the hidden words back; any other edit is kept as typed."""
+    typed = st.session_state["caption"]
+    return restore_placeholders(typed, st.session_state["page"].get("caption", "")) if settings.redact_text else typed
 
 
 def open_upload(name: str, data: bytes) -> None:
@@ -98,7 +108,7 @@ def save_decision(label: str | None) -> None:
     try:
         app_session.check_may_change(item)   # also ends here if the session expired meanwhile
         saved = review.decide(store, project.name, item, page["version"], label, streamlit_cache.current_user(),
-                              st.session_state["prediction"], st.session_state["caption"])
+                              st.session_state["prediction"], model_caption())
     except FusionError as e:  # StaleEdit: show who changed it; the next decision is made against that
         st.session_state["problem"] = str(e)
         page["version"] = store.item(project.name, item.id).version
@@ -133,6 +143,8 @@ def prelabel_status() -> None:
 
 
 st.title("Review")
+if settings.redact_text:
+    st.caption(f":material/visibility_off: {NOTICE}.")
 queued = store.list_items(project.name, ItemFilter(status=review.QUEUE_STATUSES), limit=1).total
 pick, buttons = st.columns([3, 1], vertical_alignment="bottom")
 upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP or WebP)", type=UPLOAD_TYPES,
@@ -177,12 +189,22 @@ def review_panel(page: dict) -> None:
         result_box = st.container()
         decision_box = st.container()
         details_box = st.container()
-        caption = st.text_area("Caption or note", key="caption", height=80,
-                               placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
+        st.text_area("Caption or note", key="caption", height=80,
+                     placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
+        caption = model_caption()
         ocr_info = page["ocr"]
         turned = f", page turned {ocr_info.angle}°" if ocr_info.angle else ""
-        with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), editable", expanded=False):
-            ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed")
+        redacting = settings.redact_text
+        if redacting:
+            st.caption("The model reads the original caption. An edit that keeps the [NAME]-style placeholders "
+                       "keeps the words they hide; any other edit is saved as typed.")
+        with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), "
+                         + ("read-only while de-identified" if redacting else "editable"), expanded=False):
+            ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed",
+                                    disabled=redacting)
+            if redacting:   # editing it would write the placeholders over the page's real text
+                st.caption("De-identified: the page text can't be edited; the model reads the original.")
+                ocr_text = ocr_info.text
 
     # Sliders and toggles rerun the script too: predict again only when the inputs changed. The
     # prediction is shown first, its explanation (3-4x the work) follows in the same run.
@@ -229,6 +251,8 @@ def review_panel(page: dict) -> None:
                         help="Attribution: integrated gradients of the predicted class (green for, red against). "
                              "Attention: attention rollout through the text encoder.")
         words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
+        if settings.redact_text:
+            words = redact_scored(words, compose_text(ocr_text, caption))
         st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
         st.caption(f"Model {prediction.model_version} · " +
                    " · ".join(f"{k} {v:.0f} ms" for k, v in prediction.timings_ms.items()))
@@ -244,6 +268,8 @@ def review_panel(page: dict) -> None:
         shown = blend_heatmap(page["image"], maps[which], opacity)
         if show_boxes:
             shown = draw_boxes(shown, [w.box for w in page["ocr"].words])
+        if settings.redact_text:   # the page itself must not show what the text hides
+            shown = black_out(shown, phi_boxes(page["ocr"].text, page["ocr"].words))
         st.image(shown, caption=f"{page['name']} · {page['image'].width}x{page['image'].height}", width="stretch")
 
 
