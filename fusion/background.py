@@ -10,12 +10,13 @@ from pathlib import Path
 from .settings import REPO_ROOT, Settings
 
 
-def start(settings: Settings, args: list[str], log: Path) -> subprocess.Popen:
+def start(settings: Settings, args: list[str], log: Path, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
+    """`pass_fds`: open files the process inherits, e.g. a lock it holds for its whole life."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"FUSION_HOME": str(settings.home)}
     with open(log, "a") as out:
         return subprocess.Popen([sys.executable, "-m", "fusion", *args], stdout=out, stderr=out, env=env,
-                                cwd=REPO_ROOT, start_new_session=True)
+                                cwd=REPO_ROOT, start_new_session=True, pass_fds=pass_fds)
 
 
 def progress(log: Path) -> tuple[str, int, int] | None:

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .atomic import pid_alive
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -51,8 +53,13 @@ class BlobStore:
             return 0, 0
         for folder in self.staging_root.iterdir():
             if folder.name.startswith("."):
-                continue  # still being created
-            lock = _try_lock(folder / ".lock")
+                # Still being created (locked and renamed within microseconds), or left by a
+                # writer killed in between: that one holds no files yet.
+                owner = folder.name[1:].split("-", 1)[0]
+                if owner.isdigit() and not pid_alive(int(owner)):
+                    shutil.rmtree(folder, ignore_errors=True)
+                continue
+            lock = try_lock(folder / ".lock")
             if lock is None:
                 continue  # a live writer owns it
             try:
@@ -71,7 +78,7 @@ class BlobStore:
         return promoted, deleted
 
 
-def _try_lock(path: Path) -> int | None:
+def try_lock(path: Path) -> int | None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT)
     except FileNotFoundError:  # the folder went away meanwhile
@@ -102,7 +109,7 @@ class Staging:
         name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         partial = blobs.staging_root / f".{name}"
         partial.mkdir(parents=True)
-        self._lock = _try_lock(partial / ".lock")
+        self._lock = try_lock(partial / ".lock")
         self.folder = partial.rename(blobs.staging_root / name)
         self.staged: dict[str, Path] = {}  # sha256 -> staged file
 

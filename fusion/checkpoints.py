@@ -7,12 +7,12 @@ resumed from it continues exactly where it stopped. Never a pickle.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import write_atomic
 from .errors import FusionError
 
 
@@ -30,10 +30,8 @@ def save_checkpoint(path: Path, trainable, optimizer, best: dict, meta: dict) ->
     for i, moments in opt["state"].items():
         state |= {f"opt.{i}.{k}": torch.as_tensor(v).cpu().clone() for k, v in moments.items()}
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"meta": json.dumps(meta), "param_groups": json.dumps(groups)})
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata={
+        "meta": json.dumps(meta), "param_groups": json.dumps(groups)}))
 
 
 def load_checkpoint(path: Path, trainable, optimizer) -> tuple[dict, dict]:

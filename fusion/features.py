@@ -7,7 +7,6 @@ new item costs one encoding and everything else is read back.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from .atomic import write_atomic
 from .encoders import ImageEncoder, patches_of
 from .images import load_image
 
@@ -69,9 +69,8 @@ def cache_features(engine, cache_dir: Path, paths: list[Path], texts: list[str],
         chunk = todo[start:start + BATCH]
         encoded = _encode_batch(engine, [load_image(p) for p, _, _ in chunk], [t for _, t, _ in chunk])
         for (_, _, f), tensors in zip(chunk, encoded):
-            tmp = f.with_suffix(".tmp")
-            save_file(tensors, str(tmp))
-            os.replace(tmp, f)
+            # pid-named temp: two processes encoding the same pair never write into one file
+            write_atomic(f, lambda tmp: save_file(tensors, str(tmp)))
         if progress:
             progress(min(start + BATCH, len(todo)), len(todo))
     return files

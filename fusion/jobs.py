@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from .errors import FusionError
-from .schema import JobRow, ProjectRow
+from .schema import JobRow, ModelVersionRow, ProjectRow
 from .store import Store, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -175,16 +175,32 @@ class Jobs:
         self.log(job_id, f"{status}" + (f": {error}" if error else ""))
 
     def fail_orphans(self) -> list[int]:
-        """Mark every running job failed. Only the worker-lock holder calls this, so a running
-        job here belongs to a worker that died (killed, out of memory, machine restarted)."""
+        """End every running job, as failed. Only the worker-lock holder calls this, so a running
+        job here belongs to a worker that died (killed, out of memory, machine restarted).
+        A training job whose worker died after registering its model version did its work:
+        it is marked succeeded with that version, so nobody resumes it into a duplicate."""
         with self.db.write() as session:
             rows = session.scalars(select(JobRow).where(JobRow.status == "running")).all()
+            registered = {job_id: (version, metrics) for job_id, version, metrics in session.execute(
+                select(ModelVersionRow.job_id, ModelVersionRow.version, ModelVersionRow.metrics).where(
+                    ModelVersionRow.job_id.in_([r.id for r in rows])))} if rows else {}
+            ended = []
             for row in rows:
                 beat = f"{row.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC" if row.heartbeat_at else "never"
-                row.status, row.finished_at = "failed", utcnow()
+                row.finished_at = utcnow()
+                if row.id in registered:
+                    version, metrics = registered[row.id]
+                    test = {h: {k: scores.get(k) for k in ("accuracy", "macro_f1", "ece")}
+                            for h, scores in (metrics or {}).get("test", {}).items()}
+                    row.status, row.error = "succeeded", None
+                    row.result = {"version": version, "promoted": False, "recovered": True, "test": test}
+                    ended.append((row.id, f"succeeded: version {version} was registered before the worker "
+                                          f"(pid {row.worker_pid}) stopped; not auto-promoted"))
+                    continue
+                row.status = "failed"
                 row.error = (f"the worker (pid {row.worker_pid}) stopped while running this job; last heartbeat "
                              f"{beat}. Resume it to continue from its last checkpoint.")
-            failed = [(r.id, r.error) for r in rows]
-        for job_id, error in failed:
-            self.log(job_id, f"failed: {error}")
-        return [job_id for job_id, _ in failed]
+                ended.append((row.id, f"failed: {row.error}"))
+        for job_id, line in ended:
+            self.log(job_id, line)
+        return [job_id for job_id, _ in ended]

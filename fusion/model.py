@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from .atomic import fsync_dir, fsync_tree, temp_path
 from .encoders import IMAGE_DIM, TEXT_DIM, mean_pool
 from .errors import FusionError
 
@@ -143,22 +144,37 @@ class FusionModel(nn.Module):
         return wf * ce(out.fused) + wi * ce(out.image) + wt * ce(out.text)
 
     # -- persistence ----------------------------------------------------------------------
-    def save(self, directory: Path, extra_files=None) -> None:
-        """Write model.safetensors + config.json + labels.json (+ what `extra_files(tmp)` writes)
-        atomically: all in a temp dir, then one rename."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    def write_files(self, folder: Path, extra_files=None) -> None:
+        """Write model.safetensors + config.json + labels.json (+ what `extra_files(folder)` writes)
+        into a new folder, fsynced: renamed into place afterwards, it is whole even after a power cut."""
+        folder = Path(folder)
+        folder.mkdir(parents=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        (tmp / "labels.json").write_text(json.dumps({i: name for i, name in enumerate(self.config.labels)}, indent=2))
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+        (folder / "labels.json").write_text(json.dumps({i: name for i, name in enumerate(self.config.labels)}, indent=2))
         if extra_files is not None:
-            extra_files(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model version is meant to be shared
+            extra_files(folder)
+        fsync_tree(folder)
+
+    def save(self, directory: Path, extra_files=None) -> None:
+        """Write the version's files atomically: all in a temp folder, then one rename.
+        (A registered version goes through fusion.registry.save_version, which commits its row
+        between the two.)"""
+        directory = Path(directory)
         if directory.exists():
             raise FileExistsError(f"model directory {directory} exists; versions are immutable")
-        os.replace(tmp, directory)
+        tmp = temp_path(directory)
+        shutil.rmtree(tmp, ignore_errors=True)   # a dead process's leftover that had our pid
+        try:
+            self.write_files(tmp, extra_files)
+            if directory.exists():
+                raise FileExistsError(f"model directory {directory} exists; versions are immutable")
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(directory.parent)
 
     @classmethod
     def load(cls, directory: Path, device: str = "cpu") -> "FusionModel":

@@ -7,13 +7,17 @@ the test-split evaluation. Promotions and rollbacks are logged in `model_events`
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from .atomic import fsync_dir, temp_path
 from .errors import FusionError
 from .model import FusionModel
 from .project import Project
@@ -53,23 +57,46 @@ def _version_number(name: str) -> int:
 def save_version(store: Store, project: Project, fusion: FusionModel, extra_files: Callable[[Path], None],
                  parent: str | None, user: str, job_id: int | None, params: dict, data: dict,
                  metrics: dict) -> str:
-    """Write the version's files under the next free name, then its row. Returns the name."""
+    """Register a version under the next free name. Returns the name.
+
+    Like image files (fusion.blobs): the files are written to a staging folder, the row is
+    committed, then the folder is renamed to its final name. So a version folder never exists
+    without its row; a trainer killed after the commit leaves a staged folder that
+    fusion.recovery promotes, and one killed before it leaves one that recovery deletes."""
     taken = {v.version for v in versions(store, project.name)}
     taken |= {p.name for p in (project.directory / "models").glob("v*")}
     number = max((_version_number(v) for v in taken), default=0) + 1
     while True:
         version = f"v{number}"
-        fusion.config.version = version
-        try:
-            fusion.save(project.model_dir(version), extra_files)
-            break
-        except FileExistsError:              # another trainer took this name meanwhile
+        final = project.model_dir(version)
+        if final.exists():                   # a folder from before the registry, or a race
             number += 1
-    with store.db.write() as session:
-        project_id = store._project_row(session, project.name).id
-        session.add(ModelVersionRow(project_id=project_id, version=version, parent=parent, created_at=utcnow(),
-                                    created_by=user, job_id=job_id, params=params, data=data, metrics=metrics))
-    return version
+            continue
+        fusion.config.version = version
+        staged = temp_path(final)
+        shutil.rmtree(staged, ignore_errors=True)    # a dead process's leftover that had our pid
+        try:
+            fusion.write_files(staged, extra_files)
+            with store.db.write() as session:
+                project_id = store._project_row(session, project.name).id
+                session.add(ModelVersionRow(project_id=project_id, version=version, parent=parent,
+                                            created_at=utcnow(), created_by=user, job_id=job_id, params=params,
+                                            data=data, metrics=metrics))
+        except IntegrityError:               # another trainer registered this name meanwhile
+            shutil.rmtree(staged, ignore_errors=True)
+            number += 1
+            continue
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        promote_staged(staged, final)
+        return version
+
+
+def promote_staged(staged: Path, final: Path) -> None:
+    """Move a registered version's staged folder to its final name (durably)."""
+    os.replace(staged, final)
+    fsync_dir(final.parent)
 
 
 def _adopt_unregistered(store: Store, project: Project, known: set[str]) -> None:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from pathlib import Path
 
 from PIL import Image
+
+from .atomic import write_bytes_atomic
 
 SIZE = 96
 
@@ -24,10 +25,7 @@ def thumbnail(images_dir: Path, image_path: Path, sha256: str) -> bytes | None:
             img.convert("RGB").save(out, format="JPEG", quality=80)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(out.getvalue())
-    os.replace(tmp, cached)
+    write_bytes_atomic(cached, out.getvalue())
     return out.getvalue()
 
 

@@ -15,6 +15,7 @@ import traceback
 
 from . import background
 from .jobs import Job, JobCancelled, Jobs
+from .recovery import describe, recover_files
 from .settings import Settings, describe_device
 from .store import Store, open_store
 
@@ -82,7 +83,9 @@ def run_worker(settings: Settings, idle_exit_s: float = IDLE_EXIT_S) -> int:
     store = open_store(settings)
     jobs = Jobs(store)
     for job_id in jobs.fail_orphans():
-        print(f"job {job_id}: its worker had died; marked failed (resumable)", flush=True)
+        print(f"job {job_id}: its worker had died; ended ({jobs.get(job_id).status})", flush=True)
+    if summary := describe(recover_files(settings, store)):
+        print(summary, flush=True)
     ran, idle_since = 0, time.monotonic()
     while True:
         job = jobs.claim_next(os.getpid())

@@ -1,0 +1,538 @@
+"""Crash safety: processes SIGKILLed at random (seeded) points while they upload, correct, import
+and train. After every kill the workspace gets the recovery the app and the worker run when they
+start (fusion.recovery), and then must hold: every correction and upload acknowledged to the user,
+an intact database, and no orphan: no temp or staging file, no image file without its row or row
+without its file, no job or model version folder without its row or the reverse, no half-written
+safetensors.
+
+Starting Python + torch costs seconds here, so most kills hit children forked from this process
+(which has the library and the encoders loaded already), running the library calls the pages
+make; a few hit the real entry points: `python -m fusion worker` mid-training and the Dataset
+page's background `python -m fusion import`. Real SQLite, files, encoders and training; no mocks.
+The kill points are random, so assertions are about properties, never about timing.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import json
+import os
+import random
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from fusion import recovery, uploads
+from fusion.atomic import pid_alive
+from fusion.images import check_image_file
+from fusion.importing import import_path, unpack_upload
+from fusion.jobs import Jobs
+from fusion.pipeline import Prediction
+from fusion.review import add_upload, decide
+from fusion.settings import REPO_ROOT, load_settings
+from fusion.store import NewItem, StaleEdit, Store
+from fusion.train import TrainConfig, train_version
+from fusion.worker import run_worker, worker_alive
+
+SEED = 6_2024
+LABELS = {"red": "a reddish page", "green": "a greenish page", "blue": "a bluish page"}
+REVIEW, TRAIN = "review", "train"          # corrections, uploads, imports | training
+PLAN = {"correct": 14, "upload": 11, "import": 10, "train": 12, "mixed": 5}   # rounds; mixed kills two
+REAL_IMPORT_KILLS = 3
+TRAIN_EPOCHS = 8
+
+
+def png_bytes(seed: int, color: int, size: int = 40) -> bytes:
+    """A small PNG that no other seed produces, tinted toward one channel."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 70, (size, size, 3), dtype=np.uint8)
+    pixels[..., color] += 170
+    pixels[0, :3] = [seed % 256, (seed // 256) % 256, (seed // 65536) % 256]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def child_env(home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSION_")}
+    return env | {"FUSION_HOME": str(home), "FUSION_DEVICE": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+# ---- the workspace and what the user was told -----------------------------------------------
+
+@dataclass
+class Lab:
+    settings: object
+    store: Store
+    review_ids: list[int]
+    sources: list[Path] = field(default_factory=list)            # every import source, to finish later
+    decisions: list[dict] = field(default_factory=list)          # acknowledged corrections
+    uploaded: list[dict] = field(default_factory=list)           # acknowledged uploads
+    kills: collections.Counter = field(default_factory=collections.Counter)
+    stages: collections.Counter = field(default_factory=collections.Counter)   # where training kills hit
+    recovered: collections.Counter = field(default_factory=collections.Counter)
+    train_seconds: float = 0.0
+    verified: set = field(default_factory=set)                   # safetensors files already read whole
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Lab:
+    home = tmp_path_factory.mktemp("crash-home")
+    settings = load_settings(home=home, device="cpu", database_url="")
+    store = Store(settings)
+    for name in (REVIEW, TRAIN):
+        store.create_project(name, LABELS, user="setup")
+    names = list(LABELS)
+
+    def items(start: int, n: int, labeled: bool) -> list[NewItem]:
+        return [NewItem(check_image_file(png_bytes(start + i, i % 3), settings), f"page{start + i}.png",
+                        label=names[i % 3] if labeled else None, caption=f"{names[i % 3]} note {i}",
+                        ocr_text=f"page {i} of the {names[i % 3]} series", ocr_engine="test text")
+                for i in range(n)]
+
+    store.add_items(TRAIN, items(0, 60, labeled=True), user="setup")
+    review = [item for item, _ in store.add_items(REVIEW, items(1000, 30, labeled=False), user="setup")]
+    for n, item in enumerate(review):      # a suggestion on screen: saving is an accept or a correction
+        label = names[n % 3]
+        store.record_prediction(REVIEW, item.id, label, 0.7, {k: 0.15 for k in names} | {label: 0.7}, "m0")
+    # The first version, in this process: loads the encoders that forked children inherit and
+    # fills the feature cache, so a killed training run spends its time training.
+    train_version(settings, store, TRAIN, TrainConfig(epochs=2, device="cpu"), user="setup")
+    return Lab(settings, store, [item.id for item in review])
+
+
+# ---- forked children --------------------------------------------------------------------------
+
+def _send(fd: int, message: dict) -> None:
+    """An acknowledgement: one line on a pipe (atomic below PIPE_BUF), kept by the kernel when we die."""
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def fork_child(lab: Lab, work) -> tuple[int, int]:
+    """Fork a child running work(store, send); returns (pid, read end of its message pipe)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                        # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(read)
+            import torch
+
+            torch.set_num_threads(1)                    # 2 cores, and OpenMP pools don't survive fork
+            from fusion import database, store as store_module
+            database.open_database.cache_clear()        # the parent's connections stay the parent's
+            store_module.open_store.cache_clear()
+            store = Store(lab.settings)
+            work(store, lambda message: _send(write, message))
+        except BaseException:                           # noqa: BLE001 -- reported to the parent
+            code = 1
+            try:
+                _send(write, {"kind": "error", "traceback": traceback.format_exc()[-3000:]})
+            except OSError:
+                pass
+        finally:
+            os._exit(code)
+    os.close(write)
+    return pid, read
+
+
+class Child:
+    """A forked child, killed `delay` seconds after it says it is ready."""
+
+    def __init__(self, lab: Lab, work, delay: float):
+        self.pid, self.fd = fork_child(lab, work)
+        self.delay, self.buffer, self.messages = delay, b"", []
+        self.kill_at: float | None = None
+        self.eof = False
+        self.killed: bool | None = None     # None while it runs
+
+    def read(self) -> None:
+        chunk = os.read(self.fd, 65536)
+        self.eof = not chunk
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        self.messages += [json.loads(line) for line in lines]
+        errors = [m["traceback"] for m in self.messages if m["kind"] == "error"]
+        assert not errors, errors[0]
+        if self.kill_at is None and any(m["kind"] == "ready" for m in self.messages):
+            self.kill_at = time.monotonic() + self.delay
+
+    def kill(self) -> None:
+        """SIGKILL it (unless it ended by itself), then read every message it sent."""
+        done, status = os.waitpid(self.pid, os.WNOHANG)
+        self.killed = done == 0
+        if self.killed:
+            os.kill(self.pid, signal.SIGKILL)
+            _, status = os.waitpid(self.pid, 0)
+        while not self.eof:
+            self.read()
+        os.close(self.fd)
+        assert self.killed or os.WIFEXITED(status), f"child {self.pid} died by itself: status {status}"
+
+
+def run_round(lab: Lab, children: list[Child], timeout: float = 120) -> None:
+    """Read the children's messages until each one's kill time, and kill it then."""
+    deadline = time.monotonic() + timeout
+    while running := [c for c in children if c.killed is None]:
+        now = time.monotonic()
+        assert now < deadline, "a child never got ready"
+        for child in running:
+            if child.kill_at is not None and child.kill_at <= now:
+                child.kill()
+        running = [c for c in running if c.killed is None]
+        due = [c.kill_at - now for c in running if c.kill_at is not None]
+        listening = [c.fd for c in running if not c.eof]
+        ready, _, _ = select.select(listening, [], [], max(0.0, min(due + [0.05])))
+        for child in running:
+            if child.fd in ready:
+                child.read()
+        if not listening:
+            time.sleep(max(0.0, min(due + [0.05])))
+    lab.kills["kill"] += sum(bool(c.killed) for c in children)
+
+
+# ---- what the children do (the calls the pages make) ------------------------------------------
+
+def correcting(seed: int, ids: list[int]):
+    """A reviewer deciding item after item (Review page: decide; Dataset table: set_label)."""
+    def work(store: Store, send) -> None:
+        rng, user = random.Random(seed), f"reviewer{seed}"
+        send({"kind": "ready"})
+        for n in range(10_000):
+            item = store.item(REVIEW, rng.choice(ids))
+            label = rng.choice([*LABELS, *LABELS, None])
+            caption = f"caption {seed}-{n}" if rng.random() < 0.3 else None
+            try:
+                if rng.random() < 0.5 and label is not None and caption is None:
+                    saved = store.set_label(REVIEW, item.id, label, user, expected_version=item.version)
+                else:
+                    shown = Prediction(item.pred_label or "red", item.pred_confidence or 0.5, item.pred_probs or {},
+                                       {}, {}, item.ocr_text or "", item.caption, item.pred_model or "m0", None, {})
+                    saved = decide(store, REVIEW, item, item.version, label, user, shown, caption)
+            except StaleEdit:
+                continue                     # another reviewer got there first: not acknowledged
+            send({"kind": "decided", "id": saved.id, "version": saved.version, "label": label,
+                  "caption": caption, "user": user})
+    return work
+
+
+def uploading(seed: int):
+    """Someone uploading pages on the Review page, now and then one already in the project."""
+    def work(store: Store, send) -> None:
+        rng, user = random.Random(seed), f"uploader{seed}"
+        send({"kind": "ready"})
+        for n in range(10_000):
+            image_seed = seed * 1000 + (rng.randrange(n) if n and rng.random() < 0.2 else n)
+            data = png_bytes(image_seed, image_seed % 3)
+            item = add_upload(store, REVIEW, f"upload{image_seed}.png", data, user)
+            send({"kind": "uploaded", "id": item.id, "sha256": hashlib.sha256(data).hexdigest()})
+    return work
+
+
+def importing(source: Path):
+    """The Dataset page's import, in one process: unpack the upload into its folder, import it."""
+    def work(store: Store, send) -> None:
+        send({"kind": "ready"})
+        folder, lock = uploads.new_upload_folder(store.settings)
+        if source.suffix == ".zip":
+            target = unpack_upload(source.name, source.read_bytes(), folder)
+        else:
+            target = source
+        report = import_path(store, REVIEW, target, "importer")
+        send({"kind": "imported", "added": report.added, "already": report.already})
+        os.close(lock)
+        time.sleep(3600)
+    return work
+
+
+def working(settings):
+    """The workspace's worker (what `python -m fusion worker` runs), with a training job queued."""
+    def work(store: Store, send) -> None:
+        send({"kind": "ready"})
+        run_worker(settings, idle_exit_s=3600)
+    return work
+
+
+def import_source(lab: Lab, n: int, rng: random.Random) -> Path:
+    """A new ImageFolder (label/file.png) of 30 images, as a folder or as an uploaded zip."""
+    root = lab.settings.home.parent / f"source{n}"
+    for i in range(30):
+        label = list(LABELS)[i % 3] if i % 5 else None        # a few unlabeled ones at the top
+        path = root / label / f"s{n}-{i}.png" if label else root / f"s{n}-{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(500_000 + n * 100 + i, i % 3))
+    if rng.random() < 0.5:
+        return root
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(root.rglob("*.png")):
+            archive.write(path, path.relative_to(root.parent))
+    zipped = root.with_suffix(".zip")
+    zipped.write_bytes(buffer.getvalue())
+    return zipped
+
+
+# ---- after a kill: recover, then check ----------------------------------------------------------
+
+def recover(lab: Lab) -> None:
+    """What the app runs at start (a worker runs the same, holding its lock)."""
+    counts = recovery.recover_workspace(lab.settings, lab.store)
+    lab.recovered.update({k: v for k, v in counts.items() if v})
+
+
+def _read_whole(lab: Lab, path: Path) -> None:
+    """A safetensors file loads completely (checked once per file: final files never change)."""
+    key = (path, path.stat().st_size, path.stat().st_mtime_ns)
+    if key not in lab.verified:
+        load_file(str(path))
+        lab.verified.add(key)
+
+
+def check_workspace(lab: Lab) -> None:
+    home, store = lab.settings.home, lab.store
+    with sqlite3.connect(f"file:{home / 'fusion.db'}?mode=ro", uri=True, timeout=30) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        items = {sha: (item_id, ext) for item_id, sha, ext in db.execute("SELECT id, sha256, extension FROM items")}
+        history = {(item_id, version): (action, label, caption) for item_id, version, action, label, caption in
+                   db.execute("SELECT item_id, item_version, action, new_label, new_caption FROM history")}
+        current = {item_id: (version, label) for item_id, version, label in
+                   db.execute("SELECT id, version, label FROM items")}
+        jobs = dict(db.execute("SELECT id, status FROM jobs"))
+        versions = {(p, v) for p, v in db.execute(
+            "SELECT projects.name, version FROM model_versions JOIN projects ON projects.id = project_id")}
+        active = dict(db.execute("SELECT name, active_model FROM projects"))
+
+    # Every acknowledged decision is in the history, at the version the user was shown.
+    latest: dict[int, dict] = {}
+    for d in lab.decisions:
+        action, label, _ = history.get((d["id"], d["version"]), (None, None, None))
+        if d["label"] is None:
+            assert action == "skip", d
+        else:
+            assert action in ("accept", "correct") and label == d["label"], (d, action, label)
+        if d["caption"] is not None:
+            assert history.get((d["id"], d["version"] - 1), (None,) * 3)[::2] == ("caption", d["caption"]), d
+        if d["version"] > latest.get(d["id"], {"version": 0})["version"]:
+            latest[d["id"]] = d
+    for item_id, d in latest.items():
+        version, label = current[item_id]
+        assert version >= d["version"], d
+        if version == d["version"] and d["label"] is not None:
+            assert label == d["label"], d
+    # Every acknowledged upload is an item with its file.
+    for u in lab.uploaded:
+        assert u["sha256"] in items and items[u["sha256"]][0] == u["id"], u
+
+    # Image files <-> rows, nothing staged, no temp file anywhere.
+    files = [p for p in (home / "images").rglob("*") if p.is_file() and p.parts[-2] != ".thumbs"]
+    stored = {}
+    for path in files:
+        assert ".staging" not in path.parts, f"staging leftover {path}"
+        stored[path.stem] = path.suffix
+    assert stored == {sha: ext for sha, (_, ext) in items.items()}, "image files and item rows differ"
+    for sha, (_, ext) in items.items():
+        path = store.blobs.path(sha, ext)
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == sha, path
+    leftovers = [p for p in home.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".v")]
+    assert leftovers == [], leftovers
+    assert not any((home / "uploads").iterdir()) if (home / "uploads").is_dir() else True
+
+    # Jobs: none left running without a worker; every job folder has its row; checkpoints whole.
+    assert "running" not in jobs.values() or worker_alive(lab.settings)
+    for folder in (home / "jobs").iterdir() if (home / "jobs").is_dir() else []:
+        assert int(folder.name) in jobs, f"job folder {folder} has no row"
+        checkpoint = folder / "checkpoint.safetensors"
+        if checkpoint.exists():
+            _read_whole(lab, checkpoint)
+
+    # Model versions: folders <-> rows, each one whole; the active one exists.
+    on_disk = {(p.parent.parent.name, p.name) for p in home.glob("projects/*/models/*")}
+    assert on_disk == versions, f"folders without rows {on_disk - versions}, rows without folders {versions - on_disk}"
+    for project, version in versions:
+        folder = home / "projects" / project / "models" / version
+        assert {"model.safetensors", "config.json", "labels.json"} <= {p.name for p in folder.iterdir()}
+        json.loads((folder / "config.json").read_text())
+        _read_whole(lab, folder / "model.safetensors")
+    for project, version in active.items():
+        assert version is None or (project, version) in versions
+    for path in home.glob("projects/*/features/*"):
+        assert path.suffix == ".safetensors", path
+        _read_whole(lab, path)
+
+
+def collect(lab: Lab, children: list[Child]) -> None:
+    for child in children:
+        for m in child.messages:
+            if m["kind"] == "decided":
+                lab.decisions.append(m)
+            elif m["kind"] == "uploaded":
+                lab.uploaded.append(m)
+
+
+# ---- the tests ---------------------------------------------------------------------------------
+
+def test_sigkill_at_random_points_loses_no_acknowledged_write_and_leaves_no_orphan(lab):
+    rng = random.Random(SEED)
+    settings, store, jobs = lab.settings, lab.store, Jobs(lab.store)
+    started = time.monotonic()
+
+    # One training job run to its end in a child: how long a run takes here scales the kill delays.
+    job = jobs.submit(TRAIN, "train", TrainConfig(epochs=TRAIN_EPOCHS, patience=100).job_params(), "setup")
+    t0 = time.monotonic()
+    child = Child(lab, working(settings), delay=0)
+    while jobs.get(job.id).status in ("queued", "running"):
+        assert time.monotonic() - t0 < 120, "the training job did not finish"
+        time.sleep(0.05)
+    lab.train_seconds = time.monotonic() - t0
+    run_round(lab, [child])                                 # the idle worker: not counted
+    lab.kills.clear()
+    assert jobs.get(job.id).status == "succeeded", jobs.get(job.id).error
+    recover(lab)
+    check_workspace(lab)
+
+    kinds = [kind for kind, n in PLAN.items() for _ in range(n)]
+    rng.shuffle(kinds)
+    n_source = 0
+    for round_number, kind in enumerate(kinds):
+        seed = SEED + round_number
+        if kind == "correct":
+            children = [Child(lab, correcting(seed, lab.review_ids), rng.uniform(0.0, 0.6))]
+        elif kind == "upload":
+            children = [Child(lab, uploading(seed), rng.uniform(0.0, 0.5))]
+        elif kind == "import":
+            if lab.sources and rng.random() < 0.3:
+                source = rng.choice(lab.sources)            # run an interrupted import again
+            else:
+                source = import_source(lab, n_source, rng)
+                lab.sources.append(source)
+                n_source += 1
+            children = [Child(lab, importing(source), rng.uniform(0.0, 0.8))]
+        elif kind == "train":
+            failed = [j for j in jobs.list(TRAIN, limit=5, kind="train")
+                      if j.status == "failed" and jobs.checkpoint_path(j.id).is_file()]
+            if failed and rng.random() < 0.5:
+                job = jobs.resume(failed[0].id, "trainer")
+            else:
+                job = jobs.submit(TRAIN, "train", TrainConfig(epochs=TRAIN_EPOCHS, patience=100).job_params(
+                    auto_promote=rng.random() < 0.5), "trainer")
+            children = [Child(lab, working(settings), rng.uniform(0.0, 1.3 * lab.train_seconds))]
+        else:                                               # two reviewers at once, or a reviewer and an upload
+            other = correcting(seed + 7, lab.review_ids) if rng.random() < 0.5 else uploading(seed + 7)
+            children = [Child(lab, correcting(seed, lab.review_ids), rng.uniform(0.0, 0.6)),
+                        Child(lab, other, rng.uniform(0.0, 0.6))]
+        run_round(lab, children)
+        collect(lab, children)
+        if kind == "train":
+            ended = jobs.get(job.id)
+            stage = "after its end" if ended.finished else (ended.progress or {}).get("stage", "starting")
+            lab.stages[stage] += 1
+        lab.kills[kind] += sum(bool(c.killed) for c in children)
+        recover(lab)
+        check_workspace(lab)
+
+    # Every interrupted import finishes when run again: each source's images are all there.
+    for source in lab.sources:
+        folder, lock = uploads.new_upload_folder(settings)
+        target = unpack_upload(source.name, source.read_bytes(), folder) if source.suffix == ".zip" else source
+        report = import_path(store, REVIEW, target, "importer")
+        os.close(lock)
+        assert report.problems == [] and report.total == 30 == report.added + report.already
+    recover(lab)
+    check_workspace(lab)
+
+    seconds = time.monotonic() - started
+    print(f"\n{lab.kills['kill']} SIGKILLs in {seconds:.0f} s: {dict((k, v) for k, v in lab.kills.items() if k != 'kill')}"
+          f"; training kills by stage {dict(lab.stages)}; a run takes {lab.train_seconds:.1f} s"
+          f"\n{len(lab.decisions)} acknowledged decisions and {len(lab.uploaded)} uploads kept"
+          f"\nrecovery did: {dict(lab.recovered)}")
+    assert lab.kills["kill"] >= 50
+    assert len(lab.decisions) > 50 and len(lab.uploaded) > 20, "the kills came too early to test anything"
+
+
+def _start(home: Path, *args: str, log: Path) -> subprocess.Popen:
+    with open(log, "a") as out:
+        return subprocess.Popen([sys.executable, "-m", "fusion", *args], cwd=REPO_ROOT, env=child_env(home),
+                                stdout=out, stderr=out)
+
+
+def test_sigkill_of_the_real_worker_and_the_pages_background_import(lab):
+    rng = random.Random(SEED + 1)
+    settings, store, jobs = lab.settings, lab.store, Jobs(lab.store)
+    home = settings.home
+
+    # The Dataset page's import: the upload unpacked under uploads/, `python -m fusion import` on it,
+    # killed while it stages files, just after its rows commit, and at a random moment.
+    def staging_files() -> bool:
+        return any(p.suffix == ".png" for p in (home / "images" / ".staging").glob("*/*"))
+
+    for n in range(REAL_IMPORT_KILLS):
+        source = import_source(lab, 100 + n, random.Random(1))           # 1: a folder; zipped below
+        lab.sources.append(source)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for path in sorted(source.rglob("*.png")):
+                archive.write(path, path.relative_to(source.parent))
+        before = store.project_info(REVIEW)["items"]
+        process, log = uploads.start_import(settings, REVIEW, f"batch{n}.zip", buffer.getvalue(), "importer")
+        assert any((home / "uploads").iterdir())
+        started, delay = time.monotonic(), rng.uniform(0.2, 3.0)
+        while process.poll() is None:
+            assert time.monotonic() - started < 60, log.read_text()
+            if (n == 0 and staging_files()) or (n == 1 and store.project_info(REVIEW)["items"] > before) or \
+                    (n == 2 and time.monotonic() - started > delay):
+                break
+            time.sleep(0.002)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            lab.kills["real import"] += 1
+        process.wait(30)
+        recover(lab)
+        check_workspace(lab)
+        assert not (home / "uploads").is_dir() or not any((home / "uploads").iterdir())
+    for source in lab.sources[-REAL_IMPORT_KILLS:]:                      # and importing again finishes it
+        report = import_path(store, REVIEW, source, "importer")
+        assert report.problems == [] and report.total == 30 == report.added + report.already
+
+    # The real worker, killed at a random point of a training run (or just after it).
+    job = jobs.submit(TRAIN, "train", TrainConfig(epochs=TRAIN_EPOCHS, patience=100).job_params(auto_promote=True),
+                      "trainer")
+    worker = _start(home, "worker", "--idle-exit", "30", log=home.parent / "worker.log")
+    try:
+        deadline = time.monotonic() + 240
+        while (jobs.get(job.id).progress or {}).get("stage") not in ("training", "epoch") and \
+                not jobs.get(job.id).finished:
+            assert worker.poll() is None, (home.parent / "worker.log").read_text()
+            assert time.monotonic() < deadline, "the worker never started training"
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0, 1.3 * max(lab.train_seconds, 1.0)))
+        stage = jobs.get(job.id).progress or {}
+        worker.send_signal(signal.SIGKILL)
+        assert worker.wait(30) == -signal.SIGKILL
+        lab.kills["real worker"] += 1
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert not pid_alive(worker.pid)
+    recover(lab)
+    check_workspace(lab)
+    ended = jobs.get(job.id)
+    assert ended.status in ("failed", "succeeded"), ended.status
+    if ended.status == "failed":
+        assert "Resume" in ended.error
+    print(f"\nreal processes killed: {dict(lab.kills)}; the worker at {stage.get('stage')} "
+          f"epoch {stage.get('epoch')}, its job {ended.status}")
