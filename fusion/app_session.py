@@ -26,7 +26,9 @@ def auth_on() -> bool:
 
 def sign_in(name: str, password: str) -> Account:
     """Check the password (rate-limited, see accounts.sign_in) and start this session's sign-in."""
-    account = accounts.sign_in(streamlit_cache.store(), name, password, address=st.context.ip_address)
+    address = st.context.ip_address
+    account = accounts.sign_in(streamlit_cache.store(), name, password,
+                               address=address if isinstance(address, str) else None)   # None on localhost
     now = utcnow()
     st.session_state[KEY] = SignedIn(account.name, now, now)
     st.session_state.pop(NOTICE, None)

@@ -15,13 +15,15 @@ store = streamlit_cache.store()
 
 
 def act(change, done: str) -> None:
-    """Run one account change as the signed-in admin; say what happened or why not."""
+    """Run one account change as the signed-in admin. Done: rerun, so every list on the page has
+    it, and say so there; refused: say why here."""
     try:
         change(streamlit_cache.current_user())
     except FusionError as e:
         st.error(str(e))
     else:
-        st.success(done)
+        st.session_state["admin_done"] = done
+        st.rerun()
 
 
 def same_twice(password: str, repeated: str) -> str:
@@ -34,6 +36,8 @@ st.title("Admin")
 st.caption("What each role may use: " + " · ".join(
     f"**{role}**: {', '.join(app_session.PAGE_TITLES[p] for p in accounts.PAGES_BY_ROLE[role])}" for role in ROLES)
     + ". Reviewers may also change decisions others made, import files and pre-label.")
+if "admin_done" in st.session_state:
+    st.success(st.session_state.pop("admin_done"))
 names = [a.name for a in accounts.list_users(store)]
 add, role_tab, access_tab, password_tab = st.tabs(["Add an account", "Set a role", "Disable or enable",
                                                    "Reset a password"])
