@@ -72,8 +72,9 @@ with password_tab, st.form("reset_password", clear_on_submit=True):
             f"{name} has a new password.")
 
 st.subheader("Accounts")
-st.dataframe(pd.DataFrame([{"name": a.name, "role": a.role, "enabled": not a.disabled, "last sign-in (UTC)": a.last_sign_in_at,
-                            "created (UTC)": a.created_at, "created by": a.created_by}
+st.dataframe(pd.DataFrame([{"name": a.name, "role": a.role, "enabled": not a.disabled,
+                            "last sign-in (UTC)": a.last_sign_in_at, "created (UTC)": a.created_at,
+                            "created by": a.created_by}
                            for a in accounts.list_users(store)],
                           columns=["name", "role", "enabled", "last sign-in (UTC)", "created (UTC)", "created by"]),
              hide_index=True, width="stretch", key="admin_accounts")

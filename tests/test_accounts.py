@@ -151,7 +151,8 @@ def test_admin_changes_are_checked_and_recorded(store, quick_hashes):
                          (("eve", "short", "annotator"), "8 to 1024 characters; this one has 5"),
                          (("eve", "eve", "annotator"), "8 to 1024"),
                          (("evelynnn", "Evelynnn", "annotator"), "must not be the user name"),
-                         (("eve", "eve password", "owner"), "unknown role 'owner'; roles are annotator, reviewer, admin")):
+                         (("eve", "eve password", "owner"),
+                          "unknown role 'owner'; roles are annotator, reviewer, admin")):
         with pytest.raises(FusionError, match=message):
             accounts.add_user(store, *bad, by="boss")
     with pytest.raises(FusionError, match="boss is the only enabled admin"):
