@@ -40,7 +40,13 @@ def cmd_ocr(args, settings) -> None:
 
     result = read_text(load_upload(args.image, settings), max_side=settings.ocr_max_side)
     data = result.to_dict()
-    _emit({k: data[k] for k in ("text", "words", "ms", "angle")}, args.json, result.text)
+    if settings.redact_text:   # FUSION_DEIDENTIFY / FUSION_DEMO_MODE: what is shown is redacted
+        from .deidentify import redact, redact_words
+
+        shown = redact_words([w["text"] for w in data["words"]], result.text)
+        data["words"] = [dict(w, text=s) for w, s in zip(data["words"], shown)]
+        data["text"] = redact(result.text)
+    _emit({k: data[k] for k in ("text", "words", "ms", "angle")}, args.json, data["text"])
 
 
 def cmd_predict(args, settings) -> None:
@@ -57,7 +63,12 @@ def cmd_predict(args, settings) -> None:
         project = open_store(settings).project(args.project)
     prediction = engine.predict(image, project, caption=args.caption, with_explanation=args.explain)
     summary = f"{prediction.label} ({prediction.confidence:.1%}) by model {prediction.model_version}"
-    _emit(prediction.to_dict(), args.json, summary)
+    data = prediction.to_dict()
+    if settings.redact_text:
+        from .deidentify import redact_prediction
+
+        data = redact_prediction(data, prediction.explanation)
+    _emit(data, args.json, summary)
 
 
 def cmd_demo(args, settings) -> None:
@@ -171,6 +182,10 @@ def cmd_history(args, settings) -> None:
     keys = ("at", "user", "action", "item_version", "old_label", "new_label", "old_status", "new_status",
             "old_caption", "new_caption", "model_version", "shown_label", "shown_confidence", "source")
     data = [{k: (getattr(r, k).isoformat() if k == "at" else getattr(r, k)) for k in keys} for r in rows]
+    if settings.redact_text:
+        from .deidentify import redact
+
+        data = [r | {k: r[k] and redact(r[k]) for k in ("old_caption", "new_caption")} for r in data]
 
     def line(r: dict) -> str:
         text = f"{r['at'][:19]}Z  {r['user']}  {r['action']}"

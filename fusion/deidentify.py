@@ -49,8 +49,9 @@ _MONTH = "(?:%s)" % "|".join(sorted(
     {v for m in _MONTH_NAMES for v in (m, m.upper(), m[:3], m[:3].upper())} | {"Sept", "SEPT"}, key=len, reverse=True))
 _ORD = r"(?:st|nd|rd|th)?"
 _DATE_PATTERNS = [
-    re.compile(r"(?<![\w.,/-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![\w/-]|\.\d)"),            # 2024-01-05
-    re.compile(r"(?<![\w.,/-])(\d{1,2})([-/.])(\d{1,2})\2(\d{4}|\d{2})(?![\w/-]|\.\d)"),        # 03/14/1962, 5.1.24
+    # [^\W_]: a letter or digit; "_" may join a date, as in the file name scan_2024-01-05.png
+    re.compile(r"(?<![^\W_]|[.,/-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![^\W_]|[/-]|\.\d)"),         # 2024-01-05
+    re.compile(r"(?<![^\W_]|[.,/-])(\d{1,2})([-/.])(\d{1,2})\2(\d{4}|\d{2})(?![^\W_]|[/-]|\.\d)"),  # 03/14/1962
     re.compile(rf"(?<![\w.])\d{{1,2}}{_ORD}(?:\s+of)?[\s-]+{_MONTH}\.?,?[\s-]+\d{{2,4}}\b"),   # 14 Mar 1962
     re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}{_ORD},?\s+\d{{4}}\b"),                            # March 14, 1962
     re.compile(rf"\b{_MONTH}\.?,?\s+\d{{4}}\b"),                                              # March 1962
@@ -401,6 +402,26 @@ def phi_boxes(text: str, words) -> list[tuple[int, int, int, int]]:
         return word[key] if isinstance(word, dict) else getattr(word, key)
     flags = phi_words(text, [get(w, "text") for w in words])
     return [tuple(get(w, "box")) for w, hidden in zip(words, flags) if hidden]
+
+
+def redact_prediction(data: dict, explanation=None) -> dict:
+    """A prediction's to_dict() as shown de-identified: its page text and caption redacted, its
+    top words taken from the redacted words (a placeholder where a name was)."""
+    from .pipeline import compose_text
+
+    out = dict(data, ocr_text=redact(data.get("ocr_text")), caption=redact(data.get("caption")))
+    if explanation is not None and "top_words" in out:
+        text = compose_text(data.get("ocr_text") or "", data.get("caption") or "")
+        out["top_words"] = [[w, s] for w, s in top_words(explanation, text, redacted=True)]
+    return out
+
+
+def top_words(explanation, text: str, redacted: bool, n: int = 5) -> list[tuple[str, float]]:
+    """An explanation's n words most for its class (of `text`, what it explained); redacted, a
+    placeholder stands in for the words it hides."""
+    if not redacted:
+        return explanation.top_words(n)
+    return sorted(redact_scored(explanation.word_attribution, text), key=lambda ws: ws[1], reverse=True)[:n]
 
 
 def restore_placeholders(edited: str, original: str) -> str:

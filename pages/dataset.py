@@ -12,6 +12,8 @@ import streamlit as st
 
 from fusion import app_session, background, streamlit_cache
 from fusion.errors import FusionError
+from fusion import deidentified_search
+from fusion.deidentify import NOTICE, as_shown
 from fusion.exporting import FORMATS, export_zip
 from fusion.importing import unpack_upload
 from fusion.schema import STATUSES
@@ -58,6 +60,8 @@ def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
 
 
 st.title("Dataset")
+if settings.redact_text:
+    st.caption(f":material/visibility_off: {NOTICE}. A search finds only what is shown.")
 info = store.project_info(project.name)
 counts = st.columns(len(STATUSES) + 1)
 counts[0].metric("items", f"{info['items']:,}")
@@ -77,11 +81,13 @@ where = ItemFilter(status=tuple(statuses), label=None if label == "any" else lab
                    confidence=None if (low, high) == (0.0, 1.0) else (low, high),
                    sort=SORTS[sort][0], descending=SORTS[sort][1])
 
-first = store.list_items(project.name, where, limit=0)
+# De-identified, a search matches the redacted text only: a hidden name finds nothing.
+first = deidentified_search.list_items(store, project.name, where, limit=0, deidentified=settings.redact_text)
 pages = max(1, -(-first.total // PAGE_SIZE))
 number = g3.number_input(f"Page (of {pages}{'+' if first.total_is_capped else ''})", 1, pages, 1, key="ds_page")
 started = time.perf_counter()
-page = store.list_items(project.name, where, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+page = deidentified_search.list_items(store, project.name, where, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE,
+                                     deidentified=settings.redact_text)
 shown = rows_of(page.items)
 edited = st.data_editor(
     shown, key=f"ds_table_{number}_{hash(where.__repr__())}", hide_index=True, width="stretch",
@@ -108,7 +114,8 @@ with st.expander("An item's history"):
         st.dataframe(pd.DataFrame([{
             "when (UTC)": h.at, "who": h.user, "what": h.action, "label": f"{h.old_label or '–'} → {h.new_label or '–'}",
             "suggestion shown": f"{h.shown_label} {h.shown_confidence:.0%} ({h.model_version})" if h.shown_label else "",
-            "caption": h.new_caption if h.new_caption is not None or h.old_caption is not None else "",
+            "caption": as_shown(h.new_caption, settings.redact_text)
+            if h.new_caption is not None or h.old_caption is not None else "",
             "source": h.source or "",
         } for h in history]), hide_index=True, width="stretch")
     else:
@@ -161,9 +168,20 @@ with st.expander("Export"):
     fmt = st.selectbox("Format", FORMATS, key="ds_format",
                        help="csv / jsonl: a table + images/; imagefolder: label/file + metadata.jsonl; "
                             "hf: a Hugging Face dataset (datasets.load_from_disk)")
+    deidentify = st.checkbox("De-identify", value=settings.redact_text, key="ds_deidentify",
+                             disabled=settings.redact_text,
+                             help="Redact names, dates, phone numbers, addresses and record numbers in captions, "
+                                  "page text and file names, and black out those words on the pages where OCR "
+                                  "recorded their boxes" + (" (always on while the app de-identifies)"
+                                                            if settings.redact_text else ""))
     if st.button("Prepare the download", key="export"):
         with st.spinner("Exporting…"):
-            st.session_state["export_zip"] = export_zip(store, project.name, fmt)
+            name, data, summary = export_zip(store, project.name, fmt, deidentify=deidentify or settings.redact_text)
+            st.session_state["export_zip"], st.session_state["export_summary"] = (name, data), summary
+    if st.session_state.get("export_summary", {}).get("images_unmasked"):
+        st.warning(f"{st.session_state['export_summary']['images_unmasked']} pages have names, dates or numbers in "
+                   "their text but no OCR word boxes (their text was imported, not read here): their images are "
+                   "exported as scanned, not blacked out.")
     if "export_zip" in st.session_state:
         name, data = st.session_state["export_zip"]
         st.download_button(f"Download {name} ({len(data) / 1e6:.1f} MB)", io.BytesIO(data), file_name=name,

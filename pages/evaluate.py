@@ -11,7 +11,9 @@ import streamlit as st
 from fusion import app_session, registry, streamlit_cache, version_report
 from fusion.images import load_image
 from fusion.ocr import OcrResult
-from fusion.overlay import blend_heatmap
+from fusion.deidentify import NOTICE, phi_boxes, top_words
+from fusion.overlay import black_out, blend_heatmap
+from fusion.pipeline import compose_text
 from fusion.thumbnails import data_url, thumbnail
 
 streamlit_cache.require_app_shell()
@@ -29,16 +31,20 @@ def thumb(image_path: str, sha256: str) -> str | None:
 
 
 @st.cache_data(max_entries=200, show_spinner=False)
-def gradcam_picture(project_name: str, version: str, item_id: int):
-    """The page with the version's Grad-CAM for its own prediction (explained once, then cached)."""
+def gradcam_picture(project_name: str, version: str, item_id: int, redacted: bool = False):
+    """The page with the version's Grad-CAM for its own prediction (explained once, then cached),
+    and its top words; `redacted`: PHI words blacked out (where OCR kept their boxes) and hidden."""
     item = store.item(project_name, item_id)
     image = load_image(store.image_path(item))
     as_version = dataclasses.replace(store.project(project_name), active_model=version)
     prediction = streamlit_cache.engine().predict(image, as_version, caption=item.caption,
                                                   ocr_result=OcrResult(item.ocr_text or ""), with_explanation=True)
     picture = blend_heatmap(image, prediction.explanation.heatmap, 0.45)
+    if redacted:
+        picture = black_out(picture, phi_boxes(item.ocr_text or "", store.ocr_words(item)))
     picture.thumbnail((360, 360))
-    return picture, [w for w, _ in prediction.explanation.top_words(5)]
+    words = top_words(prediction.explanation, compose_text(item.ocr_text or "", item.caption), redacted)
+    return picture, [w for w, _ in words]
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -102,6 +108,9 @@ def show_items(predictions, empty: str) -> None:
 
 
 st.title("Evaluate")
+if settings.redact_text:
+    st.caption(f":material/visibility_off: {NOTICE}; on the pages below, black boxes hide them where OCR "
+               "recorded where the words are (pages whose text was imported show as scanned).")
 found = registry.versions(store, project.name)
 if not found:
     st.info("No trained versions yet: train one on the Train page, then see here how it does on the test split.")
@@ -143,7 +152,7 @@ show_items(wrong, "No misclassified test items.")
 if wrong and st.toggle(f"Grad-CAM of the most confident errors (up to {GALLERY})", key="eval_gradcam"):
     columns = st.columns(4)
     for n, p in enumerate(wrong[:GALLERY]):
-        picture, words = gradcam_picture(project.name, chosen.version, p.item_id)
+        picture, words = gradcam_picture(project.name, chosen.version, p.item_id, settings.redact_text)
         columns[n % 4].image(picture, caption=f"true {p.truth} · predicted {p.predicted} · {', '.join(words)}")
 
 st.subheader("Learning curve")

@@ -115,3 +115,266 @@ def test_an_edit_around_placeholders_keeps_the_hidden_words():
     assert restore_placeholders(shown + ", chest pain", original) == original + ", chest pain"
     assert restore_placeholders("chest pain", original) == "chest pain"          # rewritten: as typed
     assert restore_placeholders("[DATE] only", original) == "[DATE] only"        # placeholders dropped: as typed
+
+
+# ---- the Review page with FUSION_DEIDENTIFY on ---------------------------------------------------
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def phi_page() -> bytes:
+    """A page whose text holds a patient's name and record number (a new item on every run)."""
+    image = Image.new("RGB", (1000, 300), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 2, 2), fill=tuple(os.urandom(3)))
+    font = ImageFont.load_default(size=40)
+    for y, line in ((30, "Patient: Jane Doe"), (115, "MRN 00123456"), (200, "Hemoglobin 13.2 g/dL")):
+        draw.text((30, y), line, fill="black", font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def deidentifying(monkeypatch):
+    """FUSION_DEIDENTIFY on for the app under test: its settings are a process-wide cache."""
+    from fusion import streamlit_cache
+
+    monkeypatch.setenv("FUSION_DEIDENTIFY", "1")
+    streamlit_cache.settings.clear()
+    yield
+    monkeypatch.delenv("FUSION_DEIDENTIFY")
+    streamlit_cache.settings.clear()
+
+
+def test_review_page_shows_redacted_text_words_and_page(demo_project, deidentifying):
+    from streamlit.testing.v1 import AppTest
+
+    from fusion import review
+    from fusion.settings import load_settings
+    from fusion.store import open_store
+
+    store = open_store(load_settings())
+    if "phi-review" not in store.project_names():
+        store.create_project("phi-review", demo_project.labels, user="reviewer")
+    data = phi_page()
+    item = review.add_upload(store, "phi-review", "phi.png", data, "reviewer")
+    store.set_caption("phi-review", item.id, "seen by Dr. Hale on 2024-01-05", "reviewer", item.version)
+
+    app = AppTest.from_file(str(APP), default_timeout=300)
+    app.session_state["user"] = "reviewer"
+    app.session_state["project"] = "phi-review"
+    app.run()
+    app.file_uploader[0].set_value(("phi.png", data, "image/png")).run()
+    assert not app.exception, app.exception
+    assert any("De-identified" in c.value for c in app.caption)
+
+    page_text = app.text_area(key="ocr_text")
+    assert page_text.disabled                                   # placeholders never overwrite the page's text
+    assert "[NAME]" in page_text.value and "[ID]" in page_text.value and "Hemoglobin" in page_text.value
+    assert "Doe" not in page_text.value and "00123456" not in page_text.value
+    assert app.text_area(key="caption").value == "seen by Dr. [NAME] on [DATE]"
+    words = next(m.value for m in app.markdown if "<span" in m.value)
+    assert "[NAME]" in words and "Hemoglobin" in words
+    assert not any(secret in words for secret in ("Doe", "00123456", "Hale", "2024-01-05"))
+
+    # The model read the original text; the picture blacks out the words OCR found PHI in.
+    page = app.session_state["page"]
+    assert "Doe" in app.session_state["prediction"].ocr_text
+    hidden = [w for w in page["ocr"].words if tuple(w.box) in phi_boxes(page["ocr"].text, page["ocr"].words)]
+    assert any("Doe" in w.text for w in hidden) and any("00123456" in w.text for w in hidden)
+    assert not any("Hemoglobin" in w.text for w in hidden)
+
+    # An edit around the placeholders keeps the words they hide, in the store.
+    app.text_area(key="caption").set_value("seen by Dr. [NAME] on [DATE], chest pain").run()
+    app.button(key="accept").click().run()
+    assert not app.exception, app.exception
+    saved = store.item("phi-review", item.id)
+    assert saved.status == "accepted" and saved.caption == "seen by Dr. Hale on 2024-01-05, chest pain"
+
+
+# ---- exports, search and the CLI -----------------------------------------------------------------
+
+def page_with_words(lines: list[str], tag: bytes) -> tuple[bytes, str, list[dict]]:
+    """A PNG of these lines, its text, and each word's box as OCR records them."""
+    image = Image.new("RGB", (700, 60 + 70 * len(lines)), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, 2, 2), fill=tuple(tag))
+    font = ImageFont.load_default(size=36)
+    words = []
+    for row, line in enumerate(lines):
+        x = 20
+        for word in line.split():
+            box = draw.textbbox((x, 30 + 70 * row), word, font=font)
+            draw.text((x, 30 + 70 * row), word, fill="black", font=font)
+            words.append({"text": word, "conf": 0.99, "box": list(box)})
+            x = box[2] + 14
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue(), "\n".join(lines), words
+
+
+SECRETS = ("Doe", "00123456", "Hale", "2024-01-05", "Voss", "555-0142")
+
+
+@pytest.fixture(scope="module")
+def phi_project(settings):
+    """Three pages: PHI in the page text with OCR word boxes; PHI only in the caption and the file
+    name; PHI in text imported without word boxes."""
+    from fusion.images import check_image_file
+    from fusion.ocr import ENGINE
+    from fusion.store import NewItem, open_store
+
+    store = open_store(settings)
+    name = "phi-export"
+    if name not in store.project_names():
+        store.create_project(name, {"lab": "", "cardio": ""}, user="tester")
+        read, text, words = page_with_words(["Patient: Jane Doe", "MRN 00123456", "Hemoglobin 13.2"], b"\x01\x02\x03")
+        plain, _, _ = page_with_words(["Hemoglobin 13.2"], b"\x04\x05\x06")
+        imported, _, _ = page_with_words(["Patient: Mara Voss"], b"\x07\x08\x09")
+        store.add_items(name, [
+            NewItem(check_image_file(read, settings), "read.png", "lab", "", text, words, ENGINE),
+            NewItem(check_image_file(plain, settings), "doe_2024-01-05.png", "lab",
+                    "seen by Dr. Hale on 2024-01-05, call (555) 555-0142", "Hemoglobin 13.2", None, "imported"),
+            NewItem(check_image_file(imported, settings), "imported.png", "cardio", "",
+                    "Patient: Mara Voss", None, "imported"),
+        ], user="tester")
+    return store, name
+
+
+def test_deidentified_csv_export_redacts_text_and_names_and_masks_the_page(phi_project, tmp_path):
+    from fusion.exporting import export_project
+
+    store, name = phi_project
+    summary = export_project(store, name, "csv", tmp_path / "out", deidentify=True)
+    assert summary["deidentified"] and (summary["images_masked"], summary["images_unmasked"]) == (1, 1)
+    table = (tmp_path / "out" / "items.csv").read_text(encoding="utf-8")
+    assert not [s for s in SECRETS if s in table]
+    rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(table))}
+    assert set(rows) == {"read.png", "doe_[DATE].png", "imported.png"}
+    assert rows["read.png"]["ocr_text"] == "Patient: [NAME]\nMRN [ID]\nHemoglobin 13.2"
+    assert rows["imported.png"]["ocr_text"] == "Patient: [NAME]"
+    plain = rows["doe_[DATE].png"]
+    assert plain["caption"] == "seen by Dr. [NAME] on [DATE], call [PHONE]"
+
+    # The page read by OCR: its name and record number are black, the rest of the page is not.
+    read = rows["read.png"]
+    exported = (tmp_path / "out" / read["image"]).read_bytes()
+    original = store.item(name, "read.png")
+    assert exported != store.image_path(original).read_bytes()
+    import hashlib
+    assert read["sha256"] == hashlib.sha256(exported).hexdigest()
+    pixels = Image.open(io.BytesIO(exported)).convert("L")
+    boxes = {w["text"]: w["box"] for w in store.ocr_words(original)}
+    for word, hidden in (("Doe", True), ("00123456", True), ("Hemoglobin", False)):
+        x0, y0, x1, y1 = boxes[word]
+        ink = [pixels.getpixel((x, y)) for x in range(x0, x1) for y in range(y0, y1)]
+        assert (max(ink) == 0) == hidden, word
+    # A page without PHI in its text is exported byte for byte.
+    assert (tmp_path / "out" / plain["image"]).read_bytes() == store.image_path(store.item(name, plain["sha256"])).read_bytes()
+
+
+def test_jsonl_export_is_deidentified_on_request_or_by_the_setting_and_not_otherwise(phi_project, tmp_path):
+    from dataclasses import replace
+
+    from fusion.exporting import export_project
+    from fusion.store import Store
+
+    store, name = phi_project
+    export_project(store, name, "jsonl", tmp_path / "plain")
+    plain = (tmp_path / "plain" / "items.jsonl").read_text(encoding="utf-8")
+    assert all(s in plain for s in SECRETS)                     # off by default: an exact copy
+
+    deidentifying = Store(replace(store.settings, deidentify=True))
+    summary = export_project(deidentifying, name, "jsonl", tmp_path / "redacted")
+    assert summary["deidentified"]
+    records = [json.loads(line) for line in (tmp_path / "redacted" / "items.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and not [s for s in SECRETS if s in json.dumps(records)]
+    assert {r["ocr_text"] for r in records} >= {"Patient: [NAME]", "Hemoglobin 13.2"}
+
+
+def test_cli_export_deidentify_and_history_show_no_phi(phi_project, tmp_path, capsys, monkeypatch):
+    from fusion.__main__ import main
+
+    store, name = phi_project
+    home = str(store.settings.home)
+    assert main(["--home", home, "export", name, "--format", "jsonl", str(tmp_path / "cli"), "--deidentify",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images_unmasked"] == 1
+    assert not [s for s in SECRETS if s in (tmp_path / "cli" / "items.jsonl").read_text()]
+
+    monkeypatch.setenv("FUSION_DEIDENTIFY", "1")
+    assert main(["--home", home, "history", name, "doe_2024-01-05.png", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "Dr. [NAME]" in out and "Hale" not in out
+
+
+def test_search_finds_only_what_the_deidentified_screen_shows(phi_project):
+    from fusion.deidentified_search import list_items
+    from fusion.store import ItemFilter
+
+    store, name = phi_project
+    for query, plain, redacted in (("Hale", 1, 0), ("Voss", 1, 0), ("00123456", 1, 0), ("hemoglob", 2, 2)):
+        where = ItemFilter(search=query)
+        assert list_items(store, name, where).total == plain, query
+        page = list_items(store, name, where, deidentified=True)
+        assert (page.total, len(page.items)) == (redacted, redacted), query
+
+
+# ---- logs ---------------------------------------------------------------------------------------
+
+def test_logs_never_hold_page_text_or_captions(settings, demo_project, tmp_path, caplog, capsys):
+    """An import in a background process (as the Dataset page starts it, with a bad row) and a
+    pre-labeling job run by the worker, over items whose text and captions hold a unique marker:
+    the marker is in no file under <home>/logs or <home>/jobs, no log record and no output."""
+    import logging
+    import subprocess
+
+    from sqlalchemy import text as sql
+
+    from fusion import background
+    from fusion.jobs import Jobs
+    from fusion.store import open_store
+    from fusion.worker import run_worker
+
+    caplog.set_level(logging.DEBUG)
+    marker = "Qzx" + os.urandom(6).hex()
+    store = open_store(settings)
+    project = f"phi-logs-{marker[-6:]}"
+    store.create_project(project, demo_project.labels, user="tester")
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    lines = ["image,label,caption,ocr_text"]
+    for k in range(3):
+        data, _, _ = page_with_words([f"Patient: {marker} Doe", f"Hemoglobin 13.{k}"], marker[-6 + k:][:3].encode())
+        (folder / f"{k}.png").write_bytes(data)
+        lines.append(f'{k}.png,,"note on {marker} {k}","Patient: {marker} Doe\nHemoglobin 13.{k}"')
+    lines.append(f'missing.png,,"caption {marker}","text {marker}"')     # a bad row: listed in the log
+    (folder / "items.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    log = settings.home / "logs" / f"import-{marker[-6:]}.log"
+    process = background.start(settings, ["import", project, str(folder / "items.csv"), "--user", "tester"], log)
+    assert process.wait(timeout=120) == 1                      # 1: a row was not imported
+    assert "missing.png" in log.read_text() and store.list_items(project, limit=0).total == 3
+
+    import time
+
+    job = Jobs(store).submit(project, "prelabel", {}, "tester")
+    run_worker(settings, idle_exit_s=0)   # the worker's own loop, here (unless a worker process holds the lock)
+    deadline = time.monotonic() + 120
+    while not (finished := Jobs(store).get(job.id)).finished and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert finished.status == "succeeded" and finished.result["predicted"] == 3, finished.error
+
+    # A failed statement's message (which lands in tracebacks and job logs) names no values.
+    with pytest.raises(Exception) as failed:
+        with store.db.read() as session:
+            session.execute(sql("SELECT * FROM no_such_table WHERE caption = :c"), {"c": marker})
+    assert marker not in str(failed.value)
+
+    leaked = [str(p) for folder in ("logs", "jobs") for p in (settings.home / folder).rglob("*")
+              if p.is_file() and marker.encode() in p.read_bytes()]
+    assert leaked == []
+    assert not [r for r in caplog.records if marker in r.getMessage() or marker in (r.exc_text or "")]
+    out = capsys.readouterr()
+    assert marker not in out.out and marker not in out.err
