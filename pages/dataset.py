@@ -178,10 +178,10 @@ with st.expander("Export"):
         with st.spinner("Exporting…"):
             name, data, summary = export_zip(store, project.name, fmt, deidentify=deidentify or settings.redact_text)
             st.session_state["export_zip"], st.session_state["export_summary"] = (name, data), summary
-    if st.session_state.get("export_summary", {}).get("images_unmasked"):
-        st.warning(f"{st.session_state['export_summary']['images_unmasked']} pages have names, dates or numbers in "
-                   "their text but no OCR word boxes (their text was imported, not read here): their images are "
-                   "exported as scanned, not blacked out.")
+    if unmasked := st.session_state.get("export_summary", {}).get("images_unmasked"):
+        st.warning(f"{unmasked} {'page has' if unmasked == 1 else 'pages have'} names, dates or numbers in the "
+                   "text but no OCR word boxes (the text was imported, not read here): exported as scanned, "
+                   "not blacked out.")
     if "export_zip" in st.session_state:
         name, data = st.session_state["export_zip"]
         st.download_button(f"Download {name} ({len(data) / 1e6:.1f} MB)", io.BytesIO(data), file_name=name,
