@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .atomic import write_atomic
 from .errors import FusionError
@@ -36,13 +36,12 @@ def save_checkpoint(path: Path, trainable, optimizer, best: dict, meta: dict) ->
 
 def load_checkpoint(path: Path, trainable, optimizer) -> tuple[dict, dict]:
     """Restore weights and optimizer in place; returns (best weights, loop state)."""
-    from safetensors import safe_open
+    from .safe_weights import load_safetensors, safetensors_metadata
 
     if not path.is_file():
         raise FusionError(f"no checkpoint at {path}: the job ended before its first epoch; start a new one")
-    with safe_open(str(path), "pt") as f:
-        header = f.metadata()
-    state = load_file(str(path))
+    header = safetensors_metadata(path)   # a pickle is refused, never loaded
+    state = load_safetensors(path)
     params = trained_parameters(trainable)
     with torch.no_grad():
         for n, p in params.items():

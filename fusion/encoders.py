@@ -183,9 +183,9 @@ def save_encoders(directory, image_encoder: ImageEncoder, text_encoder: TextEnco
 def load_encoders(directory, image_encoder: ImageEncoder, text_encoder: TextEncoder,
                   device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:
     """Copies of the pretrained encoders carrying a version's fine-tuned weights."""
-    from safetensors.torch import load_file
+    from .safe_weights import load_safetensors
 
-    state = load_file(str(directory / ENCODERS_FILE), device=device)
+    state = load_safetensors(directory / ENCODERS_FILE, device)   # a pickle is refused, never loaded
     image_encoder, text_encoder = copy.deepcopy(image_encoder), text_encoder.copy()
     image_encoder.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("image.")})
     # In place: the SDPA copy shares these tensors and sees the same weights.

@@ -13,11 +13,12 @@ from typing import Callable
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .atomic import write_atomic
 from .encoders import ImageEncoder, patches_of
 from .images import load_image
+from .safe_weights import load_safetensors
 
 BATCH = 16  # images per EfficientNet pass: fills 2 CPU cores without a memory spike
 
@@ -77,7 +78,7 @@ def cache_features(engine, cache_dir: Path, paths: list[Path], texts: list[str],
 
 
 def load_feature_set(files: list[Path], targets: list[int]) -> FeatureSet:
-    loaded = [load_file(str(f)) for f in files]
+    loaded = [load_safetensors(f) for f in files]   # a pickle is refused, never loaded
     length = max(t["tokens"].shape[0] for t in loaded)
     tokens = torch.zeros(len(loaded), length, loaded[0]["tokens"].shape[1])
     mask = torch.zeros(len(loaded), length, dtype=torch.long)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fusion.dicom import is_dicom, read_dicom
 from fusion.errors import BadImage
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
-ACCEPTED_TEXT = "PNG, JPEG, TIFF, BMP or WebP"
+ACCEPTED_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")   # decoded by Pillow; DICOM by fusion.dicom
+ACCEPTED_TEXT = "PNG, JPEG, TIFF, BMP or WebP (or DICOM)"
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -118,7 +119,10 @@ def load_image(
     max_pixels: int = 40_000_000,
 ) -> Image.Image:
     """Decode an upload into an upright RGB image, or raise BadImage saying why."""
-    img = _decode(_read_source(source, max_bytes), max_pixels)
+    data = _read_source(source, max_bytes)
+    if is_dicom(data):
+        return read_dicom(data, max_pixels, _inflate_limit(max_pixels)).image.convert("RGB")
+    img = _decode(data, max_pixels)
     try:
         return _to_rgb(ImageOps.exif_transpose(img))
     except Exception as e:
@@ -135,12 +139,27 @@ class ImageFile:
     height: int
 
 
-def check_image_file(source: bytes | str | Path, settings) -> ImageFile:
-    """Read and fully decode a file within the workspace's limits, or raise BadImage."""
+def check_image_file(source: bytes | str | Path, settings, full_decode: bool = False) -> ImageFile:
+    """Read and check a file within the workspace's limits, or raise BadImage.
+    Imports use the quick check of _decode (check_only); full_decode=True also does all that
+    load_image does, which refuses a PNG whose checksums are valid but whose pixel stream is not.
+    A DICOM file becomes a PNG of its windowed pixels: its header (names, IDs, dates) is never stored."""
     data = _read_source(source, int(settings.max_upload_mb * 2**20))
+    if is_dicom(data):
+        dicom = read_dicom(data, settings.max_pixels, _inflate_limit(settings.max_pixels))
+        png = dicom.png()
+        return ImageFile(png, image_sha256(png), ".png", dicom.image.width, dicom.image.height)
+    if full_decode:
+        load_image(data, max_pixels=settings.max_pixels)
     img = _decode(data, settings.max_pixels, check_only=True)
     width, height = Image.open(io.BytesIO(data)).size  # the full size, not the 1/8 draft's
     return ImageFile(data, image_sha256(data), EXTENSIONS[img.format], width, height)
+
+
+def _inflate_limit(max_pixels: int) -> int:
+    """The most a Deflated DICOM may inflate to: the largest allowed frame at 16 bits x 3 samples,
+    plus room for its header."""
+    return max_pixels * 6 + 16_000_000
 
 
 def load_upload(source: bytes | str | Path, settings) -> Image.Image:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import stat
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,7 @@ from .images import ACCEPTED_TEXT, ImageFile, check_image_file, load_image
 from .store import NewItem, Store
 
 MAX_LINE_BYTES = 1_000_000      # a caption or OCR text longer than this is not a caption
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm", ".dicom"}
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")  # Hugging Face imagefolder convention
 TEXT_FIELDS = ("caption", "ocr_text", "ocr_engine", "filename")
 Progress = Callable[[str, int, int], None]
@@ -76,13 +79,30 @@ def _text_fields(record: dict) -> dict:
     return {k: v for k in TEXT_FIELDS if isinstance(v := record.get(k), str) and (v or k == "caption")}
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path`, links followed, lies in `folder`: an import reads only the files it brought,
+    never ../../etc/passwd, an absolute path or a link to elsewhere (another project's images)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):   # a link loop, a NUL byte
+        return False
+
+
+def _contained(image: str, base: Path) -> Path:
+    path = base / image   # an absolute `image` replaces base here, and is refused next
+    if not _inside(path, base):
+        raise ValueError(f"image path {image!r} is outside the folder it is listed in; paths are "
+                         "relative to that folder and stay inside it")
+    return path
+
+
 def _row_from_record(record: dict, where: str, base: Path) -> Row:
     image = str(record.get("image") or record.get("file_name") or "").strip()
     if not image:
         raise ValueError("no image path")
     label = (record.get("label") or "").strip() or None
     fields = _text_fields(record)
-    path = Path(image) if Path(image).is_absolute() else base / image
+    path = _contained(image, base)
     return Row(where, path, fields.pop("filename", None) or Path(image).name, label, fields)
 
 
@@ -156,6 +176,9 @@ def folder_rows(root: Path, problems: list) -> list[Row]:
         if len(relative.parts) > 2:
             problems.append((str(relative), "skipped: too deep; use label/file or a flat folder"))
             continue
+        if not _inside(path, root):
+            problems.append((str(relative), "skipped: a link to a file outside the folder"))
+            continue
         meta = metadata.get(path)
         label = relative.parts[0] if len(relative.parts) == 2 else None
         rows.append(Row(str(relative), path, meta.filename if meta else path.name, label,
@@ -181,10 +204,13 @@ def hf_rows(root: Path, problems: list) -> list[Row]:
     for index, record in enumerate(dataset):
         label = record.get("label")
         label = (names[label] if label is not None and label >= 0 else None) if names else (label or None)
-        image = record["image"]
-        data = image.get("bytes") or (Path(image["path"]).read_bytes() if image.get("path") else b"")
-        fields = _text_fields(record)
-        rows.append(Row(f"row {index}", data, fields.pop("filename", None) or f"row-{index}.png", label, fields))
+        image, fields, where = record["image"], _text_fields(record), f"row {index}"
+        try:   # the bytes, or a file inside the dataset's folder (never a path elsewhere)
+            data = image.get("bytes") or (_contained(image["path"], root) if image.get("path") else b"")
+        except ValueError as e:
+            problems.append((where, str(e)))
+            continue
+        rows.append(Row(where, data, fields.pop("filename", None) or f"row-{index}.png", label, fields))
     return rows
 
 
@@ -273,31 +299,50 @@ MAX_UNPACKED_BYTES = 20 * 2**30   # a zip bomb stops here
 
 def unpack_upload(filename: str, data: bytes, dest: Path) -> Path:
     """Save an uploaded .zip (a folder of images, or a CSV with its images) or .csv under `dest`;
-    returns the path to import: the zip's one top-level CSV if it has one, else its folder."""
-    import zipfile
-
+    returns the path to import: the zip's one top-level CSV if it has one, else its folder.
+    A refused zip leaves nothing behind (dest is removed if this call made it)."""
+    if not filename.lower().endswith((".csv", ".zip")):
+        raise FusionError(f"{filename}: upload a .zip (a folder of images, or a CSV with its images) or a .csv")
+    made = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
     if filename.lower().endswith(".csv"):
-        (dest / Path(filename).name).write_bytes(data)
+        (dest / Path(filename).name).write_bytes(data)   # .name: "../../x.csv" lands in dest as x.csv
         return dest / Path(filename).name
-    if not filename.lower().endswith(".zip"):
-        raise FusionError(f"{filename}: upload a .zip (a folder of images, or a CSV with its images) or a .csv")
+    try:
+        _unzip(filename, data, dest)
+    except FusionError:
+        if made:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    entries = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(entries) == 1 and entries[0].is_dir():   # zip of one folder: import the folder
+        dest = entries[0]
+    csvs = list(dest.glob("*.csv"))
+    return csvs[0] if len(csvs) == 1 else dest
+
+
+def _unzip(filename: str, data: bytes, dest: Path) -> None:
+    import zipfile
+
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [m for m in archive.infolist() if not m.is_dir()]
         if sum(m.file_size for m in members) > MAX_UNPACKED_BYTES:
             raise FusionError(f"{filename} unpacks to more than {MAX_UNPACKED_BYTES // 2**30} GB")
         root = dest.resolve()
-        for member in members:
+        targets = []
+        for member in members:   # every name checked before anything is written
             target = (dest / member.filename).resolve()
             if root not in target.parents:   # "../x" or an absolute name: never write outside dest
                 raise FusionError(f"{filename}: {member.filename!r} points outside the archive")
+            if stat.S_ISLNK(member.external_attr >> 16):
+                raise FusionError(f"{filename}: {member.filename!r} is a symbolic link; zip the files themselves")
+            targets.append((member, target))
+        for member, target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(archive.read(member))
-    except (zipfile.BadZipFile, EOFError, OSError) as e:   # OSError: e.g. an invalid name
+            with archive.open(member) as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)   # streamed: one huge member never sits in memory
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:   # OSError: e.g. an invalid name
         raise FusionError(f"{filename} is not a readable zip ({e})") from None
-    entries = [p for p in dest.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-    if len(entries) == 1 and entries[0].is_dir():   # zip of one folder: import the folder
-        dest = entries[0]
-    csvs = list(dest.glob("*.csv"))
-    return csvs[0] if len(csvs) == 1 else dest
+    except (NotImplementedError, RuntimeError) as e:   # an unknown compression method; a password
+        raise FusionError(f"{filename} can't be unpacked here ({e}); use a plain (deflate) zip") from None

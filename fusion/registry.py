@@ -18,9 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from .atomic import fsync_dir, temp_path
+from .encoders import ENCODERS_FILE
 from .errors import FusionError
 from .model import FusionModel
 from .project import Project
+from .safe_weights import safetensors_metadata
 from .schema import ModelEventRow, ModelVersionRow
 from .store import Store, utcnow
 
@@ -147,7 +149,9 @@ def promote(store: Store, project_name: str, version: str, user: str, action: st
     """Make `version` the active model: new predictions are tagged with it."""
     project = store.project(project_name)
     get_version(store, project_name, version)
-    FusionModel.load(project.model_dir(version))  # refuse a version whose files are missing or not safetensors
+    model = FusionModel.load(project.model_dir(version))  # refuse a version whose files are missing or not safetensors
+    if model.config.finetuned_encoders:   # and its own encoders: the app would load them next
+        safetensors_metadata(project.model_dir(version) / ENCODERS_FILE)
     with store.db.write() as session:
         row = store._project_row(session, project_name)
         previous, row.active_model = row.active_model, version

@@ -12,14 +12,16 @@ from .errors import FusionError
 from .images import check_image_file
 from .ocr import ENGINE, OcrResult, Word
 from .pipeline import Prediction
-from .store import ItemFilter, NewItem, Shown, Store
+from .store import ItemFilter, NewItem, Shown, Store, stored_text
 
 QUEUE_STATUSES = ("unlabeled", "predicted")
 
 
 def add_upload(store: Store, project_name: str, filename: str, data: bytes, user: str):
-    """The item for these bytes: added now, or the one already in the project. BadImage if unreadable."""
-    file = check_image_file(data, store.settings)
+    """The item for these bytes: added now, or the one already in the project. BadImage if unreadable.
+    Decoded in full (not the import's quicker check): it is shown and read right after anyway, and
+    a crafted PNG with valid checksums but undecodable pixels must not become an item."""
+    file = check_image_file(data, store.settings, full_decode=True)
     (item, _outcome), = store.add_items(project_name, [NewItem(file, filename, source="upload")], user)
     return item
 
@@ -77,6 +79,7 @@ def decide(store: Store, project_name: str, item, opened_version: int, label: st
     """Accept or correct (label), or skip (label None), against the version the reviewer opened.
     A changed caption is saved first, in its own history row. StaleEdit if someone got there first."""
     version = opened_version
+    caption = stored_text(caption)   # as the store keeps it, so an unchanged caption is not saved again
     if caption is not None and caption != item.caption:
         version = store.set_caption(project_name, item.id, caption, user, expected_version=version).version
     if label is None:

@@ -45,6 +45,12 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def stored_text(text: str | None) -> str | None:
+    """User text as stored: as typed (HTML, control characters, any length) except NUL bytes,
+    which PostgreSQL refuses and which would make an exported CSV unreadable as text."""
+    return text.replace("\x00", "") if isinstance(text, str) else text
+
+
 def split_of(sha256: str) -> str:
     """A stable ~70/15/15 split from the content hash: the same image lands in the same split in
     every project and every import, so test items never leak into training."""
@@ -220,10 +226,10 @@ class Store:
     def _new_row(project_id: int, new: NewItem, user: str, now: datetime) -> ItemRow:
         f = new.file
         return ItemRow(
-            project_id=project_id, sha256=f.sha256, extension=f.extension, filename=new.filename[:255],
+            project_id=project_id, sha256=f.sha256, extension=f.extension, filename=stored_text(new.filename)[:255],
             size=len(f.data), width=f.width, height=f.height, split=split_of(f.sha256), added_at=now,
-            added_by=user, ocr_text=new.ocr_text, ocr_engine=new.ocr_engine,
-            caption=new.caption, label=new.label, status="accepted" if new.label else "unlabeled",
+            added_by=user, ocr_text=stored_text(new.ocr_text), ocr_engine=new.ocr_engine,
+            caption=stored_text(new.caption), label=new.label, status="accepted" if new.label else "unlabeled",
             version=1, updated_at=now, updated_by=user)
 
     def item(self, project_name: str, ref: str | int) -> Item:
@@ -413,12 +419,12 @@ class Store:
     def set_caption(self, project_name: str, item_id: int, caption: str, user: str,
                     expected_version: int | None) -> Item:
         return self._change(project_name, item_id, user, "caption", expected_version,
-                            lambda row: {"caption": caption})
+                            lambda row: {"caption": stored_text(caption)})
 
     def set_ocr(self, project_name: str, item_id: int, text: str, words: list, engine: str, user: str) -> Item:
         """Machine output: never refused as stale (it doesn't overwrite a human decision)."""
         item = self._change(project_name, item_id, user, "ocr", None,
-                            lambda row: {"ocr_text": text, "ocr_engine": engine},
+                            lambda row: {"ocr_text": stored_text(text), "ocr_engine": engine},
                             lambda row: {"source": engine}, human=False)
         with self.db.write() as session:
             session.merge(OcrWordsRow(item_id=item_id, words=words))

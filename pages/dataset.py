@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from fusion import app_session, background, streamlit_cache
+from fusion.display_text import literal
 from fusion.errors import FusionError
 from fusion import deidentified_search
 from fusion.deidentify import NOTICE, as_shown
@@ -54,7 +55,7 @@ def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
                 app_session.check_may_change(store.item(project.name, int(old["id"])))
                 saved = store.set_label(project.name, int(old["id"]), new["label"], streamlit_cache.current_user(),
                                         expected_version=int(old["version"]))
-                st.toast(f"{saved.filename}: {saved.label} ({saved.status}), saved", icon=":material/check_circle:")
+                st.toast(f"{literal(saved.filename)}: {saved.label} ({saved.status}), saved", icon=":material/check_circle:")
             except FusionError as e:
                 st.error(str(e))
 
@@ -136,9 +137,9 @@ def import_status() -> None:
     lines = log.read_text(errors="replace").splitlines()
     summary = next((line for line in reversed(lines) if line.startswith(("imported", "error:"))), "finished")
     problems = [line for line in lines if line.startswith("skipped ")]
-    (st.error if summary.startswith("error:") else st.success)(summary)
-    if problems:
-        st.warning(f"{len(problems)} rows were not imported:\n\n" + "\n".join(f"- {p[8:]}" for p in problems[:20]))
+    (st.error if summary.startswith("error:") else st.success)(literal(summary))
+    if problems:   # file names and paths from the upload: shown as text
+        st.warning(f"{len(problems)} rows were not imported:\n\n" + "\n".join(f"- {literal(p[8:])}" for p in problems[:20]))
     if st.button("Done", key="import_done"):
         st.session_state.pop("import_job")
         st.rerun(scope="app")

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from fusion import app_session, demo, review, streamlit_cache
+from fusion.display_text import literal
 from fusion.errors import FusionError
 from fusion.jobs import Jobs
 from fusion.worker import queue_job
@@ -17,7 +18,7 @@ from fusion.deidentify import NOTICE, as_shown, phi_boxes, redact_scored, restor
 from fusion.pipeline import compose_text
 from fusion.store import ItemFilter
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "dcm", "dicom"]
 SHORTCUTS = "123456789"  # label k of the project: key k
 
 streamlit_cache.require_app_shell()
@@ -35,7 +36,7 @@ def open_item(item, name: str, data: bytes) -> None:
         image = load_upload(data, settings)
     except FusionError as e:
         st.session_state.pop("page", None)
-        st.error(f"{name}: {e}")
+        st.error(f"{literal(name)}: {literal(e)}")
         return
     result = review.stored_ocr(store, item)
     if result is None:
@@ -63,7 +64,7 @@ def open_upload(name: str, data: bytes) -> None:
         item = review.add_upload(store, project.name, name, data, user)
     except FusionError as e:
         st.session_state.pop("page", None)
-        st.error(f"{name}: {e}")
+        st.error(f"{literal(name)}: {literal(e)}")
         return
     open_item(item, name, data)
 
@@ -114,7 +115,7 @@ def save_decision(label: str | None) -> None:
         page["version"] = store.item(project.name, item.id).version
         return
     verb = {"accepted": "Accepted", "corrected": "Corrected to", "skipped": "Skipped"}[saved.status]
-    st.toast(f"{verb} {saved.label if label else ''} · {saved.filename} (saved, version {saved.version})",
+    st.toast(f"{verb} {saved.label if label else ''} · {literal(saved.filename)} (saved, version {saved.version})",
              icon=":material/check_circle:")
     st.session_state["open_next"] = True
 
@@ -147,7 +148,7 @@ if settings.redact_text:
     st.caption(f":material/visibility_off: {NOTICE}.")
 queued = store.list_items(project.name, ItemFilter(status=review.QUEUE_STATUSES), limit=1).total
 pick, buttons = st.columns([3, 1], vertical_alignment="bottom")
-upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP or WebP)", type=UPLOAD_TYPES,
+upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type=UPLOAD_TYPES,
                             max_upload_size=int(settings.max_upload_mb))
 next_clicked = buttons.button(f"Next in queue ({queued})", key="next_item", shortcut="N", width="stretch",
                               disabled=queued == 0, help="The next undecided item, in the queue order you pick")
@@ -226,9 +227,9 @@ def review_panel(page: dict) -> None:
         explaining = st.empty()
 
     with decision_box:
-        now = f"now **{item.label}** ({item.status}" + (f" by {item.updated_by})" if item.version > 1 else ")") \
+        now = f"now **{item.label}** ({item.status}" + (f" by {literal(item.updated_by)})" if item.version > 1 else ")") \
             if item.label else f"{item.status}"
-        st.markdown(f"**Your decision** on {item.filename} · {now}")
+        st.markdown(f"**Your decision** on {literal(item.filename)} · {now}")
         accept, skip = st.columns(2)
         accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
                       on_click=save_decision, args=(prediction.label,))
@@ -270,7 +271,7 @@ def review_panel(page: dict) -> None:
             shown = draw_boxes(shown, [w.box for w in page["ocr"].words])
         if settings.redact_text:   # the page itself must not show what the text hides
             shown = black_out(shown, phi_boxes(page["ocr"].text, page["ocr"].words))
-        st.image(shown, caption=f"{page['name']} · {page['image'].width}x{page['image'].height}", width="stretch")
+        st.image(shown, caption=f"{literal(page['name'])} · {page['image'].width}x{page['image'].height}", width="stretch")
 
 
 review_panel(page)

@@ -108,6 +108,33 @@ def test_pickle_checkpoint_is_refused(engine, tmp_path):
         FusionModel.load(tmp_path / "v1")
 
 
+def test_every_weight_file_reader_refuses_a_pickle(engine, tmp_path):
+    """Fine-tuned encoders, training checkpoints and cached features: each replaced by a pickle
+    that would run code when unpickled is refused with the same message, and never unpickled."""
+    from pathlib import Path
+
+    from fusion.checkpoints import load_checkpoint
+    from fusion.encoders import ENCODERS_FILE, load_encoders
+    from fusion.features import load_feature_set
+
+    class Boom:   # unpickling this would create the marker file
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "unpickled",))
+    for path in (tmp_path / ENCODERS_FILE, tmp_path / "checkpoint.safetensors", tmp_path / "feature.safetensors"):
+        torch.save({"weights": torch.zeros(3), "boom": Boom()}, path)
+    with pytest.raises(FusionError, match="only safetensors"):
+        load_encoders(tmp_path, engine.image_encoder, engine.text_encoder)
+    trainable = torch.nn.Linear(2, 2)
+    with pytest.raises(FusionError, match="only safetensors"):
+        load_checkpoint(tmp_path / "checkpoint.safetensors", trainable, torch.optim.AdamW(trainable.parameters()))
+    with pytest.raises(FusionError, match="only safetensors"):
+        load_feature_set([tmp_path / "feature.safetensors"], [0])
+    assert not (tmp_path / "unpickled").exists()
+    # and nothing in the library could unpickle a file in the first place
+    sources = {p.name: p.read_text() for p in (Path(__file__).parent.parent / "fusion").rglob("*.py")}
+    assert [name for name, text in sources.items() if "torch.load(" in text or "pickle.load" in text] == []
+
+
 def test_bad_shapes_and_configs_are_explained():
     with pytest.raises(ValueError, match="unknown fusion strategy"):
         ModelConfig(["a", "b"], strategy="late")

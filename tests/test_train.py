@@ -128,6 +128,16 @@ def test_partial_mode_with_lora_and_l2sp_saves_its_own_encoders(settings, engine
     assert prediction.model_version == version and prediction.explanation is not None
     assert abs(sum(prediction.probs.values()) - 1) < 1e-4
 
+    # its encoders swapped for a pickle: promoting it is refused before the app would load them
+    encoders = directory / "encoders.safetensors"
+    backup = encoders.read_bytes()
+    torch.save({"weights": torch.zeros(3)}, encoders)
+    try:
+        with pytest.raises(FusionError, match="only safetensors"):
+            registry.promote(store, project.name, version, ANNOTATOR)
+    finally:
+        encoders.write_bytes(backup)
+
 
 def _stored_ocr(item):
     from fusion.ocr import OcrResult
