@@ -204,8 +204,10 @@ def _monochrome(pixels: np.ndarray, ds) -> tuple[Image.Image, str]:
 
 def _window(ds) -> tuple[float, float] | None:
     """The first of the file's window center/width pairs, if it has a usable one."""
-    def first(value):
-        return value[0] if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else value
+    from pydicom.multival import MultiValue
+
+    def first(value):   # a DS element with several windows holds a MultiValue
+        return value[0] if isinstance(value, (MultiValue, list, tuple)) else value
 
     try:
         center, width = float(first(ds.get("WindowCenter"))), float(first(ds.get("WindowWidth")))

@@ -152,3 +152,39 @@ def test_identifying_tags_never_reach_the_workspace(tmp_path):
     leaks = [p for p in (tmp_path / "home").rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]
     assert leaks == []
     assert b"DICM" not in stored.read_bytes() and b"19700101" not in stored.read_bytes()
+
+
+def test_dicom_files_in_a_zip_and_a_folder_import_as_their_windowed_pixels(tmp_path):
+    """A .dcm in an uploaded zip (ImageFolder layout) and in a flat folder: stored as PNGs, under
+    their own file names, with no identifying tag anywhere in the workspace."""
+    import zipfile
+
+    from fusion.importing import import_path, unpack_upload
+    from fusion.settings import load_settings
+    from fusion.store import Store
+
+    home = tmp_path / "home"
+    store = Store(load_settings(home=home))
+    store.create_project("scans", {"normal": "", "abnormal": ""}, user="rita")
+    first = dicom_file(np.arange(12, dtype=np.uint16).reshape(3, 4) * 100, window=(500, 1000))
+    second = dicom_file(np.arange(12, dtype=np.uint16).reshape(3, 4)[::-1] * 100)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("study/normal/one.dcm", first)
+        z.writestr("study/abnormal/two.DCM", second)
+    report = import_path(store, "scans", unpack_upload("study.zip", archive.getvalue(), tmp_path / "u"), "rita")
+    assert (report.added, report.problems) == (2, [])
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "three.dicom").write_bytes(dicom_file(np.full((2, 2), 7, np.uint16)))
+    (flat / "not-an-image.dcm").write_bytes(first[:200])   # cut inside the header
+    report = import_path(store, "scans", flat, "rita")
+    assert report.added == 1 and [w for w, _ in report.problems] == ["not-an-image.dcm"]
+    assert "DICOM" in report.problems[0][1]
+    items = {i.filename: i for i in store.iter_items("scans")}
+    assert set(items) == {"one.dcm", "two.DCM", "three.dicom"} and items["one.dcm"].label == "normal"
+    assert all(i.extension == ".png" for i in items.values())
+    assert np.array_equal(grey(load_image(store.image_path(items["one.dcm"]))),
+                          grey(load_image(first)))
+    for path in home.rglob("*"):
+        assert not path.is_file() or MARKER.encode() not in path.read_bytes(), path

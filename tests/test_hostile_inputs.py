@@ -406,7 +406,7 @@ def test_csv_jsonl_and_folder_rows_cannot_reach_outside_their_folder(tmp_path):
 
 def test_export_file_names_stay_inside_the_export_folder(tmp_path):
     """Stored file names come from uploads and imports: none of them may steer where an export
-    writes. The export imports back whole (import checks containment too)."""
+    writes. The export imports back whole (import checks containment too), hostile captions included."""
     from fusion.exporting import export_project
     from fusion.images import check_image_file
     from fusion.importing import import_path
@@ -417,8 +417,8 @@ def test_export_file_names_stay_inside_the_export_folder(tmp_path):
     store.create_project("p", {"cat": "", "dog": ""}, user="u")
     names = ["../../escape.png", "/etc/cron.d/escape.png", "..", ".", "..\\..\\win.png", "C:\\evil\\x.png",
              "a/../../b.png", ".hidden.png", "", "x\x00y.png", "\u202egnp.exe"]
-    new = [NewItem(check_image_file(png(n + 1), store.settings), name, "cat" if n % 2 else None)
-           for n, name in enumerate(names)]
+    new = [NewItem(check_image_file(png(n + 1), store.settings), name, "cat" if n % 2 else None,
+                   HOSTILE_CAPTION if n % 3 == 0 else "") for n, name in enumerate(names)]
     store.add_items("p", new, "u")
     for fmt, listing in (("csv", "items.csv"), ("jsonl", "items.jsonl"), ("imagefolder", "metadata.jsonl")):
         out = tmp_path / "exports" / fmt
@@ -430,6 +430,8 @@ def test_export_file_names_stay_inside_the_export_folder(tmp_path):
         store.create_project(f"back-{fmt}", {"cat": "", "dog": ""}, user="u")
         report = import_path(store, f"back-{fmt}", out / listing if fmt != "imagefolder" else out, "u")
         assert report.added == len(names) and not report.problems, report.problems
+        captions = lambda name: {i.sha256: i.caption for i in store.iter_items(name)}  # noqa: E731
+        assert captions(f"back-{fmt}") == captions("p")   # NUL dropped when stored, so CSV reads back
     stray = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "exports")
              and not p.is_relative_to(tmp_path / "home")]
     assert not stray and not Path("/etc/cron.d/escape.png").exists()
