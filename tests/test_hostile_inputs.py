@@ -159,7 +159,7 @@ CASES_PER_SEED = 1250        # x 8 seeds = 10,000 files
 READ_AND_PREDICT_PER_SEED = 3
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")   # pydicom and Pillow warn about every odd header
+@pytest.mark.filterwarnings("ignore")   # pydicom and Pillow warn about every odd header they meet
 def test_ten_thousand_mutated_uploads_are_stored_whole_or_refused_with_a_reason(engine, demo_project, scratch_home):
     """Each mutant goes through fusion.review.add_upload, what the Review page's uploader calls
     (decode, then store): it becomes an item whose stored file decodes, or it raises a FusionError
