@@ -567,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(run=cmd_users)
 
     p = sub.add_parser("bench", help="measure speed; prints JSON")
-    p.add_argument("what", choices=["predict", "store", "train", "evaluate"])
+    p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_bench)
     return parser

@@ -104,9 +104,11 @@ def bench_predict(settings: Settings) -> dict:
 
 
 def run(what: str, settings: Settings) -> dict:
+    from .bench_deidentify import bench_deidentify
     from .bench_evaluate import bench_evaluate
     from .bench_store import bench_store
     from .bench_train import bench_train
 
-    benches = {"predict": bench_predict, "store": bench_store, "train": bench_train, "evaluate": bench_evaluate}
+    benches = {"predict": bench_predict, "store": bench_store, "train": bench_train, "evaluate": bench_evaluate,
+               "deidentify": bench_deidentify}
     return benches[what](settings)

@@ -48,15 +48,21 @@ _MONTH_NAMES = ["January", "February", "March", "April", "May", "June", "July", 
 _MONTH = "(?:%s)" % "|".join(sorted(
     {v for m in _MONTH_NAMES for v in (m, m.upper(), m[:3], m[:3].upper())} | {"Sept", "SEPT"}, key=len, reverse=True))
 _ORD = r"(?:st|nd|rd|th)?"
-_DATE_PATTERNS = [
-    # [^\W_]: a letter or digit; "_" may join a date, as in the file name scan_2024-01-05.png
-    re.compile(r"(?<![^\W_]|[.,/-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![^\W_]|[/-]|\.\d)"),         # 2024-01-05
-    re.compile(r"(?<![^\W_]|[.,/-])(\d{1,2})([-/.])(\d{1,2})\2(\d{4}|\d{2})(?![^\W_]|[/-]|\.\d)"),  # 03/14/1962
-    re.compile(rf"(?<![\w.])\d{{1,2}}{_ORD}(?:\s+of)?[\s-]+{_MONTH}\.?,?[\s-]+\d{{2,4}}\b"),   # 14 Mar 1962
-    re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}{_ORD},?\s+\d{{4}}\b"),                            # March 14, 1962
-    re.compile(rf"\b{_MONTH}\.?,?\s+\d{{4}}\b"),                                              # March 1962
-    re.compile(rf"(?<![\w.])\d{{1,2}}{_ORD}(?:\s+of)?\s+{_MONTH}\b(?!\w)"),                   # 14 March
-    re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}{_ORD}(?![\w:.])"),                                # March 14
+# Patterns that begin with a digit check the character before it in Python (_clear_before), not
+# with a lookbehind: a pattern that starts with a character class is scanned for quickly, one
+# that starts with a lookbehind is tried at every position (2-3x slower).
+_NUMERIC_DATES = [
+    re.compile(r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![^\W_]|[/-]|\.\d)"),           # 2024-01-05
+    re.compile(r"(\d{1,2})([-/.])(\d{1,2})\2(\d{4}|\d{2})(?![^\W_]|[/-]|\.\d)"),    # 03/14/1962
+]
+_MONTH_DATES = [
+    re.compile(rf"\d{{1,2}}{_ORD}(?:\s+of)?[\s-]+{_MONTH}\.?,?[\s-]+\d{{2,4}}\b"),     # 14 Mar 1962
+    re.compile(rf"\d{{1,2}}{_ORD}(?:\s+of)?\s+{_MONTH}\b(?!\w)"),                     # 14 March
+]
+_MONTH_FIRST_DATES = [
+    re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}{_ORD},?\s+\d{{4}}\b"),                    # March 14, 1962
+    re.compile(rf"\b{_MONTH}\.?,?\s+\d{{4}}\b"),                                      # March 1962
+    re.compile(rf"\b{_MONTH}\.?\s+\d{{1,2}}{_ORD}(?![\w:.])"),                        # March 14
 ]
 # Labels whose value is a date whatever shape OCR left it in: the next 1-3 tokens holding digits.
 _DATE_LABEL = re.compile(
@@ -73,10 +79,8 @@ _ID_LABEL = re.compile(
     r"beneficiary|claim|group)\s*(?:ID|number|no|num|#)|acct|account|encounter|accession|SSN|"
     r"social security(?:\s*(?:number|no|#))?|ID)\b\.?\s*(?:[:#]|no\.?|number)?\s*", re.IGNORECASE)
 _ID_VALUE = re.compile(r"(?=[A-Za-z0-9/-]*\d)[A-Za-z0-9][A-Za-z0-9/-]{3,}\b")
-_ID_PATTERNS = [
-    re.compile(r"(?<![\w-])\d{3}-\d{2}-\d{4}(?![\w-])"),                      # SSN
-    re.compile(r"(?<![\w.,-])[A-Z]{0,3}\d{7,}(?![\w.,]\d|\w)"),                # long digit runs: MRNs, accounts
-]
+_SSN = re.compile(r"\d{3}-\d{2}-\d{4}(?![\w-])")
+_LONG_NUMBER = re.compile(r"\d{7,}(?![\w.,]\d|\w)")     # MRNs, accounts; up to 3 capitals before: "AB1234567"
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 
 _STATES = ("AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
@@ -87,7 +91,7 @@ _SUFFIX = (r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Court|
 _UNIT = r"(?:,?\s*(?:Apt|Apartment|Suite|Ste|Unit|Flat|Fl|Floor|Room|Rm|#)\.?\s*#?\s*[\w-]+)?"
 _CITY_STATE_ZIP = rf"[A-Z][a-z]+(?:\s[A-Z][a-z]+){{0,2}},?\s+(?:{'|'.join(_STATES)})\.?\s+\d{{5}}(?:-\d{{4}})?\b"
 _ADDRESS_PATTERNS = [
-    re.compile(rf"(?<![\w.,])\d{{1,6}}[A-Za-z]?\s+(?:(?:[NSEW]|North|South|East|West)\.?\s+)?"
+    re.compile(rf"\d{{1,6}}[A-Za-z]?\s+(?:(?:[NSEW]|North|South|East|West)\.?\s+)?"
                rf"(?:(?:[A-Z][a-z]+|\d+(?:st|nd|rd|th))\s+){{1,3}}{_SUFFIX}\b\.?"
                rf"(?:\s+(?:NE|NW|SE|SW|N|S|E|W)\b)?{_UNIT}"
                rf"(?:,?\s*{_CITY_STATE_ZIP}|,\s*[A-Z][a-z]+(?:\s[A-Z][a-z]+){{0,2}}(?=\s*(?:[,.;]|\n|$)))?"),
@@ -125,16 +129,24 @@ class _Text:
 
     def __init__(self, text: str):
         self.text = text
-        self.at: dict[str, list[int]] = {}       # lower-case word -> where it starts
-        for m in _WORD.finditer(text):
-            self.at.setdefault(m.group().lower(), []).append(m.start())
-        self.vocab = self.at.keys()
+        self.lower = text.lower()
+        words = _WORD.findall(text)
+        self.cased = set(words)                        # as written: "May" is a month, "may" is not
+        self.vocab = {w.lower() for w in words}
         self.taken: list[Span] = []
+
+    def starts(self, word: str):
+        """Where the lower-case `word` begins as a whole word."""
+        i = self.lower.find(word)
+        while i >= 0:
+            end = i + len(word)
+            if (i == 0 or not self.lower[i - 1].isalpha()) and (end == len(self.lower) or not self.lower[end].isalpha()):
+                yield i
+            i = self.lower.find(word, i + 1)
 
     def labels(self, label: re.Pattern, first_words: frozenset[str]):
         """Matches of `label` that begin at one of these (lower-case) words."""
-        starts = sorted(i for word in first_words & self.vocab for i in self.at[word])
-        for start in starts:
+        for start in sorted(i for word in first_words & self.vocab for i in self.starts(word)):
             if m := label.match(self.text, start):
                 yield m
 
@@ -147,6 +159,27 @@ class _Text:
 
 
 _WORD = re.compile(r"[A-Za-z]+")
+
+
+def _clear_before(text: str, i: int, also: str = "", underscore: bool = False) -> bool:
+    """Whether what precedes position i ends a word: not a letter or digit (nor "_" unless allowed,
+    as in the file name scan_2024-01-05.png), nor one of `also`."""
+    if i == 0:
+        return True
+    c = text[i - 1]
+    return not (c.isalnum() or c in also or (c == "_" and not underscore))
+
+
+def _matches(pattern: re.Pattern, text: str, also: str = "", underscore: bool = False):
+    """pattern.finditer(text), keeping matches that start a word (see _clear_before); after one
+    that does not, the search goes on from its next character, as a lookbehind would."""
+    pos = 0
+    while m := pattern.search(text, pos):
+        if _clear_before(text, m.start(), also, underscore):
+            yield m
+            pos = max(m.end(), m.start() + 1)
+        else:
+            pos = m.start() + 1
 
 
 def _firsts(*words: str) -> frozenset[str]:
@@ -170,7 +203,7 @@ _ID_FIRSTS = _firsts(
     "policy", "account", "accession", "specimen", "sample", "lab", "order", "device", "serial", "license", "licence",
     "passport", "NHS", "health", "subscriber", "beneficiary", "claim", "group", "acct", "SSN", "social", "ID")
 _ADDRESS_FIRSTS = _firsts("address", "addr", "home", "street", "mailing")
-_MONTH_WORDS = _firsts(*_MONTH_NAMES, *(m[:3] for m in _MONTH_NAMES), "Sept")
+_MONTH_WORDS = frozenset(v for m in _MONTH_NAMES for v in (m, m.upper(), m[:3], m[:3].upper())) | {"Sept", "SEPT"}
 _SUFFIX_WORDS = _firsts(*re.findall(r"[A-Z][a-z]+", _SUFFIX))
 _ZIP = re.compile(r"\b\d{5}\b")
 
@@ -211,14 +244,15 @@ def _names(t: _Text):
 
 def _dates(t: _Text):
     text = t.text
-    for pattern in _DATE_PATTERNS[:2]:
-        for m in pattern.finditer(text):
+    for pattern in _NUMERIC_DATES:
+        for m in _matches(pattern, text, ".,/-", underscore=True):
             if _plausible_numeric_date(m):
                 yield m.span()
-    if not _MONTH_WORDS.isdisjoint(t.vocab):
-        for pattern in _DATE_PATTERNS[2:]:
-            for m in pattern.finditer(text):
-                yield m.span()
+    if not _MONTH_WORDS.isdisjoint(t.cased):
+        for pattern in _MONTH_DATES:
+            yield from (m.span() for m in _matches(pattern, text, "."))
+        for pattern in _MONTH_FIRST_DATES:
+            yield from (m.span() for m in pattern.finditer(text))
     for m in t.labels(_DATE_LABEL, _DATE_FIRSTS):      # OCR-garbled values after DOB:, Date:, ...
         pos, end = m.end(), None
         for _ in range(3):
@@ -246,25 +280,35 @@ def _ids(t: _Text):
         value = _ID_VALUE.match(t.text, m.end())
         if value:
             yield value.span()
-    for pattern in _ID_PATTERNS:
-        for m in pattern.finditer(t.text):
-            yield m.span()
+    text = t.text
+    yield from (m.span() for m in _matches(_SSN, text, "-"))
+    for m in _LONG_NUMBER.finditer(text):
+        start = m.start()
+        while start > 0 and m.start() - start < 3 and "A" <= text[start - 1] <= "Z":
+            start -= 1
+        if _clear_before(text, start, ".,-"):
+            yield start, m.end()
 
 
 # A window of digits and phone punctuation with 7+ digits: only these are handed to libphonenumber
 # (on a whole page it costs milliseconds; on a page's few windows, microseconds).
-_PHONE_WINDOW = re.compile(r"(?:\+|\b)\(?\d[\d\s().\-/]{5,}\d\b")
+_PHONE_WINDOW = re.compile(r"[+(]?\(?\d[\d\s().\-/]{5,}\d\b")
 _PHONE_LABEL = re.compile(r"\b(?:tel|telephone|phone|ph|fax|mobile|mob|cell|pager|bleep|contact)\b\.?\s*(?:no\.?|#)?\s*[:#]?\s*$",
                           re.IGNORECASE)
+_DIGITS = re.compile(r"\d+")
+_DECIMAL = re.compile(r"\.\d{1,2}(?!\d)")
 _PHONE_SHAPE = re.compile(r"\(\d{3}\)\s?\d{3}[\s.-]?\d{4}$|\d{3}[\s.-]\d{3}[\s.-]\d{4}$|\d{3}[\s.-]\d{4}$")
 
 
 def _phones(t: _Text):
     text = t.masked()    # record numbers and dates found before are not phone numbers
-    for window in _PHONE_WINDOW.finditer(text):
-        if sum(c.isdigit() for c in window.group()) < 7:
+    for window in _matches(_PHONE_WINDOW, text):
+        groups = _DIGITS.findall(window.group())
+        if sum(map(len, groups)) < 7:
             continue
         labeled = _PHONE_LABEL.search(text, max(0, window.start() - 20), window.start()) is not None
+        if not labeled and (any(len(g) == 1 for g in groups[1:]) or _DECIMAL.search(window.group())):
+            continue   # "0.92 0.80-1.10", "389 0-500": values and ranges, not a phone number's groups
         lo = max(0, window.start() - 1)    # the matcher wants the "+" or "(" and a boundary before
         for match in PhoneNumberMatcher(text[lo:window.end()], "US", leniency=Leniency.POSSIBLE):
             raw = match.raw_string
@@ -276,7 +320,7 @@ def _phones(t: _Text):
 def _addresses(t: _Text):
     text = t.text
     if not _SUFFIX_WORDS.isdisjoint(t.vocab):
-        yield from (m.span() for m in _ADDRESS_PATTERNS[0].finditer(text))
+        yield from (m.span() for m in _matches(_ADDRESS_PATTERNS[0], text, ".,"))
     if _ZIP.search(text):
         yield from (m.span() for m in _ADDRESS_PATTERNS[1].finditer(text))
     if "box" in t.vocab:

@@ -81,7 +81,8 @@ class _Masking:
         `record`: the item's exported (redacted) fields: text that changed held PHI."""
         if not self.on or record["ocr_text"] == (item.ocr_text or ""):
             return None
-        words = self.store.ocr_words(item)
+        # Only EasyOCR readings keep word boxes (as fusion.review.stored_ocr reads them): no query for the rest.
+        words = self.store.ocr_words(item) if (item.ocr_engine or "").startswith("easyocr") else []
         if not words:                 # PHI in the text, but where it is on the page is unknown
             self.unmasked += 1
             return None
