@@ -3,7 +3,6 @@ window/level, MONOCHROME1, multi-frame, what is refused and why, and no identify
 from __future__ import annotations
 
 import io
-import zlib
 
 import numpy as np
 import pydicom
