@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import time
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,7 @@ from fusion.errors import FusionError
 from fusion import deidentified_search
 from fusion.deidentify import NOTICE, as_shown
 from fusion.exporting import FORMATS, export_zip
-from fusion.importing import unpack_upload
+from fusion.uploads import start_import
 from fusion.schema import STATUSES
 from fusion.store import ItemFilter
 from fusion.thumbnails import data_url, thumbnail
@@ -154,15 +153,10 @@ with st.expander("Import"):
     upload = st.file_uploader("Images to import", type=["zip", "csv"], key="ds_import",
                               disabled=not app_session.may("import"))
     if upload is not None and st.button("Import", key="start_import", disabled="import_job" in st.session_state):
-        folder = settings.home / "uploads" / uuid.uuid4().hex[:12]
-        try:
-            target = unpack_upload(upload.name, upload.getvalue(), folder)
+        try:   # unpacked under uploads/ and imported by a background process (fusion.uploads)
+            st.session_state["import_job"] = start_import(settings, project.name, upload.name, upload.getvalue(), user)
         except FusionError as e:
             st.error(str(e))
-        else:
-            log = settings.home / "logs" / f"import-{folder.name}.log"
-            process = background.start(settings, ["import", project.name, str(target), "--user", user], log)
-            st.session_state["import_job"] = (process, log)
     import_status()
 
 with st.expander("Export"):
