@@ -285,7 +285,7 @@ def test_jsonl_export_is_deidentified_on_request_or_by_the_setting_and_not_other
     plain = (tmp_path / "plain" / "items.jsonl").read_text(encoding="utf-8")
     assert all(s in plain for s in SECRETS)                     # off by default: an exact copy
 
-    deidentifying = Store(replace(store.settings, deidentify=True))
+    deidentifying = Store(replace(store.settings, demo_mode=True))   # demo mode turns de-identification on
     summary = export_project(deidentifying, name, "jsonl", tmp_path / "redacted")
     assert summary["deidentified"]
     records = [json.loads(line) for line in (tmp_path / "redacted" / "items.jsonl").read_text().splitlines()]
