@@ -23,7 +23,13 @@ def engine() -> Engine:
 
 @st.cache_resource(show_spinner=False)
 def store() -> Store:
-    return open_store(settings())
+    """The workspace's store. A server's first call also finishes or undoes what a crash of the
+    app, the worker or an import left behind (fusion.recovery), before any page reads."""
+    from .recovery import recover_workspace
+
+    built = open_store(settings())
+    recover_workspace(settings(), built)
+    return built
 
 
 def require_app_shell() -> None:
