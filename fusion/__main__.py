@@ -158,8 +158,8 @@ def cmd_export(args, settings) -> None:
                           deidentify=args.deidentify)
     note = ""
     if data["deidentified"]:
-        note = (f"; de-identified: text redacted, {data['images_masked']} images masked"
-                + (f", {data['images_unmasked']} images with PHI in their text but no OCR word boxes left as scanned"
+        note = (f"; de-identified: text redacted, pages masked: {data['images_masked']}"
+                + (f", left as scanned (PHI in the text, no OCR word boxes): {data['images_unmasked']}"
                    if data["images_unmasked"] else ""))
     _emit(data, args.json, f"exported {data['items']} items of {args.project} as {args.format} to {data['path']}{note}")
 
