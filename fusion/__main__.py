@@ -41,7 +41,7 @@ def cmd_ocr(args, settings) -> None:
     result = read_text(load_upload(args.image, settings), max_side=settings.ocr_max_side)
     data = result.to_dict()
     if settings.redact_text:   # FUSION_DEIDENTIFY / FUSION_DEMO_MODE: what is shown is redacted
-        from .deidentify import redact, redact_words
+        from .deidentified_view import redact, redact_words
 
         shown = redact_words([w["text"] for w in data["words"]], result.text)
         data["words"] = [dict(w, text=s) for w, s in zip(data["words"], shown)]
@@ -65,7 +65,7 @@ def cmd_predict(args, settings) -> None:
     summary = f"{prediction.label} ({prediction.confidence:.1%}) by model {prediction.model_version}"
     data = prediction.to_dict()
     if settings.redact_text:
-        from .deidentify import redact_prediction
+        from .deidentified_view import redact_prediction
 
         data = redact_prediction(data, prediction.explanation)
     _emit(data, args.json, summary)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import deidentify as deid
+from .deidentified_view import phi_boxes
 from .errors import FusionError
 from .store import Item, Store
 
@@ -64,7 +65,7 @@ def masked_image(store: Store, item: Item, words: list) -> bytes:
     from .images import load_image
     from .overlay import black_out
 
-    image = black_out(load_image(store.image_path(item)), deid.phi_boxes(item.ocr_text, words))
+    image = black_out(load_image(store.image_path(item)), phi_boxes(item.ocr_text, words))
     buffer = io.BytesIO()
     image.save(buffer, _FORMAT_OF[item.extension], **({"quality": 95} if item.extension in (".jpg", ".webp") else {}))
     return buffer.getvalue()

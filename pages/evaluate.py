@@ -11,7 +11,8 @@ import streamlit as st
 from fusion import app_session, registry, streamlit_cache, version_report
 from fusion.images import load_image
 from fusion.ocr import OcrResult
-from fusion.deidentify import NOTICE, phi_boxes, top_words
+from fusion.deidentify import NOTICE
+from fusion.deidentified_view import phi_boxes, top_words
 from fusion.overlay import black_out, blend_heatmap
 from fusion.pipeline import compose_text
 from fusion.thumbnails import data_url, thumbnail

@@ -14,7 +14,8 @@ from fusion.jobs import Jobs
 from fusion.worker import queue_job
 from fusion.images import load_upload
 from fusion.overlay import black_out, blend_heatmap, colored_words_html, draw_boxes
-from fusion.deidentify import NOTICE, as_shown, phi_boxes, redact_scored, restore_placeholders
+from fusion.deidentify import NOTICE, as_shown
+from fusion.deidentified_view import phi_boxes, redact_scored, restore_placeholders
 from fusion.pipeline import compose_text
 from fusion.store import ItemFilter
 

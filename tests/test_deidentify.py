@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from fusion.deidentify import (find_phi, phi_boxes, phi_words, redact, redact_scored, redact_words,
-                               restore_placeholders)
+from fusion.deidentified_view import phi_boxes, phi_words, redact_scored, redact_words, restore_placeholders
+from fusion.deidentify import find_phi, redact
 
 CATCHES = [   # (text, what it must become)
     ("Patient: Jane Q. Doe", "Patient: [NAME]"),
@@ -328,7 +328,6 @@ def test_logs_never_hold_page_text_or_captions(settings, demo_project, tmp_path,
     pre-labeling job run by the worker, over items whose text and captions hold a unique marker:
     the marker is in no file under <home>/logs or <home>/jobs, no log record and no output."""
     import logging
-    import subprocess
 
     from sqlalchemy import text as sql
 
