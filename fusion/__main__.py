@@ -41,7 +41,8 @@ def cmd_ocr(args, settings) -> None:
     result = read_text(load_upload(args.image, settings), max_side=settings.ocr_max_side)
     data = result.to_dict()
     if settings.redact_text:   # FUSION_DEIDENTIFY / FUSION_DEMO_MODE: what is shown is redacted
-        from .deidentified_view import redact, redact_words
+        from .deidentified_view import redact_words
+        from .deidentify import redact
 
         shown = redact_words([w["text"] for w in data["words"]], result.text)
         data["words"] = [dict(w, text=s) for w, s in zip(data["words"], shown)]
