@@ -6,6 +6,7 @@ fusion head, not OCR and EfficientNet again.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import threading
@@ -174,7 +175,18 @@ class Engine:
         )
 
 
-@functools.lru_cache(maxsize=4)
+# What an engine reads of the settings; the others (accounts, de-identification, limits, ...)
+# must not load a second copy of the encoders.
+ENGINE_SETTINGS = ("home", "device", "ocr_max_side", "max_text_tokens", "fusion")
+
+
 def get_engine(settings: Settings) -> Engine:
-    """One engine per process and settings (Streamlit also wraps this in st.cache_resource)."""
+    """One engine per process and engine settings (Streamlit also wraps this in st.cache_resource)."""
+    defaults = Settings()
+    return _engine(dataclasses.replace(settings, **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(settings)
+                                                    if f.name not in ENGINE_SETTINGS}))
+
+
+@functools.lru_cache(maxsize=4)
+def _engine(settings: Settings) -> Engine:
     return Engine(settings)
