@@ -5,7 +5,7 @@ import getpass
 
 import streamlit as st
 
-from fusion import accounts, app_session, background, demo, streamlit_cache
+from fusion import accounts, app_session, background, deidentify, demo, streamlit_cache
 
 st.set_page_config(page_title="FusionLab", page_icon="🔬", layout="wide")
 settings = streamlit_cache.settings()
@@ -45,6 +45,9 @@ def sidebar() -> None:
         name = st.selectbox("Project", projects, index=projects.index(settings.demo_project), key="project")
         project = store.project(name)
         st.markdown(f"**Model** `{project.active_model or 'zero-shot'}`  \n**Device** `{engine.device_name}`")
+        if settings.redact_text:
+            st.caption(":material/visibility_off: De-identified" + (" · demo mode" if settings.demo_mode else ""),
+                       help=deidentify.NOTICE)
         if settings.auth:
             st.markdown(f"Signed in as **{account.name}** ({account.role})")
             st.button("Sign out", key="sign_out", icon=":material/logout:", on_click=app_session.sign_out)
