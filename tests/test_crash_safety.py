@@ -408,6 +408,12 @@ def check_workspace(lab: Lab) -> None:
         if checkpoint.exists():
             _read_whole(lab, checkpoint)
 
+    # A job that registered its version is not left failed (resuming it would train a duplicate).
+    with sqlite3.connect(f"file:{home / 'fusion.db'}?mode=ro", uri=True, timeout=30) as db:
+        duplicates = db.execute("SELECT jobs.id, version FROM jobs JOIN model_versions ON job_id = jobs.id "
+                                "WHERE jobs.status != 'succeeded'").fetchall()
+    assert duplicates == [], f"jobs not succeeded though their version is registered: {duplicates}"
+
     # Model versions: folders <-> rows, each one whole; the active one exists.
     on_disk = {(p.parent.parent.name, p.name) for p in home.glob("projects/*/models/*")}
     assert on_disk == versions, f"folders without rows {on_disk - versions}, rows without folders {versions - on_disk}"
@@ -527,9 +533,10 @@ def test_sigkill_at_random_points_loses_no_acknowledged_write_and_leaves_no_orph
     recover(lab)
     check_workspace(lab)
 
+    finished_by_recovery = sum(bool((j.result or {}).get("recovered")) for j in jobs.list(TRAIN, limit=1000))
     seconds = time.monotonic() - started
     print(f"\n{lab.kills['kill']} SIGKILLs in {seconds:.0f} s: {dict((k, v) for k, v in lab.kills.items() if k != 'kill')}"
-          f"; training kills {dict(lab.stages)}"
+          f"; training kills {dict(lab.stages)}, {finished_by_recovery} jobs ended as succeeded by recovery"
           f"\n{len(lab.decisions)} acknowledged decisions and {len(lab.uploaded)} uploads kept"
           f"\nrecovery did: {dict(lab.recovered)}\nseconds spent: { {k: round(v, 1) for k, v in spent.items()} }")
     assert lab.kills["kill"] >= 50
