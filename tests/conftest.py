@@ -15,6 +15,9 @@ def workspace(tmp_path_factory) -> Path:
     """A fresh FUSION_HOME for the session (the app under AppTest reads it from the env).
     FUSION_TEST_HOME names a workspace to reuse across runs instead (quicker local iteration)."""
     reuse = os.environ.get("FUSION_TEST_HOME")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")   # under pytest -n: one workspace per worker
+    if reuse and worker:
+        reuse = f"{reuse}-{worker}"
     home = Path(reuse) if reuse else tmp_path_factory.mktemp("fusion-home")
     previous = os.environ.get("FUSION_HOME")
     os.environ["FUSION_HOME"] = str(home)
