@@ -21,15 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .atomic import pid_alive
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from .atomic import fsync_dir, pid_alive
 
 
 class BlobStore:
@@ -136,7 +128,7 @@ class Staging:
                 if sha not in self.staged and not self.blobs.exists(sha, ext)}
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda args: self._write(*args), todo.values()))
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def promote(self, shas: Iterable[str]) -> None:
         """After the rows of these files committed: move them to their final names."""
