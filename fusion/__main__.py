@@ -405,6 +405,7 @@ def cmd_bench(args, settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .schema import ROLES
     parser = argparse.ArgumentParser(prog="python -m fusion", description="FusionLab: image + text classification")
     parser.add_argument("--home", help="workspace folder (default: $FUSION_HOME or ./data)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -560,9 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "list":
             q.add_argument("name", metavar="NAME")
         if name == "add":
-            q.add_argument("--role", default="annotator", choices=["annotator", "reviewer", "admin"])
+            q.add_argument("--role", default="annotator", choices=ROLES)
         if name == "set-role":
-            q.add_argument("role", metavar="ROLE", choices=["annotator", "reviewer", "admin"])
+            q.add_argument("role", metavar="ROLE", choices=ROLES)
         q.add_argument("--user", default=user, help="who makes the change (recorded)")
         q.add_argument("--json", action="store_true")
         q.set_defaults(run=cmd_users)

@@ -17,23 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FusionError
-from .features import cache_features, load_feature_set
 from .images import load_upload
 from .importing import IMAGE_SUFFIXES
 from .pipeline import compose_text, get_engine
-from .scoring import version_logits, zero_shot_logits
+from .scoring import head_probabilities
 
 HEADS = (("fused", "probs"), ("image", "probs_image"), ("text", "probs_text"))
 BATCH = 32
-
-
-def _predict_batch(engine, project, paths: list[Path], texts: list[str], cache: Path) -> list[dict]:
-    """Each head's probabilities of every label, per page."""
-    features = load_feature_set(cache_features(engine, cache, paths, texts), [0] * len(paths))
-    logits = (version_logits(engine, project, project.active_model, features, paths, texts, engine.device)
-              if project.active_model else zero_shot_logits(engine, project, features, engine.device))
-    probs = {head: l.softmax(-1).tolist() for head, l in logits.items()}
-    return [{head: dict(zip(project.label_names, p[k])) for head, p in probs.items()} for k in range(len(paths))]
 
 
 def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
@@ -71,8 +61,8 @@ def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
                 if progress:
                     progress("reading", start + len(rows), len(files))
             if readable:
-                for (row, _), probs in zip(readable, _predict_batch(engine, project, [p for _, p in readable], texts,
-                                                                     Path(cache))):
+                found = head_probabilities(engine, project, [p for _, p in readable], texts, Path(cache))
+                for (row, _), probs in zip(readable, found):
                     label = max(probs["fused"], key=probs["fused"].get)
                     row |= {"label": label, "confidence": round(probs["fused"][label], 6)}
                     row |= {f"{head}:{k}": probs[head][k] for head, _ in HEADS for k in project.labels}

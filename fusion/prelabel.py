@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .features import cache_features, load_feature_set
 from .images import load_image
 from .ocr import ENGINE
 from .pipeline import compose_text, get_engine
 from .review import QUEUE_STATUSES
-from .scoring import version_logits, zero_shot_logits
+from .scoring import head_probabilities
 from .store import ItemFilter, Store
 
 BATCH = 64
@@ -36,13 +35,8 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
                 read += 1
         paths = [store.image_path(i) for i in batch]
         texts = [compose_text(i.ocr_text or "", i.caption) for i in batch]
-        files = cache_features(engine, project.directory / "features", paths, texts)
-        features = load_feature_set(files, [0] * len(batch))
-        logits = (version_logits(engine, project, version, features, paths, texts, engine.device)
-                  if project.active_model else zero_shot_logits(engine, project, features, engine.device))
-        probs = {head: l.softmax(-1).tolist() for head, l in logits.items()}
-        for k, item in enumerate(batch):
-            named = {head: dict(zip(project.label_names, p[k])) for head, p in probs.items()}
+        found = head_probabilities(engine, project, paths, texts, project.directory / "features")
+        for item, named in zip(batch, found):
             label = max(named["fused"], key=named["fused"].get)
             store.record_prediction(project_name, item.id, label, named["fused"][label], named["fused"], version,
                                     user=user, heads={"image": named["image"], "text": named["text"]})

@@ -46,6 +46,17 @@ def zero_shot_logits(engine, project: Project, features: FeatureSet, device: str
     return predict_logits(HeadsOnFeatures(model), features, device)
 
 
+def head_probabilities(engine, project: Project, paths: list[Path], texts: list[str],
+                       cache_dir: Path) -> list[dict[str, dict[str, float]]]:
+    """Per item, each head's probability of every label, from the active version (zero-shot when
+    none is active), batched through pretrained features cached in `cache_dir`."""
+    features = load_feature_set(cache_features(engine, cache_dir, paths, texts), [0] * len(paths))
+    logits = (version_logits(engine, project, project.active_model, features, paths, texts, engine.device)
+              if project.active_model else zero_shot_logits(engine, project, features, engine.device))
+    probs = {head: l.softmax(-1).tolist() for head, l in logits.items()}
+    return [{head: dict(zip(project.label_names, p[k])) for head, p in probs.items()} for k in range(len(paths))]
+
+
 def _external_items(settings, engine, project: Project, csv_path: Path, progress: Progress | None):
     """(paths, texts, labels, problems) of a labeled CSV; unreadable or unlabeled rows are problems."""
     from .images import check_image_file, load_image
