@@ -104,3 +104,24 @@ def test_cross_attention_models_explain_where_the_text_looks(engine, settings):
     grid = prediction.explanation.text_to_image
     assert grid is not None and grid.shape == (image.height, image.width)
     assert grid.max() == pytest.approx(1.0, abs=0.02) and grid.min() == pytest.approx(0.0, abs=0.02)
+
+
+def test_explaining_flushes_denormals_on_the_calling_thread(engine, specialties):
+    """A confident prediction's gradients underflow into denormals, ~20x slower on x86: the
+    explanation must flush them on whichever thread runs it (each Streamlit run has its own)."""
+    import threading
+
+    page = OcrResult(text="ECG reviewed", words=[], ms=0.0, angle=0)
+    seen = {}
+
+    def explain_then_probe():
+        torch.set_flush_denormal(False)                # as a fresh thread of a process that never explained
+        tiny = torch.tensor([1e-39])                   # a denormal float32
+        seen["before"] = bool(tiny.mul(1.0).item() != 0.0)
+        engine.predict(Image.new("RGB", (64, 64), "white"), specialties, ocr_result=page, with_explanation=True)
+        seen["after"] = bool(tiny.mul(1.0).item() != 0.0)
+
+    thread = threading.Thread(target=explain_then_probe)
+    thread.start()
+    thread.join()
+    assert seen == {"before": True, "after": False}
