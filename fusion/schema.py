@@ -42,6 +42,7 @@ class ItemRow(Base):
         Index("ix_items_added", "project_id", "added_at"),
         Index("ix_items_confidence", "project_id", "pred_confidence"),
         Index("ix_items_filename", "project_id", "filename"),
+        Index("ix_items_updated_by", "project_id", "updated_by"),
         # The review queue's strategies (migration 0004): undecided items by each uncertainty.
         Index("ix_items_status_entropy", "project_id", "status", "pred_entropy"),
         Index("ix_items_status_margin", "project_id", "status", "pred_margin"),

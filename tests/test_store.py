@@ -163,9 +163,9 @@ def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path):
     engine.dispose()
 
     store = Store(load_settings(home=tmp_path))
-    assert schema_revision(store.db.engine) == "0005"
+    assert schema_revision(store.db.engine) == "0006"
     assert store.project("old").labels == {"a": "", "b": ""}
-    assert "ix_items_status_updated" in {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
+    assert {"ix_items_status_updated", "ix_items_updated_by"} <= {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
     found = store.list_items("old", ItemFilter(search="echocardio")).items   # indexed by the migration
     assert [i.filename for i in found] == ["old.png"]
     store.set_label("old", found[0].id, "a", "bob", expected_version=1)
