@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -147,12 +147,18 @@ class Engine:
         return pixels, patches
 
     # -- the service ----------------------------------------------------------------------
+    def explained(self, image: Image.Image, project: Project, caption: str = "",
+                  ocr_result: ocr.OcrResult | None = None) -> Future[Prediction]:
+        """The explained prediction, made on the explainer thread: a page can wait for it in steps
+        and give up when the reviewer edits again."""
+        return self.explainer.submit(self.predict, image, project, caption, ocr_result, True)
+
     def predict(self, image: Image.Image, project: Project, caption: str = "",
                 ocr_result: ocr.OcrResult | None = None, with_explanation: bool = False) -> Prediction:
         """OCR (unless `ocr_result` is given: an edited caption never re-reads the page),
         encode, fuse and optionally explain: an explained prediction runs all of it on the explainer."""
         if with_explanation and not getattr(_explaining, "here", False):
-            return self.explainer.submit(self.predict, image, project, caption, ocr_result, True).result()
+            return self.explained(image, project, caption, ocr_result).result()
         start = time.perf_counter()
         timings: dict[str, float] = {}
 

@@ -3,6 +3,7 @@ prediction explained, and accept, correct or skip it: saved at once, with histor
 from __future__ import annotations
 
 import dataclasses
+from concurrent import futures
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -116,8 +117,9 @@ def save_decision(label: str | None) -> None:
         page["version"] = store.item(project.name, item.id).version
         return
     verb = {"accepted": "Accepted", "corrected": "Corrected to", "skipped": "Skipped"}[saved.status]
-    st.toast(f"{verb} {saved.label if label else ''} · {literal(saved.filename)} (saved, version {saved.version})",
-             icon=":material/check_circle:")
+    # Shown by the app's run that opens the next item: a fragment's callback should not draw.
+    st.session_state["saved_toast"] = f"{verb} {saved.label if label else ''} · {literal(saved.filename)} " \
+                                      f"(saved, version {saved.version})"
     st.session_state["open_next"] = True
 
 
@@ -157,6 +159,8 @@ demo_clicked = buttons.button("Try a demo page", key="demo_page", width="stretch
                               help="The next page of the project's test split")
 with buttons.popover("Queue order", width="stretch"):
     queue_settings()
+if "saved_toast" in st.session_state:
+    st.toast(st.session_state.pop("saved_toast"), icon=":material/check_circle:")
 if st.session_state.pop("open_next", False) or next_clicked:   # after a decision, or asked for
     open_next()
 elif demo_clicked:
@@ -225,7 +229,7 @@ def review_panel(page: dict) -> None:
                     f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
     with details_box:
         st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})
-        explaining = st.empty()
+        explaining, heartbeat = st.empty(), st.empty()
 
     with decision_box:
         now = f"now **{item.label}** ({item.status}" + (f" by {literal(item.updated_by)})" if item.version > 1 else ")") \
@@ -243,8 +247,13 @@ def review_panel(page: dict) -> None:
                                          help=project.labels[label] or None, on_click=save_decision, args=(label,))
 
     if prediction.explanation is None:
+        pending = engine.explained(page["image"], project, caption=caption, ocr_result=edited)
         with explaining, st.spinner("Explaining: Grad-CAM and word attributions…"):
-            prediction = engine.predict(page["image"], project, caption=caption, ocr_result=edited, with_explanation=True)
+            # Streamlit ends a run for a newer edit only when the run draws: a heartbeat lets the
+            # reviewer's next edit be predicted now, not after this explanation.
+            while not futures.wait([pending], timeout=0.1).done:
+                heartbeat.empty()
+        prediction = pending.result()
         st.session_state["prediction"] = prediction
     explanation = prediction.explanation
 
