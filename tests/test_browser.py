@@ -151,6 +151,7 @@ def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project,
         # change): WebDriver's own calls wait while the page is busy, which adds up to 0.5 s here.
         for n, words in enumerate(["ECG troponin chest pain cardiology", "potassium creatinine laboratory panel"] * 2):
             before, explained_before = wait_for(headline), wait_for(timings_line)
+            time.sleep(1)   # a reviewer reads the explanation first; the page finishes drawing it meanwhile
             caption = driver.find_element(By.CSS_SELECTOR, "textarea[aria-label='Caption or note']")
             caption.send_keys(Keys.CONTROL, "a")
             caption.send_keys(words)

@@ -124,3 +124,10 @@ def test_explanations_run_on_a_background_thread_that_flushes_denormals(engine, 
     if sys.platform == "linux":
         niceness = engine.explainer.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
         assert niceness > os.getpriority(os.PRIO_PROCESS, 0)
+    # Its smaller thread team stays its own: a thread started afterwards computes on every core.
+    fresh = {}
+    thread = threading.Thread(target=lambda: fresh.update(threads=torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert fresh["threads"] == torch.get_num_threads()
+    assert engine.explainer.submit(torch.get_num_threads).result() == max(1, torch.get_num_threads() - 1)
