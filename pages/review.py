@@ -88,14 +88,18 @@ def open_demo_page() -> None:
 
 
 def probability_chart(prediction) -> go.Figure:
+    """Horizontal bars: label names stay readable in the narrow right column at 1280 px."""
     labels = list(prediction.probs)
+    names = [k.replace("_", " ") for k in labels]
     fig = go.Figure()
     for name, probs, color in (("fused", prediction.probs, "#4f46e5"), ("image only", prediction.probs_image, "#f59e0b"),
                                ("text only", prediction.probs_text, "#10b981")):
-        fig.add_bar(name=name, x=labels, y=[probs[k] for k in labels], marker_color=color)
-    fig.update_layout(barmode="group", height=300, margin=dict(l=10, r=10, t=10, b=10),
-                      yaxis=dict(range=[0, 1], title="probability"),
-                      legend=dict(orientation="h", yanchor="top", y=-0.35, x=0))
+        fig.add_bar(name=name, y=names, x=[probs[k] for k in labels], orientation="h", marker_color=color,
+                    text=[f"{probs[k]:.0%}" if probs[k] >= 0.1 else "" for k in labels], textposition="outside")
+    fig.update_layout(barmode="group", height=70 + 48 * len(labels), margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis=dict(range=[0, 1.15], title="probability", tickformat=".0%"),
+                      yaxis=dict(autorange="reversed"), legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
+                      bargap=0.25)
     return fig
 
 
@@ -228,7 +232,9 @@ def review_panel(page: dict) -> None:
         st.markdown(f"### {prediction.label}{flag}  \n{prediction.confidence:.0%} confident · "
                     f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
     with details_box:
-        st.plotly_chart(probability_chart(prediction), width="stretch", config={"displayModeBar": False})
+        # Static (the values are written on the bars): a chart without hover layers redraws in
+        # half the time, and the new prediction reaches the screen sooner.
+        st.plotly_chart(probability_chart(prediction), width="stretch", config={"staticPlot": True})
         explaining, heartbeat = st.empty(), st.empty()
 
     with decision_box:
