@@ -112,7 +112,7 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
     """Explain `class_index` of the fused head; `size` = (width, height) of the original image."""
     # A confident prediction's gradients underflow to denormals, which x86 computes ~20x slower
     # (8.4 s instead of 0.4 s for one demo page); flushing them to zero leaves every score the same.
-    # Per thread: each Streamlit run has its own.
+    # The setting is the calling thread's own (the engine's explainer thread).
     torch.set_flush_denormal(True)
     with torch.enable_grad():  # callers serve under no_grad; attributions need gradients
         # (b) integrated gradients, all steps in one batch, midpoint rule: 5 midpoints agreed

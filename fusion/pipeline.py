@@ -37,8 +37,8 @@ _explaining = threading.local()
 def _explainer_thread() -> None:
     """Set up the thread that explains: it yields the CPU to predictions, page loads and other
     sessions (and, on a small machine, the browser painting the prediction) and leaves them a core.
-    On 2 cores this took a caption edit's new prediction from 0.41 s to 0.23 s (median on screen),
-    and to 0.24 s from 0.42 s when the edit comes while the last one is still being explained."""
+    On 2 cores, with the browser on the same machine, this took a caption edit's new prediction
+    from 0.41 s to 0.23 s (median time to the screen)."""
     if sys.platform == "linux":   # Linux nices single threads; elsewhere the id would name a process
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + EXPLAINER_NICE)
     # This thread's OpenMP team only: torch.set_num_threads would also shrink every thread
@@ -160,9 +160,7 @@ class Engine:
     def predict(self, image: Image.Image, project: Project, caption: str = "",
                 ocr_result: ocr.OcrResult | None = None, with_explanation: bool = False) -> Prediction:
         """OCR (unless `ocr_result` is given: an edited caption never re-reads the page),
-        encode, fuse and optionally explain: an explained prediction runs all of it on the explainer."""
-        if with_explanation and not getattr(_explaining, "here", False):
-            return self.explained(image, project, caption, ocr_result).result()
+        encode, fuse and optionally explain (on the explainer thread)."""
         start = time.perf_counter()
         timings: dict[str, float] = {}
 
@@ -192,7 +190,9 @@ class Engine:
         explanation = None
         if with_explanation:
             fwd = ForwardPass(pixels, patches, batch, tokens, attentions, out)
-            explanation = explain(loaded.image_encoder, loaded.text_encoder, model, fwd, labels.index(label), image.size)
+            args = (loaded.image_encoder, loaded.text_encoder, model, fwd, labels.index(label), image.size)
+            explanation = explain(*args) if getattr(_explaining, "here", False) else \
+                self.explainer.submit(explain, *args).result()
         lap("explain", t)
         timings["total"] = round((time.perf_counter() - start) * 1000, 1)
         return Prediction(
