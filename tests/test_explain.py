@@ -1,6 +1,8 @@
 """Explanations that could be wrong: Grad-CAM must find the cat, attribution the deciding word."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import uuid
 
@@ -110,9 +112,6 @@ def test_cross_attention_models_explain_where_the_text_looks(engine, settings):
 def test_explanations_run_on_a_background_thread_that_flushes_denormals(engine, specialties):
     """A confident prediction's gradients underflow into denormals, ~20x slower on x86: the
     explanation flushes them on its thread, which yields the CPU to predictions."""
-    import os
-    import sys
-
     def denormals_survive() -> bool:
         return torch.tensor([1e-39]).mul(1.0).item() != 0.0       # 1e-39: a denormal float32
 
