@@ -32,6 +32,9 @@ class HeadsOnFeatures(nn.Module):
         super().__init__()
         self.fusion = fusion
 
+    def encode(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor):
+        return patches, tokens, mask
+
     def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
         return self.fusion(patches, tokens, mask)
 
@@ -47,14 +50,18 @@ class EndToEnd(nn.Module):
         if channels_last:
             self.image_encoder.to(memory_format=torch.channels_last)
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
+    def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
+        """(patches (B, 49, 1280), tokens (B, L, 384), mask (B, L)) through both encoders."""
         x = (pixels.float() - 127.0) / 128.0      # EfficientNet-Lite's input scaling
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         patches = patches_of(self.image_encoder(x)).float()
         # SDPA copy of MiniLM: same weights as the eager one, faster, no attentions needed here.
         tokens = self.text_encoder.bert_sdpa(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-        return self.fusion(patches, tokens, mask)
+        return patches, tokens, mask
+
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
+        return self.fusion(*self.encode(pixels, input_ids, mask))
 
     def train(self, mode: bool = True) -> "EndToEnd":
         super().train(mode)
@@ -104,12 +111,19 @@ def merge_lora(text_encoder: TextEncoder) -> TextEncoder:
     return text_encoder
 
 
-def parameter_groups(trainable: nn.Module, lr: float) -> list[dict]:
-    heads = [p for n, p in trainable.named_parameters() if p.requires_grad and n.startswith("fusion.")]
-    encoders = [p for n, p in trainable.named_parameters() if p.requires_grad and not n.startswith("fusion.")]
-    groups = [{"params": heads, "lr": lr, "name": "heads"}]
+def parameter_groups(trainable: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Heads, the weights of the priors and of the heads in the fused one (no decay: a vote that
+    helps should keep its size), and the encoders."""
+    named = [(n, p) for n, p in trainable.named_parameters() if p.requires_grad]
+    votes = ("fusion.prior_weights", "fusion.fusion_weights")
+    heads = [p for n, p in named if n.startswith("fusion.") and n not in votes]
+    priors = [p for n, p in named if n in votes]
+    encoders = [p for n, p in named if not n.startswith("fusion.")]
+    groups = [{"params": heads, "lr": lr, "weight_decay": weight_decay, "name": "heads"},
+              {"params": priors, "lr": lr, "weight_decay": 0.0, "name": "priors"}]
     if encoders:
-        groups.append({"params": encoders, "lr": lr * ENCODER_LR_SCALE, "name": "encoders"})
+        groups.append({"params": encoders, "lr": lr * ENCODER_LR_SCALE, "weight_decay": weight_decay,
+                       "name": "encoders"})
     return groups
 
 

@@ -1,11 +1,17 @@
 """The fusion model: three heads (fused, image-only, text-only) over frozen encoder outputs.
 
-Every head is "zero-shot prior + learned residual", the residual starting at zero, so an
-untrained model *is* the zero-shot classifier and training only moves away from it where the
-labels say so:
+Every head is "weighted zero-shot prior + learned residual", the weight starting at one and the
+residual at zero, so an untrained model *is* the zero-shot classifier and training only moves
+away from it where the labels say so:
   image prior  log( softmax(ImageNet logits) @ P(label | ImageNet class) )
   text prior   scale * cos(MiniLM sentence embedding, label embedding)
-  fused        image logits + text logits (a product of experts) + strategy-specific residual
+  image, text  w * prior + linear(standardised pooled features)
+  fused        a * image logits + b * text logits (a weighted product of experts)
+               + strategy-specific residual
+The prior weights w and the fusion weights a, b train: a prior that misleads on a project's data is voted down instead of
+outweighing the residual. The residuals read features standardised with the training set's
+mean and spread: MiniLM's sentence vectors share one large common direction and sit on the unit
+sphere, and raw, a residual moved ~0.03 logits per step against a x20 text prior (step 7).
 
 Strategies (config.strategy):
   concat           late fusion of the pooled vectors (MLP over [image; text])
@@ -80,6 +86,13 @@ class FusionModel(nn.Module):
         self.register_buffer("label_embeddings", torch.zeros(k, TEXT_DIM))
         self.register_buffer("imagenet_to_label", torch.full((1000, k), 1.0 / k))
         self.imagenet_fc = nn.Linear(IMAGE_DIM, 1000).requires_grad_(False)
+        self.prior_weights = nn.Parameter(torch.ones(2))   # image, text: how much each prior votes
+        self.fusion_weights = nn.Parameter(torch.ones(2))  # image, text: each head's vote in the fused one
+        # Per-feature standardisation of the pooled vectors (set from the training set: standardise()).
+        self.register_buffer("image_mean", torch.zeros(IMAGE_DIM))
+        self.register_buffer("image_std", torch.ones(IMAGE_DIM))
+        self.register_buffer("text_mean", torch.zeros(TEXT_DIM))
+        self.register_buffer("text_std", torch.ones(TEXT_DIM))
         # Residual heads, zero at start.
         self.image_head = _zero_linear(IMAGE_DIM, k)
         self.text_head = _zero_linear(TEXT_DIM, k)
@@ -102,6 +115,30 @@ class FusionModel(nn.Module):
     def text_prior(self, text_pooled: torch.Tensor) -> torch.Tensor:
         return self.config.text_scale * text_pooled @ self.label_embeddings.T
 
+    @torch.no_grad()
+    def standardise(self, image_pooled: torch.Tensor, text_pooled: torch.Tensor) -> None:
+        """Fit the residuals' feature standardisation to a training set's pooled vectors (N, D):
+        centred (MiniLM's vectors share one large common direction) and scaled to unit length on
+        average, so a weight and an optimizer step mean as much for either modality. One scale
+        for every dimension keeps the encoder's geometry, as a logistic regression on raw features
+        sees it (per-dimension scaling amplified noisy dimensions: image probe 0.88 vs 0.94)."""
+        for name, x in (("image", image_pooled), ("text", text_pooled)):
+            getattr(self, f"{name}_mean").copy_(x.float().mean(0))
+            centred = x.float() - x.float().mean(0)
+            scale = centred.norm(dim=1).pow(2).mean().sqrt().clamp(min=1e-6) if len(x) > 1 else torch.tensor(1.0)
+            getattr(self, f"{name}_std").fill_(float(scale))
+
+    def standardised(self, image_pooled: torch.Tensor, text_pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1280), (B, 384): what the residuals read."""
+        return (image_pooled - self.image_mean) / self.image_std, (text_pooled - self.text_mean) / self.text_std
+
+    def modality_logits(self, image_pooled, text_pooled, image_z, text_z) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image-only and text-only heads' logits (B, K), before temperature."""
+        w_image, w_text = self.prior_weights
+        image_logits = w_image * self.image_prior(image_pooled) + self.image_head(self.dropout(image_z))
+        text_logits = w_text * self.text_prior(text_pooled) + self.text_head(self.dropout(text_z))
+        return image_logits, text_logits
+
     # -- forward --------------------------------------------------------------------------
     def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
         """patches (B, 49, 1280), tokens (B, L, 384), mask (B, L)."""
@@ -111,8 +148,8 @@ class FusionModel(nn.Module):
             raise ValueError(f"tokens must be (B, L, {TEXT_DIM}) with mask (B, L), got {tuple(tokens.shape)}, {tuple(mask.shape)}")
         image_pooled = patches.mean(1)
         text_pooled = mean_pool(tokens, mask)
-        image_logits = self.image_prior(image_pooled) + self.image_head(self.dropout(image_pooled))
-        text_logits = self.text_prior(text_pooled) + self.text_head(self.dropout(text_pooled))
+        image_z, text_z = self.standardised(image_pooled, text_pooled)
+        image_logits, text_logits = self.modality_logits(image_pooled, text_pooled, image_z, text_z)
 
         gate = attn = None
         if self.config.strategy == "cross_attention":
@@ -124,16 +161,17 @@ class FusionModel(nn.Module):
             txt_vec = mean_pool(self.cross_norm(txt + txt_att), mask)
             img_vec = self.cross_norm(img + img_att).mean(1)
         else:
-            img_vec = self.image_proj(image_pooled)
-            txt_vec = self.text_proj(text_pooled)
+            img_vec = self.image_proj(image_z)
+            txt_vec = self.text_proj(text_z)
         residual = self.fused_head(self.dropout(torch.cat([img_vec, txt_vec], -1)))
+        a_image, a_text = self.fusion_weights
 
         if self.config.strategy == "gated":
             gate = torch.sigmoid(self.gate(torch.cat([img_vec, txt_vec], -1))).squeeze(-1)
             g = gate.unsqueeze(-1)
-            fused = 2 * (g * image_logits + (1 - g) * text_logits) + residual
+            fused = 2 * (g * a_image * image_logits + (1 - g) * a_text * text_logits) + residual
         else:
-            fused = image_logits + text_logits + residual
+            fused = a_image * image_logits + a_text * text_logits + residual
         tf, ti, tt = self.config.temperatures
         return FusionOutput(fused / tf, image_logits / ti, text_logits / tt, gate, attn)
 
@@ -187,5 +225,15 @@ class FusionModel(nn.Module):
         except Exception as e:  # safetensors raises its own error type for a non-safetensors file
             raise FusionError(f"{directory / 'model.safetensors'} is not a valid safetensors file "
                               f"({e}); only safetensors checkpoints are loaded") from e
-        model.load_state_dict(state)
+        model.load_state_dict(_with_defaults(state, model))
         return model.to(device).eval()
+
+
+# Parameters and buffers added after versions were saved without them, and the values that make
+# such a version predict exactly as it did: prior weights of one, no standardisation.
+_ADDED_LATER = ("prior_weights", "fusion_weights", "image_mean", "image_std", "text_mean", "text_std")
+
+
+def _with_defaults(state: dict[str, torch.Tensor], model: FusionModel) -> dict[str, torch.Tensor]:
+    own = model.state_dict()
+    return {name: own[name] for name in _ADDED_LATER if name not in state} | state

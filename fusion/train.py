@@ -29,12 +29,14 @@ from .evaluation import fit_temperature, scores
 from .features import FeatureSet, cache_features, load_feature_set
 from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
                        parameter_groups, pretrained_anchor)
-from .encoders import save_encoders
-from .model import ModelConfig
+from .encoders import mean_pool, save_encoders
+from .model import FusionOutput, ModelConfig
+from .probe import fit_linear_heads
 from .training_data import Examples, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model
 
 HEADS = ("fused", "image", "text")
+MIN_STEPS_PER_EPOCH = 8   # small projects: an epoch repeats its items up to this many batches
 REPORT_EVERY_S = 1.0          # progress rows (and cancel checks) at most this often
 Report = Callable[[dict], None]  # receives progress; may raise to stop (the worker's cancel)
 
@@ -47,7 +49,7 @@ class TrainConfig:
     batch_size: int = 32
     device: str = "auto"      # auto: CUDA when present
     weight_decay: float = 1e-2
-    patience: int = 8         # epochs without a better val macro-F1 before stopping
+    patience: int = 8         # epochs without a lower validation loss before stopping
     seed: int = 0
     l2sp: float = 0.0         # > 0: pull trained encoder weights toward the pretrained ones
     lora: bool = False        # train MiniLM through LoRA adapters instead of its weights
@@ -135,34 +137,67 @@ def _gpu_memory(device: str) -> dict:
             "gpu_total_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
 
 
+def _probe(trainable, train, device: str, mode: str, class_weights: torch.Tensor, batch_size: int = 256) -> None:
+    """Start from probed heads: standardise the residuals' inputs to the training set as the
+    encoders see it at the start, and fit the image and text heads to it (fusion.probe)."""
+    trainable.eval()
+    image, text = [], []
+    with torch.no_grad():
+        for i in range(0, len(train), batch_size):
+            with _autocast(device, mode):
+                patches, tokens, mask = trainable.encode(*train.subset(torch.arange(i, min(i + batch_size, len(train))))
+                                                         .inputs(device))
+            image.append(patches.float().mean(1).cpu())
+            text.append(mean_pool(tokens.float(), mask).cpu())
+    image, text = torch.cat(image).to(device), torch.cat(text).to(device)
+    trainable.fusion.standardise(image, text)
+    fit_linear_heads(trainable.fusion, image, text, train.targets.to(device), class_weights)
+
+
+def _val_loss(trainable, val, device: str, mode: str, class_weights: torch.Tensor) -> tuple[float, dict]:
+    """The joint loss on the validation split (what early stopping watches) and each head's scores."""
+    logits = predict_logits(trainable, val, device, mode)
+    out = FusionOutput(logits["fused"], logits["image"], logits["text"], None, None)
+    loss = float(trainable.fusion.loss(out, val.targets, class_weights.cpu()))
+    return round(loss, 5), quick_scores(logits, val.targets)
+
+
 def fit(trainable, train, val, config: TrainConfig, device: str, report: Report | None = None,
         checkpoint: Path | None = None, resume: Path | None = None) -> list[dict]:
-    """Train `trainable` in place; leaves it at its best validation epoch. Returns one row per epoch."""
+    """Train `trainable` in place; leaves it at its best validation epoch. Returns one row per epoch.
+
+    Early stopping watches the joint validation loss, not a macro-F1: on a small validation split
+    F1 saturates (or jumps by one item) long before the heads have learned what they can, and a
+    run stopped there left the text head at its zero-shot prior. An epoch is at least
+    MIN_STEPS_PER_EPOCH optimizer steps (passes over a small set repeat), so a project of 40 pages
+    trains for as many steps as one of 300."""
     rank, world = distributed()
     k = len(trainable.fusion.config.labels)
     counts = torch.bincount(train.targets, minlength=k).float()
     class_weights = (counts.sum() / (k * counts.clamp(min=1))).to(device)
+    _probe(trainable, train, device, config.mode, class_weights)
     anchor = pretrained_anchor(trainable) if config.l2sp > 0 else None
     model = trainable
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(trainable, device_ids=[device] if device.startswith("cuda") else None)
-    optimizer = torch.optim.AdamW(parameter_groups(trainable, config.lr), weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(trainable, config.lr, config.weight_decay))
 
     start, since_best, history = 1, 0, []
-    best_f1 = _macro_f1(predict_logits(trainable, val, device, config.mode)["fused"], val.targets)
+    best_loss, _ = _val_loss(trainable, val, device, config.mode, class_weights)
     best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
     if resume is not None:
         best, meta = load_checkpoint(resume, trainable, optimizer)
-        start, since_best, best_f1, history = meta["epoch"] + 1, meta["since_best"], meta["best_f1"], meta["history"]
+        start, since_best, best_loss, history = meta["epoch"] + 1, meta["since_best"], meta["best_loss"], meta["history"]
 
-    steps = math.ceil(len(train) / config.batch_size)
+    epoch_size = max(len(train), MIN_STEPS_PER_EPOCH * config.batch_size)
+    steps = math.ceil(epoch_size / config.batch_size)
     started, last_report = time.perf_counter(), 0.0
     for epoch in range(start, config.epochs + 1):
         if since_best >= config.patience:
             break
         t0 = time.perf_counter()
         torch.manual_seed(config.seed * 10_007 + epoch)   # same order and dropout on every rank, and on resume
-        order = torch.randperm(len(train))
+        order = torch.cat([torch.randperm(len(train)) for _ in range(math.ceil(epoch_size / len(train)))])
         trainable.train()
         total, seen = 0.0, 0
         for step in range(steps):
@@ -184,28 +219,28 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
             if report and now - last_report >= REPORT_EVERY_S:
                 last_report = now
                 rate = seen / (now - t0)
-                remaining = (config.epochs - epoch) * len(train) + len(train) - seen
+                remaining = (config.epochs - epoch + 1) * epoch_size - seen
                 report({"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step + 1,
                         "steps": steps, "loss": round(total / seen, 4), "samples_per_s": round(rate, 1),
                         "eta_s": round(remaining / rate, 1), **_gpu_memory(device)})
         seconds = time.perf_counter() - t0
-        val_scores = quick_scores(predict_logits(trainable, val, device, config.mode), val.targets)
-        row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val": val_scores,
+        val_loss, val_scores = _val_loss(trainable, val, device, config.mode, class_weights)
+        row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val_loss": val_loss, "val": val_scores,
                "seconds": round(seconds, 3), "samples_per_s": round(seen / seconds, 1)}
         history.append(row)
-        if val_scores["fused"]["macro_f1"] > best_f1:
-            best_f1, since_best = val_scores["fused"]["macro_f1"], 0
+        if val_loss < best_loss:
+            best_loss, since_best = val_loss, 0
             best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
         else:
             since_best += 1
         if rank == 0 and checkpoint is not None:
             save_checkpoint(checkpoint, trainable, optimizer, best,
-                            {"epoch": epoch, "since_best": since_best, "best_f1": best_f1, "history": history})
+                            {"epoch": epoch, "since_best": since_best, "best_loss": best_loss, "history": history})
         if report:
             elapsed = time.perf_counter() - started
             report({"stage": "epoch", "epoch": epoch, "epochs": config.epochs, "step": steps, "steps": steps,
-                    "loss": row["loss"], "val_macro_f1": val_scores["fused"]["macro_f1"], "best_val_macro_f1": best_f1,
-                    "samples_per_s": row["samples_per_s"],
+                    "loss": row["loss"], "val_loss": val_loss, "best_val_loss": best_loss,
+                    "val_macro_f1": val_scores["fused"]["macro_f1"], "samples_per_s": row["samples_per_s"],
                     "eta_s": round(elapsed / (epoch - start + 1) * (config.epochs - epoch), 1), "row": row})
     with torch.no_grad():
         params = trained_parameters(trainable)
