@@ -400,7 +400,18 @@ def cmd_users(args, settings) -> None:
 def cmd_bench(args, settings) -> None:
     from . import bench
 
-    data = bench.run(args.what, settings)
+    if args.what == "learning":
+        from pathlib import Path
+
+        from .bench_learning import bench_learning
+        from .errors import FusionError
+
+        if args.data is None:
+            raise FusionError("bench learning needs --data FOLDER (with an index.jsonl of pages)")
+        data = bench_learning(settings, Path(args.data), seeds=args.seeds,
+                              descriptions=_descriptions(args.descriptions) or None)
+    else:
+        data = bench.run(args.what, settings)
     _emit(data, args.json, json.dumps(data, indent=2))
 
 
@@ -569,7 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(run=cmd_users)
 
     p = sub.add_parser("bench", help="measure speed; prints JSON")
-    p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify"])
+    p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify", "learning"])
+    p.add_argument("--data", help="learning: a folder with index.jsonl (image, gt_text, doc_type a line)")
+    p.add_argument("--seeds", type=int, default=5, help="learning: seeded half/half splits")
+    p.add_argument("--descriptions", help="learning: label descriptions (JSON or 'label: description' lines)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_bench)
     return parser

@@ -47,6 +47,9 @@ class ModelConfig:
     heads: int = 4                      # attention heads for cross_attention
     dropout: float = 0.1
     text_scale: float = 20.0            # cosine -> logit temperature of the text prior
+    prompt_count: int = 0               # > 0: the text prior matches the page's windows against this
+                                        # many label prompts; 0 (versions before step 7): the whole page
+                                        # against one vector per label
     loss_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)  # fused, image-only, text-only
     version: str = "zero-shot"
     temperatures: tuple[float, float, float] = (1.0, 1.0, 1.0)  # fused, image, text: fitted on val
@@ -70,6 +73,21 @@ class FusionOutput:
     text_to_image: torch.Tensor | None  # (B, L, 49) attention of tokens onto patches (cross_attention)
 
 
+WINDOW, STRIDE = 16, 8     # word pieces: about a line of a page
+
+
+def window_embeddings(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled, L2-normalised windows of WINDOW token states every STRIDE (B, W, D), and
+    which hold any real token (B, W). A text shorter than a window is one window."""
+    if tokens.shape[1] < WINDOW:
+        pad = WINDOW - tokens.shape[1]
+        tokens, mask = F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad))
+    m = mask.to(tokens.dtype)
+    sums = (tokens * m.unsqueeze(-1)).unfold(1, WINDOW, STRIDE).sum(-1)   # (B, W, D)
+    counts = m.unfold(1, WINDOW, STRIDE).sum(-1)                           # (B, W)
+    return F.normalize(sums / counts.clamp(min=1).unsqueeze(-1), dim=-1), counts > 0
+
+
 def _zero_linear(i: int, o: int) -> nn.Linear:
     layer = nn.Linear(i, o)
     nn.init.zeros_(layer.weight)
@@ -84,6 +102,8 @@ class FusionModel(nn.Module):
         k, h = len(config.labels), config.hidden
         # Zero-shot priors (frozen buffers, filled by zeroshot.build_model or load()).
         self.register_buffer("label_embeddings", torch.zeros(k, TEXT_DIM))
+        self.register_buffer("prompt_embeddings", torch.zeros(config.prompt_count, TEXT_DIM))
+        self.register_buffer("prompt_labels", torch.zeros(config.prompt_count, dtype=torch.long))
         self.register_buffer("imagenet_to_label", torch.full((1000, k), 1.0 / k))
         self.imagenet_fc = nn.Linear(IMAGE_DIM, 1000).requires_grad_(False)
         self.prior_weights = nn.Parameter(torch.ones(2))   # image, text: how much each prior votes
@@ -112,8 +132,17 @@ class FusionModel(nn.Module):
         p_imagenet = self.imagenet_fc(image_pooled).softmax(-1)
         return torch.log(p_imagenet @ self.imagenet_to_label + 1e-6)
 
-    def text_prior(self, text_pooled: torch.Tensor) -> torch.Tensor:
-        return self.config.text_scale * text_pooled @ self.label_embeddings.T
+    def text_prior(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, K): per label, its prompts' best cosine with any window of the page, so one telling
+        line ("TOTAL", "Abstract") counts even when the rest of the page talks of other things."""
+        if self.config.prompt_count == 0:
+            return self.config.text_scale * mean_pool(tokens, mask) @ self.label_embeddings.T
+        windows, valid = window_embeddings(tokens, mask)                          # (B, W, D), (B, W)
+        similarity = torch.einsum("bwd,pd->bwp", windows, self.prompt_embeddings)
+        best_window = similarity.masked_fill(~valid.unsqueeze(-1), -2.0).amax(1)  # (B, P)
+        of_label = self.prompt_labels.unsqueeze(0) == torch.arange(len(self.config.labels), device=mask.device).unsqueeze(1)
+        best = best_window.unsqueeze(1).masked_fill(~of_label.unsqueeze(0), -2.0).amax(-1)  # (B, K)
+        return self.config.text_scale * best
 
     @torch.no_grad()
     def standardise(self, image_pooled: torch.Tensor, text_pooled: torch.Tensor) -> None:
@@ -132,11 +161,11 @@ class FusionModel(nn.Module):
         """(B, 1280), (B, 384): what the residuals read."""
         return (image_pooled - self.image_mean) / self.image_std, (text_pooled - self.text_mean) / self.text_std
 
-    def modality_logits(self, image_pooled, text_pooled, image_z, text_z) -> tuple[torch.Tensor, torch.Tensor]:
+    def modality_logits(self, image_prior, text_prior, image_z, text_z) -> tuple[torch.Tensor, torch.Tensor]:
         """The image-only and text-only heads' logits (B, K), before temperature."""
         w_image, w_text = self.prior_weights
-        image_logits = w_image * self.image_prior(image_pooled) + self.image_head(self.dropout(image_z))
-        text_logits = w_text * self.text_prior(text_pooled) + self.text_head(self.dropout(text_z))
+        image_logits = w_image * image_prior + self.image_head(self.dropout(image_z))
+        text_logits = w_text * text_prior + self.text_head(self.dropout(text_z))
         return image_logits, text_logits
 
     # -- forward --------------------------------------------------------------------------
@@ -149,7 +178,8 @@ class FusionModel(nn.Module):
         image_pooled = patches.mean(1)
         text_pooled = mean_pool(tokens, mask)
         image_z, text_z = self.standardised(image_pooled, text_pooled)
-        image_logits, text_logits = self.modality_logits(image_pooled, text_pooled, image_z, text_z)
+        image_logits, text_logits = self.modality_logits(self.image_prior(image_pooled), self.text_prior(tokens, mask),
+                                                         image_z, text_z)
 
         gate = attn = None
         if self.config.strategy == "cross_attention":

@@ -18,9 +18,12 @@ the same features scored 1.0.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
 
+from .encoders import mean_pool
 from .model import FusionModel
 
 L2 = 0.005            # per training item, on the squared weights of standardised features
@@ -45,10 +48,10 @@ def _lbfgs(params: list[torch.Tensor], objective) -> None:
 class _Inputs:
     """What the linear parts read, computed once: priors (N, K) and standardised features."""
 
-    def __init__(self, fusion: FusionModel, image_pooled: torch.Tensor, text_pooled: torch.Tensor):
+    def __init__(self, fusion: FusionModel, features: "PooledFeatures"):
         with torch.no_grad():
-            self.image_z, self.text_z = fusion.standardised(image_pooled, text_pooled)
-            self.image_prior, self.text_prior = fusion.image_prior(image_pooled), fusion.text_prior(text_pooled)
+            self.image_z, self.text_z = fusion.standardised(features.image, features.text)
+            self.image_prior, self.text_prior = features.image_prior, features.text_prior
 
     def logits(self, fusion: FusionModel, rows=slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         w_image, w_text = fusion.prior_weights
@@ -97,13 +100,34 @@ def _out_of_fold_logits(fusion: FusionModel, inputs: _Inputs, targets: torch.Ten
     return image_oof, text_oof
 
 
-def fit_linear_heads(fusion: FusionModel, image_pooled: torch.Tensor, text_pooled: torch.Tensor,
-                     targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> None:
-    """Fit image_head, text_head, prior_weights and fusion_weights in place. image_pooled (N, 1280),
-    text_pooled (N, 384), targets (N,), all on the model's device, standardisation already set."""
+@dataclass
+class PooledFeatures:
+    """A training set as the linear parts see it (all on the model's device)."""
+    image: torch.Tensor          # (N, 1280) pooled image features
+    text: torch.Tensor           # (N, 384) pooled text features
+    image_prior: torch.Tensor    # (N, K) zero-shot image logits
+    text_prior: torch.Tensor     # (N, K) zero-shot text logits
+
+
+@torch.no_grad()
+def pooled_features(fusion: FusionModel, batches) -> PooledFeatures:
+    """From (patches, tokens, mask) batches: only pooled vectors and priors are kept, so a large
+    training set never holds its token states all at once."""
+    parts = []
+    for patches, tokens, mask in batches:
+        image = patches.float().mean(1)
+        parts.append((image, mean_pool(tokens.float(), mask), fusion.image_prior(image), fusion.text_prior(tokens.float(), mask)))
+    return PooledFeatures(*(torch.cat(column) for column in zip(*parts)))
+
+
+def fit_linear_heads(fusion: FusionModel, features: PooledFeatures, targets: torch.Tensor,
+                     class_weights: torch.Tensor | None = None) -> None:
+    """Set the standardisation to these features, then fit image_head, text_head, prior_weights and
+    fusion_weights in place. targets (N,) on the model's device."""
+    fusion.standardise(features.image, features.text)
     was_training = fusion.training
     fusion.eval()                                     # no dropout: a deterministic objective
-    inputs = _Inputs(fusion, image_pooled, text_pooled)
+    inputs = _Inputs(fusion, features)
     out_of_fold = _out_of_fold_logits(fusion, inputs, targets, class_weights)
     _fit_heads(fusion, inputs, slice(None), targets, class_weights)
     if out_of_fold is not None:

@@ -29,9 +29,9 @@ from .evaluation import fit_temperature, scores
 from .features import FeatureSet, cache_features, load_feature_set
 from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
                        parameter_groups, pretrained_anchor)
-from .encoders import mean_pool, save_encoders
+from .encoders import save_encoders
 from .model import FusionOutput, ModelConfig
-from .probe import fit_linear_heads
+from .probe import fit_linear_heads, pooled_features
 from .training_data import Examples, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model
 
@@ -138,20 +138,17 @@ def _gpu_memory(device: str) -> dict:
 
 
 def _probe(trainable, train, device: str, mode: str, class_weights: torch.Tensor, batch_size: int = 256) -> None:
-    """Start from probed heads: standardise the residuals' inputs to the training set as the
-    encoders see it at the start, and fit the image and text heads to it (fusion.probe)."""
+    """Start from probed heads (fusion.probe), fitted to the training set as the encoders see it
+    at the start."""
     trainable.eval()
-    image, text = [], []
-    with torch.no_grad():
+
+    def batches():
         for i in range(0, len(train), batch_size):
             with _autocast(device, mode):
-                patches, tokens, mask = trainable.encode(*train.subset(torch.arange(i, min(i + batch_size, len(train))))
-                                                         .inputs(device))
-            image.append(patches.float().mean(1).cpu())
-            text.append(mean_pool(tokens.float(), mask).cpu())
-    image, text = torch.cat(image).to(device), torch.cat(text).to(device)
-    trainable.fusion.standardise(image, text)
-    fit_linear_heads(trainable.fusion, image, text, train.targets.to(device), class_weights)
+                yield trainable.encode(*train.subset(torch.arange(i, min(i + batch_size, len(train)))).inputs(device))
+
+    features = pooled_features(trainable.fusion, batches())
+    fit_linear_heads(trainable.fusion, features, train.targets.to(device), class_weights)
 
 
 def _val_loss(trainable, val, device: str, mode: str, class_weights: torch.Tensor) -> tuple[float, dict]:

@@ -1,7 +1,9 @@
 """Zero-shot priors from label names: what a project predicts before anyone labels anything.
 
 No CLIP-like weights exist offline, so both priors go through MiniLM:
-  text   similarity of (OCR text + caption) to "label name: description"
+  text   per label, the best similarity of any window (~a line) of (OCR text + caption) to any of
+         the label's short prompts: its name, and the phrases of its description
+         ("receipt: items, prices, total" -> "receipt", "items", "prices", "total")
   image  the backbone's ImageNet prediction, each ImageNet class mapped to labels by the
          similarity of its name to the label text
 The priors become frozen buffers of a FusionModel whose residual heads are zero (see model.py).
@@ -9,6 +11,7 @@ The priors become frozen buffers of a FusionModel whose residual heads are zero 
 from __future__ import annotations
 
 import functools
+import re
 
 import torch
 
@@ -23,6 +26,17 @@ def label_prompt(name: str, description: str | None) -> str:
     return f"{words}: {description}" if description else words
 
 
+def label_prompts(name: str, description: str | None) -> list[str]:
+    """Short prompts a reader would match a page's lines against: the label's name, and its
+    description whole and in its phrases (split at ':', ';' and ',')."""
+    words = name.replace("_", " ").replace("-", " ")
+    prompts = [words, f"a {words}"]
+    if description and description.strip():
+        prompts.append(description.strip())
+        prompts += [p.strip() for p in re.split(r"[:;,]", description) if p.strip()]
+    return list(dict.fromkeys(prompts))            # in order, once each
+
+
 @functools.lru_cache(maxsize=2)
 def _imagenet_name_embeddings(text_encoder: TextEncoder) -> torch.Tensor:
     names = [f"a photo of a {n}" for n in imagenet_class_names()]
@@ -31,12 +45,15 @@ def _imagenet_name_embeddings(text_encoder: TextEncoder) -> torch.Tensor:
 
 def build_zero_shot_model(config: ModelConfig, image_encoder: ImageEncoder, text_encoder: TextEncoder) -> FusionModel:
     """A FusionModel whose predictions are exactly the zero-shot priors."""
+    prompts = [(k, p) for k, n in enumerate(config.labels) for p in label_prompts(n, config.descriptions.get(n))]
+    config.prompt_count = len(prompts)
     model = FusionModel(config)
-    prompts = [label_prompt(n, config.descriptions.get(n)) for n in config.labels]
-    labels = text_encoder.sentence_embeddings(prompts)                       # (K, 384)
+    labels = text_encoder.sentence_embeddings([label_prompt(n, config.descriptions.get(n)) for n in config.labels])
     similarity = _imagenet_name_embeddings(text_encoder) @ labels.T          # (1000, K)
     with torch.no_grad():
         model.label_embeddings.copy_(labels)
+        model.prompt_embeddings.copy_(text_encoder.sentence_embeddings([p for _, p in prompts]))
+        model.prompt_labels.copy_(torch.tensor([k for k, _ in prompts]))
         model.imagenet_to_label.copy_((IMAGENET_TO_LABEL_TEMPERATURE * similarity).softmax(-1))
         model.imagenet_fc.load_state_dict(image_encoder.imagenet_fc.state_dict())
     return model.eval()
