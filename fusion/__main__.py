@@ -355,6 +355,25 @@ def cmd_prelabel(args, settings) -> None:
           f"{result['version']} ({result['read_by_ocr']} read by OCR first)")
 
 
+def cmd_zero_shot(args, settings) -> None:
+    from .store import open_store
+
+    store = open_store(settings)
+    if args.descriptions:
+        store.set_descriptions(args.project, _descriptions(args.descriptions))
+    if args.queue:
+        _queue(args, settings, store, "zero_shot", {})
+        return
+    from .zero_shot_measure import measure_zero_shot
+
+    result = measure_zero_shot(settings, store, args.project, args.user,
+                               report=lambda row: _progress("encoding", row["step"], row["steps"]))
+    accuracy = result.get("accuracy")
+    _emit(result, args.json, f"zero-shot on {result['items']} labeled items of {args.project}: " +
+          (f"fused {accuracy['fused']:.3f}, image {accuracy['image']:.3f}, text {accuracy['text']:.3f} "
+           f"(votes image {result['votes'][0]:.2f}, text {result['votes'][1]:.2f})" if accuracy else "no labeled items to measure on"))
+
+
 def _new_password(args) -> str:
     """Typed twice at a terminal; otherwise the first line of stdin (for scripts)."""
     from .errors import FusionError
@@ -560,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=user)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_prelabel)
+
+    p = sub.add_parser("zero-shot", help="measure the zero-shot model on the labeled items (and weigh its priors)")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--descriptions", help="new label descriptions first: JSON or 'label: description' lines")
+    p.add_argument("--queue", action="store_true", help="run it as a background job of the worker")
+    p.add_argument("--user", default=user)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_zero_shot)
 
     p = sub.add_parser("users", help="accounts for the app's sign-in (FUSION_AUTH=1): add, list, set-role, disable")
     users_sub = p.add_subparsers(dest="users_command", required=True)

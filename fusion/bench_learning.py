@@ -8,7 +8,8 @@ workspace, and the reference text), over seeded stratified half/half splits:
 - trained in head mode through training's own `fit` (the training half split 85/15 into train and
   validation): each head;
 - beside them, logistic regressions (scikit-learn, defaults) on the very same frozen features:
-  pooled image, pooled text, and both concatenated;
+  pooled image, pooled text, and both concatenated, fitted on the head's training items
+  (`probe`) and on the whole training half (`probe_whole_half`);
 - a few-shot curve: k labeled pages per class drawn from the training half (the validation split
   is the k pages themselves below 5), tested on the same test half.
 """
@@ -112,7 +113,7 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
 
     targets = features.targets.numpy()
     zero_shot = HeadsOnFeatures(build_zero_shot_model(config, engine.image_encoder, engine.text_encoder))
-    runs = {"zero_shot": [], "head": [], "probe": []}
+    runs = {"zero_shot": [], "head": [], "probe": [], "probe_whole_half": []}
     curve = {k: [] for k in shots}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
@@ -122,7 +123,8 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
         train, val = _split(targets[pool], VALIDATION_SHARE, rng)
         trained = _train_heads(engine, config, features, pool[train], pool[val], seed)
         runs["head"].append(_accuracy(predict_logits(trained, test_set, "cpu"), targets[test]))
-        runs["probe"].append(_probes(features, pool, test))
+        runs["probe"].append(_probes(features, pool[train], test))     # the same items as the head
+        runs["probe_whole_half"].append(_probes(features, pool, test))  # and its validation items too
         for k in shots:
             chosen = np.concatenate([rng.permutation(pool[targets[pool] == label])[:k] for label in np.unique(targets)])
             fit_on, check_on = (chosen, chosen) if k < 5 else tuple(chosen[i] for i in _split(targets[chosen], VALIDATION_SHARE, rng))

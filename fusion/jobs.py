@@ -18,7 +18,7 @@ from .schema import JobRow, ModelVersionRow, ProjectRow
 from .store import Store, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled")
-KINDS = ("train", "prelabel")
+KINDS = ("train", "prelabel", "zero_shot")
 
 
 class JobCancelled(Exception):

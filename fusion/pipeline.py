@@ -24,10 +24,10 @@ from threadpoolctl import threadpool_limits
 from . import ocr
 from .encoders import ImageEncoder, TextEncoder, load_encoders, load_image_encoder, load_text_encoder, patches_of
 from .explain import Explanation, ForwardPass, explain
-from .model import FusionModel, ModelConfig
+from .model import FusionModel
 from .project import Project
 from .settings import Settings, describe_device
-from .zeroshot import build_zero_shot_model
+from .zeroshot import project_zero_shot_model
 
 FEATURE_CACHE_SIZE = 64  # images; 49x1280 floats each (~250 KB)
 EXPLAINER_NICE = 10       # added to the explaining thread's CPU niceness
@@ -118,8 +118,8 @@ class Engine:
                     if model.config.finetuned_encoders:
                         image_encoder, text_encoder = load_encoders(directory, image_encoder, text_encoder, self.device)
                 else:
-                    config = ModelConfig(project.label_names, project.labels, self.settings.fusion)
-                    model = build_zero_shot_model(config, self.image_encoder, self.text_encoder).to(self.device)
+                    model = project_zero_shot_model(project, self.settings.fusion, self.image_encoder,
+                                                    self.text_encoder).to(self.device)
                 self._models[key] = LoadedModel(model.requires_grad_(False).eval(), image_encoder, text_encoder)
             return self._models[key]
 

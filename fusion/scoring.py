@@ -16,10 +16,10 @@ from .features import FeatureSet, cache_features, load_feature_set
 from .finetune import EndToEnd, HeadsOnFeatures
 from .encoders import load_encoders
 from .evaluation import scores
-from .model import FusionModel, ModelConfig
+from .model import FusionModel
 from .project import Project
 from .training_data import labeled_examples, pixel_set
-from .zeroshot import build_zero_shot_model
+from .zeroshot import project_zero_shot_model
 
 Progress = Callable[[str, int, int], None]
 
@@ -41,8 +41,7 @@ def version_logits(engine, project: Project, version: str, features: FeatureSet,
 def zero_shot_logits(engine, project: Project, features: FeatureSet, device: str) -> dict[str, torch.Tensor]:
     from .train import predict_logits
 
-    config = ModelConfig(project.label_names, project.labels, engine.settings.fusion)
-    model = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder).to(device)
+    model = project_zero_shot_model(project, engine.settings.fusion, engine.image_encoder, engine.text_encoder).to(device)
     return predict_logits(HeadsOnFeatures(model), features, device)
 
 

@@ -131,6 +131,17 @@ class Store:
         self.settings.project_dir(name).mkdir(parents=True, exist_ok=True)
         return self._project(row)
 
+    def set_descriptions(self, name: str, descriptions: dict[str, str]) -> Project:
+        """New descriptions for some of the project's labels (the zero-shot prompts read them)."""
+        with self.db.write() as session:
+            row = self._project_row(session, name)
+            unknown = set(descriptions) - {e["name"] for e in row.labels}
+            if unknown:
+                raise FusionError(f"project {name!r} has no labels {sorted(unknown)}")
+            row.labels = [{"name": e["name"], "description": " ".join(descriptions.get(e["name"], e["description"]).split())}
+                          for e in row.labels]
+        return self.project(name)
+
     def project_names(self) -> list[str]:
         with self.db.read() as session:
             return list(session.scalars(select(ProjectRow.name).order_by(ProjectRow.name)))

@@ -33,7 +33,7 @@ from .encoders import save_encoders
 from .model import FusionOutput, ModelConfig
 from .probe import fit_linear_heads, pooled_features
 from .training_data import Examples, labeled_examples, pixel_set
-from .zeroshot import build_zero_shot_model
+from .zeroshot import build_zero_shot_model, project_zero_shot_model
 
 HEADS = ("fused", "image", "text")
 MIN_STEPS_PER_EPOCH = 8   # small projects: an epoch repeats its items up to this many batches
@@ -305,7 +305,8 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
 
     model_config = ModelConfig(project.label_names, project.labels, config.strategy or settings.fusion,
                                finetuned_encoders=config.mode != "head")
-    zero_shot = build_zero_shot_model(model_config, engine.image_encoder, engine.text_encoder).to(device)
+    zero_shot = project_zero_shot_model(project, model_config.strategy, engine.image_encoder,
+                                        engine.text_encoder).to(device)
     zero_shot_test = _scores(predict_logits(HeadsOnFeatures(zero_shot), test_features, device), test_features.targets,
                              project.label_names)
     torch.manual_seed(config.seed)                        # the heads' initial weights

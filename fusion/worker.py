@@ -146,6 +146,12 @@ def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict
         result = prelabel_project(settings, store, job.project, report)
         jobs.log(job.id, f"predicted {result['predicted']} undecided items with {result['version']}")
         return result
+    if job.kind == "zero_shot":
+        from .zero_shot_measure import measure_zero_shot
+
+        result = measure_zero_shot(settings, store, job.project, job.created_by, report)
+        jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}")
+        return {k: result[k] for k in ("items", "votes", "accuracy", "accuracy_unweighted") if k in result}
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 
