@@ -88,18 +88,11 @@ def _train_heads(engine, config, features, train: np.ndarray, val: np.ndarray, s
 
 
 def _probes(features, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    from sklearn.linear_model import LogisticRegression
-
     from .encoders import mean_pool
+    from .probe import logistic_probes
 
-    image = features.patches.mean(1).numpy()
-    text = mean_pool(features.tokens, features.mask).numpy()
-    targets = features.targets.numpy()
-    found = {}
-    for name, x in (("image", image), ("text", text), ("concat", np.concatenate([image, text], 1))):
-        probe = LogisticRegression(max_iter=5000).fit(x[train], targets[train])
-        found[name] = float(probe.score(x[test], targets[test]))
-    return found
+    return logistic_probes(features.patches.mean(1).numpy(), mean_pool(features.tokens, features.mask).numpy(),
+                           features.targets.numpy(), train, test)
 
 
 def _mean(values: list[dict]) -> dict:

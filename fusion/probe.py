@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -188,3 +189,20 @@ def weigh_zero_shot_votes(fusion: FusionModel, features: PooledFeatures, targets
     _lbfgs([scale], lambda: F.cross_entropy(scale * mixed, targets) + L2 / len(targets) * (scale * _spread(mixed)) ** 2)
     with torch.no_grad():
         fusion.fusion_weights.copy_(scale.clamp(min=0.0) * direction)
+
+
+def logistic_probes(image: np.ndarray, text: np.ndarray, targets: np.ndarray, train: np.ndarray,
+                    test: np.ndarray) -> dict[str, float] | None:
+    """The baseline trained heads are held to: test accuracy of scikit-learn logistic regressions
+    (defaults) on the pooled image, pooled text and concatenated features (N, D) of the training
+    items. None when a class has fewer than two training items."""
+    from sklearn.linear_model import LogisticRegression
+
+    counts = np.bincount(targets[train])
+    if len(np.unique(targets[train])) < 2 or counts[counts > 0].min() < 2:
+        return None
+    found = {}
+    for name, x in (("image", image), ("text", text), ("concat", np.concatenate([image, text], 1))):
+        probe = LogisticRegression(max_iter=5000).fit(x[train], targets[train])
+        found[name] = round(float(probe.score(x[test], targets[test])), 4)
+    return found

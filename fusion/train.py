@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import distributed as dist
@@ -29,9 +30,9 @@ from .evaluation import fit_temperature, scores
 from .features import FeatureSet, cache_features, load_feature_set
 from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
                        parameter_groups, pretrained_anchor)
-from .encoders import save_encoders
+from .encoders import mean_pool, save_encoders
 from .model import FusionOutput, ModelConfig
-from .probe import fit_linear_heads, pooled_features
+from .probe import fit_linear_heads, logistic_probes, pooled_features
 from .training_data import Examples, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model, project_zero_shot_model
 
@@ -331,6 +332,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     metrics = {
         "test": _scores(test_logits, test.targets, project.label_names),
         "zero_shot_test": zero_shot_test,
+        "probe_test": _probe_scores(data, test_features, split) if config.mode == "head" else None,
         "temperatures": dict(zip(HEADS, fusion.config.temperatures)),
         "counts": {s: len(v) for s, v in split.items()},
         "epochs_run": len(history),
@@ -356,6 +358,17 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     version = registry.save_version(store, project, fusion.cpu(), extra_files, parent=parent, user=user,
                                     job_id=job_id, params=asdict(config), data=examples.snapshot(), metrics=metrics)
     return version, metrics
+
+
+def _probe_scores(data: FeatureSet, test: FeatureSet, split: dict[str, torch.Tensor]) -> dict | None:
+    """Test accuracy of logistic regressions on the same frozen features (train split), beside
+    the trained heads; None when a class has fewer than two training items."""
+    train = data.subset(split["train"])
+    both = [torch.cat([train.patches.mean(1), test.patches.mean(1)]).numpy(),
+            torch.cat([mean_pool(train.tokens, train.mask), mean_pool(test.tokens, test.mask)]).numpy()]
+    targets = torch.cat([train.targets, test.targets]).numpy()
+    n = len(train)
+    return logistic_probes(*both, targets, np.arange(n), np.arange(n, len(targets)))
 
 
 def _parent_scores(engine, project, parent: str | None, test_features: FeatureSet, examples: Examples,

@@ -53,8 +53,26 @@ def changed(a: list[TestPrediction], b: list[TestPrediction]) -> list[tuple[Test
     return [(p, other[p.item_id]) for p in a if p.item_id in other and other[p.item_id].predicted != p.predicted]
 
 
+ZERO_SHOT, TRAINED, PROBE = "zero-shot", "trained (fused)", "logistic probe (image + text)"
+
+
 def learning_curve(found: list[ModelVersion]) -> list[dict]:
-    """Test accuracy against the number of labeled training items, one point per version."""
-    points = [{"version": v.version, "train_items": v.metrics.get("counts", {}).get("train"),
-               "accuracy": v.score("fused", "accuracy"), "mode": v.params.get("mode")} for v in found]
-    return sorted((p for p in points if p["train_items"] is not None), key=lambda p: p["train_items"])
+    """Test accuracy against the number of labeled training items: zero-shot (no labels: the
+    newest version's test split), then each version's fused head and, for head-mode versions
+    with at least two training items a class, a logistic regression on the same features."""
+    points = []
+    for v in found:
+        items = v.metrics.get("counts", {}).get("train")
+        if items is None:
+            continue
+        points.append({"series": TRAINED, "version": v.version, "train_items": items,
+                       "accuracy": v.score("fused", "accuracy"), "mode": v.params.get("mode")})
+        probe = (v.metrics.get("probe_test") or {}).get("concat")
+        if probe is not None:
+            points.append({"series": PROBE, "version": v.version, "train_items": items, "accuracy": probe,
+                           "mode": "head"})
+    newest = max(found, key=lambda v: v.created_at, default=None)
+    zero = newest.metrics.get("zero_shot_test", {}).get("fused", {}).get("accuracy") if newest else None
+    if zero is not None:
+        points.append({"series": ZERO_SHOT, "version": "zero-shot", "train_items": 0, "accuracy": zero, "mode": None})
+    return sorted(points, key=lambda p: (p["series"], p["train_items"]))

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from fusion import app_session, registry, streamlit_cache, version_report
+from fusion.charts import learning_curve_figure
 from fusion.images import load_image
 from fusion.ocr import OcrResult
 from fusion.deidentify import NOTICE
@@ -157,12 +158,8 @@ if wrong and st.toggle(f"Grad-CAM of the most confident errors (up to {GALLERY})
         columns[n % 4].image(picture, caption=f"true {p.truth} · predicted {p.predicted} · {', '.join(words)}")
 
 st.subheader("Learning curve")
-curve = version_report.learning_curve(found)
-fig = go.Figure(go.Scatter(x=[c["train_items"] for c in curve], y=[c["accuracy"] for c in curve], mode="lines+markers",
-                           text=[c["version"] for c in curve], hovertemplate="%{text}: %{y:.1%} with %{x} items<extra></extra>"))
-fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title="labeled training items",
-                  yaxis_title="test accuracy (fused)", yaxis_range=[0, 1.02])
-st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
+st.plotly_chart(learning_curve_figure(version_report.learning_curve(found)), width="stretch",
+                config={"displayModeBar": False})
 
 if compare_to != "(none)":
     st.subheader(f"{chosen.version} beside {compare_to}")

@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from fusion import app_session, registry, streamlit_cache
+from fusion import app_session, registry, streamlit_cache, version_report, zero_shot_measure
+from fusion.charts import learning_curve_figure
 from fusion.errors import FusionError
 from fusion.finetune import MODES
 from fusion.jobs import Job, Jobs
@@ -162,6 +163,53 @@ def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
         right.dataframe(per_class, hide_index=True, width="stretch")
 
 
+def save_descriptions(values: dict[str, str]) -> None:
+    """New label descriptions, then their zero-shot measured in the background on the labeled items."""
+    try:
+        store.set_descriptions(project.name, values)
+        job = queue_job(settings, store, project.name, "zero_shot", {}, streamlit_cache.current_user())
+        streamlit_cache.engine().forget_models()      # zero-shot predictions read the new prompts now
+        st.session_state["zero_shot_flash"] = ("success", f"Descriptions saved; measuring zero-shot (job {job.id})")
+    except FusionError as e:
+        st.session_state["zero_shot_flash"] = ("error", str(e))
+
+
+def descriptions_form() -> None:
+    with st.form("descriptions_form"):
+        values = {label: st.text_input(label, description, key=f"description_{label}", max_chars=300,
+                                       placeholder="e.g. a shop receipt: items, prices, total")
+                  for label, description in project.labels.items()}
+        if st.form_submit_button("Save and measure zero-shot", icon=":material/save:"):
+            save_descriptions(values)
+            st.rerun()
+    if "zero_shot_flash" in st.session_state:
+        kind, message = st.session_state.pop("zero_shot_flash")
+        getattr(st, kind)(message)
+
+
+@st.fragment(run_every=2)
+def zero_shot_measurement() -> None:
+    recent = jobs.list(project.name, limit=1, kind="zero_shot")
+    if recent and not recent[0].finished:
+        p = recent[0].progress or {}
+        st.progress(p.get("step", 0) / max(p.get("steps", 1), 1), text=f"Measuring zero-shot ({recent[0].status})…")
+    elif recent and recent[0].status == "failed":
+        st.error(f"Measuring zero-shot failed: {recent[0].error}")
+    measurement = zero_shot_measure.measured(project)
+    if not measurement or "accuracy" not in measurement:
+        st.caption("Zero-shot not measured on labeled items yet: each prior has one vote.")
+        return
+    current = measurement["descriptions"] == store.project(project.name).labels
+    acc, before = measurement["accuracy"], measurement.get("accuracy_unweighted", {})
+    st.markdown(f"**Zero-shot on {measurement['items']:,} labeled items**" + ("" if current else " (older descriptions)"))
+    st.dataframe(pd.DataFrame([{"head": h, "accuracy": acc[h], "one vote each": before.get(h)} for h in HEADS]),
+                 hide_index=True, column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
+                                                 "one vote each": st.column_config.NumberColumn(format="percent")})
+    image_vote, text_vote = measurement.get("votes", [1.0, 1.0])
+    st.caption(f"Votes in the fused zero-shot: image {image_vote:.2f}, text {text_vote:.2f} (measured "
+               f"{measurement['measured_at']} by {measurement['measured_by']}; fitted on the train and validation items)")
+
+
 def change_active(version: str | None) -> None:
     """Promote `version`, or roll back to the previous active one (None). Runs as a button
     callback, so the page then renders once with the new state."""
@@ -208,3 +256,19 @@ else:
         compare(chosen, active)
     with st.expander("Promotions and rollbacks"):
         st.dataframe(pd.DataFrame([vars(e) for e in registry.events(store, project.name)]), hide_index=True)
+
+st.subheader("Learning curve")
+if found:
+    st.plotly_chart(learning_curve_figure(version_report.learning_curve(found)), width="stretch",
+                    config={"displayModeBar": False})
+else:
+    st.caption("Each trained version adds a point: its test accuracy by the number of labeled items it learned from.")
+
+st.subheader("Labels and zero-shot")
+st.caption("Before any labels the project predicts zero-shot: each page's lines are matched against every label's "
+           "name and the phrases of its description. Describe each label as you would to a new colleague.")
+left, right = st.columns(2, gap="large")
+with left:
+    descriptions_form()
+with right:
+    zero_shot_measurement()
