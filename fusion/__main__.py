@@ -428,7 +428,7 @@ def cmd_bench(args, settings) -> None:
         if args.data is None:
             raise FusionError("bench learning needs --data FOLDER (with an index.jsonl of pages)")
         data = bench_learning(settings, Path(args.data), seeds=args.seeds,
-                              descriptions=_descriptions(args.descriptions) or None)
+                              descriptions=_descriptions(args.descriptions) or None, partial_epochs=args.partial_epochs)
     else:
         data = bench.run(args.what, settings)
     _emit(data, args.json, json.dumps(data, indent=2))
@@ -611,6 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="learning: a folder with index.jsonl (image, gt_text, doc_type a line)")
     p.add_argument("--seeds", type=int, default=5, help="learning: seeded half/half splits")
     p.add_argument("--descriptions", help="learning: label descriptions (JSON or 'label: description' lines)")
+    p.add_argument("--partial-epochs", type=int, default=0, help="learning: also train partial mode (seed 0) this long")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_bench)
     return parser

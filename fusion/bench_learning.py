@@ -4,14 +4,16 @@ FOLDER has the layout of shared/eval/ocr: `index.jsonl`, one page a line, with `
 to the folder), `gt_text` (the reference transcription) and `doc_type` (the class; pages without
 one are left out). For each text source (the project's own OCR, read here and cached in the
 workspace, and the reference text), over seeded stratified half/half splits:
-- zero-shot (label names only, or with --descriptions): each head;
+- zero-shot (label names only, or with --descriptions): each head, with one vote each for the
+  two priors and with their votes weighed on the training half's labels (`zero_shot_measured`);
 - trained in head mode through training's own `fit` (the training half split 85/15 into train and
-  validation): each head;
+  validation): each head; and the heads as fine-tuning starts from them (`probed_only`);
 - beside them, logistic regressions (scikit-learn, defaults) on the very same frozen features:
   pooled image, pooled text, and both concatenated, fitted on the head's training items
   (`probe`) and on the whole training half (`probe_whole_half`);
 - a few-shot curve: k labeled pages per class drawn from the training half (the validation split
-  is the k pages themselves below 5), tested on the same test half.
+  is the k pages themselves below 5), tested on the same test half;
+- with --partial-epochs E: `partial` mode (top encoder blocks trained too) on seed 0's split.
 """
 from __future__ import annotations
 
@@ -72,6 +74,20 @@ def _accuracy(logits: dict[str, torch.Tensor], targets: np.ndarray) -> dict[str,
     return {h: float((logits[h].argmax(-1).numpy() == targets).mean()) for h in HEADS}
 
 
+def _probed_heads(engine, config, features, train: np.ndarray):
+    """The heads as fine-tuning starts from them: probed on the training items (fusion.probe)."""
+    from .finetune import HeadsOnFeatures
+    from .probe import fit_linear_heads, pooled_features
+    from .zeroshot import build_zero_shot_model
+
+    fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
+    subset = features.subset(torch.tensor(train))
+    counts = torch.bincount(subset.targets, minlength=len(config.labels)).float()
+    fit_linear_heads(fusion, pooled_features(fusion, [subset.inputs("cpu")]), subset.targets,
+                     counts.sum() / (len(counts) * counts.clamp(min=1)))
+    return HeadsOnFeatures(fusion)
+
+
 def _train_heads(engine, config, features, train: np.ndarray, val: np.ndarray, seed: int):
     """Head mode, as train_version runs it: the zero-shot model, then training's own fit."""
     from .finetune import HeadsOnFeatures
@@ -85,6 +101,41 @@ def _train_heads(engine, config, features, train: np.ndarray, val: np.ndarray, s
     fit(trainable, features.subset(torch.tensor(train)), features.subset(torch.tensor(val)),
         TrainConfig(mode="head", seed=seed, device="cpu"), "cpu")
     return trainable
+
+
+def _measured_zero_shot(engine, config, labeled):
+    """The zero-shot model with its priors' votes weighed on labeled pages, as a project's
+    zero-shot measurement does (fusion.zero_shot_measure)."""
+    from .finetune import HeadsOnFeatures
+    from .probe import pooled_features, weigh_zero_shot_votes
+    from .zeroshot import build_zero_shot_model
+
+    model = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
+    weigh_zero_shot_votes(model, pooled_features(model, [labeled.inputs("cpu")]), labeled.targets)
+    return HeadsOnFeatures(model)
+
+
+def _partial_mode(engine, config, paths: list[Path], texts: list[str], targets: np.ndarray, epochs: int) -> dict:
+    """`partial` mode (the top encoder blocks train too) on seed 0's split, through training's
+    own fit: the CPU costs ~20 s an epoch here, so one split and few epochs."""
+    from .finetune import EndToEnd, encoders_for_training
+    from .train import TrainConfig, fit, predict_logits
+    from .training_data import pixel_set
+    from .zeroshot import build_zero_shot_model
+
+    rng = np.random.default_rng(0)
+    pool, test = _split(targets, 0.5, rng)
+    train, val = _split(targets[pool], VALIDATION_SHARE, rng)
+    data = pixel_set(paths, texts, targets.tolist(), engine.text_encoder)
+    torch.manual_seed(0)
+    fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
+    fusion.requires_grad_(True).imagenet_fc.requires_grad_(False)
+    image_encoder, text_encoder = encoders_for_training("partial", engine.image_encoder, engine.text_encoder)
+    trainable = EndToEnd(image_encoder, text_encoder, fusion)
+    history = fit(trainable, data.subset(torch.tensor(pool[train])), data.subset(torch.tensor(pool[val])),
+                  TrainConfig(mode="partial", epochs=epochs, device="cpu"), "cpu")
+    found = _accuracy(predict_logits(trainable, data.subset(torch.tensor(test)), "cpu", "partial"), targets[test])
+    return {"seed": 0, "epochs": len(history), **found}
 
 
 def _probes(features, train: np.ndarray, test: np.ndarray) -> dict[str, float]:
@@ -106,16 +157,21 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
 
     targets = features.targets.numpy()
     zero_shot = HeadsOnFeatures(build_zero_shot_model(config, engine.image_encoder, engine.text_encoder))
-    runs = {"zero_shot": [], "head": [], "probe": [], "probe_whole_half": []}
+    runs = {"zero_shot": [], "zero_shot_measured": [], "head": [], "probed_only": [], "probe": [],
+            "probe_whole_half": []}
     curve = {k: [] for k in shots}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         pool, test = _split(targets, 0.5, rng)
         test_set = features.subset(torch.tensor(test))
         runs["zero_shot"].append(_accuracy(predict_logits(zero_shot, test_set, "cpu"), targets[test]))
+        measured = _measured_zero_shot(engine, config, features.subset(torch.tensor(pool)))
+        runs["zero_shot_measured"].append(_accuracy(predict_logits(measured, test_set, "cpu"), targets[test]))
         train, val = _split(targets[pool], VALIDATION_SHARE, rng)
         trained = _train_heads(engine, config, features, pool[train], pool[val], seed)
         runs["head"].append(_accuracy(predict_logits(trained, test_set, "cpu"), targets[test]))
+        probed = _probed_heads(engine, config, features, pool[train])
+        runs["probed_only"].append(_accuracy(predict_logits(probed, test_set, "cpu"), targets[test]))
         runs["probe"].append(_probes(features, pool[train], test))     # the same items as the head
         runs["probe_whole_half"].append(_probes(features, pool, test))  # and its validation items too
         for k in shots:
@@ -130,7 +186,8 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
 
 
 def bench_learning(settings: Settings, data: Path, seeds: int = 5, sources: tuple[str, ...] = ("ocr", "reference"),
-                   shots: tuple[int, ...] = SHOTS, descriptions: dict[str, str] | None = None) -> dict:
+                   shots: tuple[int, ...] = SHOTS, descriptions: dict[str, str] | None = None,
+                   partial_epochs: int = 0) -> dict:
     from .features import cache_features, load_feature_set
     from .model import ModelConfig
     from .pipeline import get_engine
@@ -149,4 +206,6 @@ def bench_learning(settings: Settings, data: Path, seeds: int = 5, sources: tupl
         features = load_feature_set(files, targets)
         config = ModelConfig(labels, descriptions or {})
         result[source] = _one_source(engine, config, features, seeds, shots)
+        if partial_epochs:
+            result[source]["partial"] = _partial_mode(engine, config, paths, texts, np.array(targets), partial_epochs)
     return result

@@ -48,3 +48,33 @@ def test_train_page_runs_a_job_then_promotes_and_rolls_back(settings, demo_proje
     if before is not None:
         app.button(key="rollback").click().run()
         assert store.project(corrected.name).active_model == before
+
+
+def test_train_page_descriptions_measure_zero_shot_in_the_background(settings, engine, demo_project):
+    from conftest import make_corrected_project
+
+    project = make_corrected_project(settings, engine, demo_project, "described", count=60)
+    store, jobs = open_store(settings), Jobs(open_store(settings))
+    app = started(demo_project)
+    app.selectbox(key="project").set_value(project.name).run()
+    app.switch_page("pages/train.py").run()
+    assert not app.exception, app.exception
+    assert any("not measured" in c.value for c in app.caption)
+    label = project.label_names[0]
+    app.text_input(key=f"description_{label}").set_value("laboratory results: potassium, sodium, mmol/L").run()
+    next(b for b in app.button if b.label == "Save and measure zero-shot").click().run()
+    assert not app.exception, app.exception
+    assert store.project(project.name).labels[label] == "laboratory results: potassium, sodium, mmol/L"
+    job = jobs.list(project.name, limit=1, kind="zero_shot")[0]
+    end = time.monotonic() + 240
+    while not jobs.get(job.id).finished and time.monotonic() < end:
+        time.sleep(1)
+    done = jobs.get(job.id)
+    assert done.status == "succeeded", (done.error, jobs.log_tail(job.id))
+    assert done.result["items"] == 60 and len(done.result["votes"]) == 2
+    app.run()
+    assert not app.exception, app.exception
+    assert any("Zero-shot on 60 labeled items" in m.value for m in app.markdown)
+    shown = next(d.value for d in app.dataframe if "one vote each" in d.value.columns)
+    assert list(shown["head"]) == ["fused", "image", "text"]
+    assert shown.loc[0, "accuracy"] == done.result["accuracy"]["fused"]

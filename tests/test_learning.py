@@ -69,3 +69,40 @@ def test_probe_outvotes_a_misleading_prior():
     after = model(patches, tokens, mask).text.argmax(-1)
     assert (after == targets).all()
     assert model.prior_weights[1] < 1.0            # the misleading prior lost votes
+
+
+def test_zero_shot_votes_follow_the_prior_that_carries_the_labels():
+    """Two priors, one right on every item and quiet, one loud and right on a third: the fused
+    zero-shot follows the first, and each head keeps its own opinion."""
+    from fusion.probe import PooledFeatures, weigh_zero_shot_votes
+
+    torch.manual_seed(0)
+    targets = torch.arange(30) % 3
+    right = torch.nn.functional.one_hot(targets, 3).float() * 0.5       # quiet and right
+    loud = torch.randn(30, 3) * 5
+    loud[::3] = torch.nn.functional.one_hot(targets[::3], 3).float() * 20
+    model = FusionModel(ModelConfig(["a", "b", "c"]))
+    features = PooledFeatures(torch.zeros(30, 1280), torch.zeros(30, 384), right, loud)
+    assert ((right + loud).argmax(-1) == targets).float().mean() < 0.7     # one vote each: the loud one wins
+    weigh_zero_shot_votes(model, features, targets)
+    image_vote, text_vote = model.fusion_weights.tolist()
+    assert ((image_vote * right + text_vote * loud).argmax(-1) == targets).all()
+    assert image_vote > 0 and text_vote < image_vote
+    assert model.prior_weights.tolist() == [1.0, 1.0]
+
+
+def test_learning_curve_starts_at_zero_shot_and_puts_the_probe_beside_versions():
+    from datetime import datetime
+
+    from fusion.registry import ModelVersion
+    from fusion.version_report import PROBE, TRAINED, ZERO_SHOT, learning_curve
+
+    def version(name, train, acc, probe, day):
+        return ModelVersion(name, None, datetime(2026, 1, day), "x", None, {"mode": "head"}, {},
+                            {"counts": {"train": train}, "test": {"fused": {"accuracy": acc}},
+                             "zero_shot_test": {"fused": {"accuracy": [0.41, 0.42][day - 1]}},
+                             "probe_test": probe and {"concat": probe}}, False)
+
+    points = learning_curve([version("v2", 40, 0.9, 0.88, 2), version("v1", 6, 0.7, None, 1)])
+    assert [(p["series"], p["train_items"], p["accuracy"]) for p in points] == [
+        (PROBE, 40, 0.88), (TRAINED, 6, 0.7), (TRAINED, 40, 0.9), (ZERO_SHOT, 0, 0.42)]
