@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import distributed as dist
+from torch.nn import functional as F
 
 from .checkpoints import load_checkpoint, save_checkpoint, trained_parameters
 from .errors import FusionError
@@ -31,12 +32,14 @@ from .features import FeatureSet, cache_features, load_feature_set
 from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
                        parameter_groups, pretrained_anchor)
 from .encoders import mean_pool, save_encoders
-from .model import FusionOutput, ModelConfig
+from .model import ModelConfig
 from .probe import fit_linear_heads, logistic_probes, pooled_features
 from .training_data import Examples, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model, project_zero_shot_model
 
 HEADS = ("fused", "image", "text")
+SIGNIFICANCE = 2.0        # standard errors by which fine-tuning must beat the probed start on validation
+MIN_VALIDATION = 30       # validation items below which the probed start is kept
 MIN_STEPS_PER_EPOCH = 8   # small projects: an epoch repeats its items up to this many batches
 REPORT_EVERY_S = 1.0          # progress rows (and cancel checks) at most this often
 Report = Callable[[dict], None]  # receives progress; may raise to stop (the worker's cancel)
@@ -152,21 +155,37 @@ def _probe(trainable, train, device: str, mode: str, class_weights: torch.Tensor
     fit_linear_heads(trainable.fusion, features, train.targets.to(device), class_weights)
 
 
-def _val_loss(trainable, val, device: str, mode: str, class_weights: torch.Tensor) -> tuple[float, dict]:
-    """The joint loss on the validation split (what early stopping watches) and each head's scores."""
+def _val_loss(trainable, val, device: str, mode: str, class_weights: torch.Tensor) -> tuple[float, torch.Tensor, dict]:
+    """The joint loss on the validation split (what early stopping watches), each item's share of
+    it (N,), and each head's scores."""
     logits = predict_logits(trainable, val, device, mode)
-    out = FusionOutput(logits["fused"], logits["image"], logits["text"], None, None)
-    loss = float(trainable.fusion.loss(out, val.targets, class_weights.cpu()))
-    return round(loss, 5), quick_scores(logits, val.targets)
+    weights = class_weights.cpu()[val.targets]
+    wf, wi, wt = trainable.fusion.config.loss_weights
+    items = sum(w * F.cross_entropy(logits[h], val.targets, reduction="none")
+                for w, h in zip((wf, wi, wt), HEADS)) * weights / weights.mean()
+    return round(float(items.mean()), 5), items, quick_scores(logits, val.targets)
+
+
+def _clearly_lower(items: torch.Tensor, start: torch.Tensor) -> bool:
+    """Whether per-item validation losses are lower than at the start by more than their noise:
+    at least MIN_VALIDATION items, and a mean paired difference over SIGNIFICANCE standard errors.
+    On a validation split of a few pages a lower loss says little about new pages: fine-tuning
+    kept on 3 validation pages (all three clearly lower) took a fused head probed to 1.0 on the
+    test pages down to 0.87, and on 7 real pages fused 1.0 to 0.987 and text 0.969 to 0.964."""
+    gain = start - items
+    if len(gain) < MIN_VALIDATION:
+        return False
+    return float(gain.mean()) > SIGNIFICANCE * float(gain.std()) / math.sqrt(len(gain))
 
 
 def fit(trainable, train, val, config: TrainConfig, device: str, report: Report | None = None,
         checkpoint: Path | None = None, resume: Path | None = None) -> list[dict]:
     """Train `trainable` in place; leaves it at its best validation epoch. Returns one row per epoch.
 
-    Early stopping watches the joint validation loss, not a macro-F1: on a small validation split
-    F1 saturates (or jumps by one item) long before the heads have learned what they can, and a
-    run stopped there left the text head at its zero-shot prior. An epoch is at least
+    It starts from probed heads (fusion.probe). Early stopping watches the joint validation loss,
+    not a macro-F1 (on a small validation split F1 saturates, or jumps by one item, long before
+    the heads have learned what they can), and an epoch replaces the probed start only when its
+    loss is clearly lower (_clearly_lower). An epoch is at least
     MIN_STEPS_PER_EPOCH optimizer steps (passes over a small set repeat), so a project of 40 pages
     trains for as many steps as one of 300."""
     rank, world = distributed()
@@ -174,6 +193,13 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
     counts = torch.bincount(train.targets, minlength=k).float()
     class_weights = (counts.sum() / (k * counts.clamp(min=1))).to(device)
     _probe(trainable, train, device, config.mode, class_weights)
+    if config.mode == "head":
+        # Over frozen features the probed heads are already at their optimum: Adam could only
+        # overfit them. Fine-tuning trains what fuses them (fused residual, votes, gate, attention).
+        fusion = trainable.fusion
+        for part in (fusion.image_head, fusion.text_head):
+            part.requires_grad_(False)
+        fusion.prior_weights.requires_grad_(False)
     anchor = pretrained_anchor(trainable) if config.l2sp > 0 else None
     model = trainable
     if world > 1:
@@ -181,7 +207,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
     optimizer = torch.optim.AdamW(parameter_groups(trainable, config.lr, config.weight_decay))
 
     start, since_best, history = 1, 0, []
-    best_loss, _ = _val_loss(trainable, val, device, config.mode, class_weights)
+    best_loss, start_items, _ = _val_loss(trainable, val, device, config.mode, class_weights)
     best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
     if resume is not None:
         best, meta = load_checkpoint(resume, trainable, optimizer)
@@ -222,11 +248,11 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
                         "steps": steps, "loss": round(total / seen, 4), "samples_per_s": round(rate, 1),
                         "eta_s": round(remaining / rate, 1), **_gpu_memory(device)})
         seconds = time.perf_counter() - t0
-        val_loss, val_scores = _val_loss(trainable, val, device, config.mode, class_weights)
+        val_loss, val_items, val_scores = _val_loss(trainable, val, device, config.mode, class_weights)
         row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val_loss": val_loss, "val": val_scores,
                "seconds": round(seconds, 3), "samples_per_s": round(seen / seconds, 1)}
         history.append(row)
-        if val_loss < best_loss:
+        if val_loss < best_loss and _clearly_lower(val_items, start_items):
             best_loss, since_best = val_loss, 0
             best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
         else:
