@@ -259,9 +259,9 @@ class FusionModel(nn.Module):
         return model.to(device).eval()
 
 
-# Parameters and buffers added after versions were saved without them, and the values that make
-# such a version predict exactly as it did: prior weights of one, no standardisation.
-_ADDED_LATER = ("prior_weights", "fusion_weights", "image_mean", "image_std", "text_mean", "text_std")
+# Parameters and buffers added after versions were saved without them (step 7), and the values that
+# make such a version predict exactly as it did: weights of one, no standardisation, no prompts.
+_ADDED_LATER = ("prior_weights", "fusion_weights", "prompt_embeddings", "prompt_labels", "image_mean", "image_std", "text_mean", "text_std")
 
 
 def _with_defaults(state: dict[str, torch.Tensor], model: FusionModel) -> dict[str, torch.Tensor]:

@@ -145,3 +145,29 @@ def test_bad_shapes_and_configs_are_explained():
         model(patches[..., :100], tokens, mask)
     with pytest.raises(ValueError, match="tokens must be"):
         model(patches, tokens, mask[:, :3])
+
+
+def test_a_version_saved_before_step_7_loads_and_predicts_as_it_did(engine, tmp_path):
+    """Versions saved without prompts, prior and fusion weights or standardisation still load,
+    with the whole-page text prior they were trained with."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = zero_shot(engine, "concat")
+    model.save(tmp_path / "v1")
+    state = load_file(str(tmp_path / "v1" / "model.safetensors"))
+    for key in ("prior_weights", "fusion_weights", "prompt_embeddings", "prompt_labels", "image_mean", "image_std",
+                "text_mean", "text_std"):
+        del state[key]
+    save_file(state, str(tmp_path / "v1" / "model.safetensors"))
+    config = json.loads((tmp_path / "v1" / "config.json").read_text())
+    del config["prompt_count"]
+    (tmp_path / "v1" / "config.json").write_text(json.dumps(config))
+    old = FusionModel.load(tmp_path / "v1")
+    patches, tokens, mask = inputs()
+    out = old(patches, tokens, mask)
+    from fusion.encoders import mean_pool
+
+    torch.testing.assert_close(out.text, 20.0 * mean_pool(tokens, mask) @ model.label_embeddings.T)
+    torch.testing.assert_close(out.fused, out.image + out.text)
