@@ -184,8 +184,8 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
 
     It starts from probed heads (fusion.probe). Early stopping watches the joint validation loss,
     not a macro-F1 (on a small validation split F1 saturates, or jumps by one item, long before
-    the heads have learned what they can), and an epoch replaces the probed start only when its
-    loss is clearly lower (_clearly_lower). An epoch is at least
+    the heads have learned what they can), and in head mode an epoch replaces the probed start
+    only when its loss is clearly lower (_clearly_lower). An epoch is at least
     MIN_STEPS_PER_EPOCH optimizer steps (passes over a small set repeat), so a project of 40 pages
     trains for as many steps as one of 300."""
     rank, world = distributed()
@@ -252,7 +252,9 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
         row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val_loss": val_loss, "val": val_scores,
                "seconds": round(seconds, 3), "samples_per_s": round(seen / seconds, 1)}
         history.append(row)
-        if val_loss < best_loss and _clearly_lower(val_items, start_items):
+        # Over frozen features the probed start is only replaced on clear evidence; when the
+        # encoders train (partial, full) a lower validation loss is enough, as before.
+        if val_loss < best_loss and (config.mode != "head" or _clearly_lower(val_items, start_items)):
             best_loss, since_best = val_loss, 0
             best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
         else:
