@@ -1,5 +1,5 @@
 """Benchmarks (`python -m fusion bench predict|store --json`): speed lives here, not in timed tests.
-store: see fusion/bench_store.py; train: fusion/bench_train.py.
+store: see fusion/bench_store.py; train: fusion/bench_train.py; learning: fusion/bench_learning.py.
 
 predict: on a 1024x1024 demo document, warm -- OCR alone; full predict + explain (image
 features not cached); re-predict with an edited caption (OCR result and image features reused)
