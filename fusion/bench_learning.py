@@ -78,13 +78,13 @@ def _probed_heads(engine, config, features, train: np.ndarray):
     """The heads as fine-tuning starts from them: probed on the training items (fusion.probe)."""
     from .finetune import HeadsOnFeatures
     from .probe import fit_linear_heads, pooled_features
+    from .train import balanced_class_weights
     from .zeroshot import build_zero_shot_model
 
     fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
     subset = features.subset(torch.tensor(train))
-    counts = torch.bincount(subset.targets, minlength=len(config.labels)).float()
     fit_linear_heads(fusion, pooled_features(fusion, [subset.inputs("cpu")]), subset.targets,
-                     counts.sum() / (len(counts) * counts.clamp(min=1)))
+                     balanced_class_weights(subset.targets, len(config.labels)))
     return HeadsOnFeatures(fusion)
 
 

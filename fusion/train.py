@@ -141,6 +141,12 @@ def _gpu_memory(device: str) -> dict:
             "gpu_total_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
 
 
+def balanced_class_weights(targets: torch.Tensor, k: int) -> torch.Tensor:
+    """(K,) weights that give every class the same total weight (a missing class weighs 1)."""
+    counts = torch.bincount(targets, minlength=k).float()
+    return counts.sum() / (k * counts.clamp(min=1))
+
+
 def _probe(trainable, train, device: str, mode: str, class_weights: torch.Tensor, batch_size: int = 256) -> None:
     """Start from probed heads (fusion.probe), fitted to the training set as the encoders see it
     at the start."""
@@ -189,9 +195,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
     MIN_STEPS_PER_EPOCH optimizer steps (passes over a small set repeat), so a project of 40 pages
     trains for as many steps as one of 300."""
     rank, world = distributed()
-    k = len(trainable.fusion.config.labels)
-    counts = torch.bincount(train.targets, minlength=k).float()
-    class_weights = (counts.sum() / (k * counts.clamp(min=1))).to(device)
+    class_weights = balanced_class_weights(train.targets, len(trainable.fusion.config.labels)).to(device)
     _probe(trainable, train, device, config.mode, class_weights)
     if config.mode == "head":
         # Over frozen features the probed heads are already at their optimum: Adam could only

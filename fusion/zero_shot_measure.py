@@ -73,6 +73,16 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
     return result
 
 
+def describe_labels(settings, store, project_name: str, descriptions: dict[str, str], user: str):
+    """New label descriptions, then their zero-shot measured by the worker (what the Train page's
+    form and `zero-shot NAME --descriptions F --queue` do). Returns the queued job."""
+    from .worker import queue_job
+
+    store.set_descriptions(project_name, descriptions)
+    get_engine(settings).forget_models()     # zero-shot predictions read the new prompts now
+    return queue_job(settings, store, project_name, "zero_shot", {}, user)
+
+
 def measured(project) -> dict | None:
     """What the last measurement found (for the page), whatever descriptions it measured."""
     try:

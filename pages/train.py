@@ -166,9 +166,7 @@ def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
 def save_descriptions(values: dict[str, str]) -> None:
     """New label descriptions, then their zero-shot measured in the background on the labeled items."""
     try:
-        store.set_descriptions(project.name, values)
-        job = queue_job(settings, store, project.name, "zero_shot", {}, streamlit_cache.current_user())
-        streamlit_cache.engine().forget_models()      # zero-shot predictions read the new prompts now
+        job = zero_shot_measure.describe_labels(settings, store, project.name, values, streamlit_cache.current_user())
         st.session_state["zero_shot_flash"] = ("success", f"Descriptions saved; measuring zero-shot (job {job.id})")
     except FusionError as e:
         st.session_state["zero_shot_flash"] = ("error", str(e))
