@@ -213,7 +213,14 @@ def run_round(lab: Lab, children: list[Child], timeout: float = 120) -> None:
 
 def staged_images(home: Path):
     """Trigger: image files written to a staging folder (their rows not committed, or not promoted)."""
-    return lambda: any(p.suffix == ".png" for p in (home / "images" / ".staging").glob("*/*"))
+    staging = home / "images" / ".staging"
+
+    def staged() -> bool:
+        try:
+            return any(p.suffix == ".png" for p in staging.glob("*/*"))
+        except FileNotFoundError:       # the importer renamed a folder away while we listed it
+            return False
+    return staged
 
 
 def training_moment(lab: Lab, job_id: int, rng: random.Random):
