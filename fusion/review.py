@@ -58,7 +58,8 @@ def next_in_queue(store: Store, project_name: str, skip_ids: set[int] = frozense
 
 
 def stored_ocr(store: Store, item) -> OcrResult | None:
-    """The item's OCR from an earlier read by EasyOCR, so a page is never read twice."""
+    """The item's OCR from an earlier read by EasyOCR, so a page is never read twice: its text as
+    stored (a reviewer's edit, if any) with the words EasyOCR read."""
     if item.ocr_text is None or not (item.ocr_engine or "").startswith("easyocr"):
         return None
     words = [Word(w["text"], w["conf"], tuple(w["box"])) for w in store.ocr_words(item)]
@@ -75,13 +76,23 @@ def save_reading(store: Store, project_name: str, item, ocr: OcrResult, predicti
 
 
 def decide(store: Store, project_name: str, item, opened_version: int, label: str | None, user: str,
-           shown: Prediction, caption: str | None = None):
+           shown: Prediction, caption: str | None = None, page_text: OcrResult | None = None):
     """Accept or correct (label), or skip (label None), against the version the reviewer opened.
-    A changed caption is saved first, in its own history row. StaleEdit if someone got there first."""
+    A changed caption, then a changed page text (`page_text`: the reading the page showed, with the
+    reviewer's edit as its text; None: not edited) are saved first, each in its own history row.
+    StaleEdit if someone got there first."""
     version = opened_version
     caption = stored_text(caption)   # as the store keeps it, so an unchanged caption is not saved again
     if caption is not None and caption != item.caption:
         version = store.set_caption(project_name, item.id, caption, user, expected_version=version).version
+    if page_text is not None and stored_text(page_text.text) != item.ocr_text:
+        # The stored words stay where EasyOCR's reading is stored; otherwise (demo or imported text)
+        # the reading the page showed is kept with the edit, so the page opens with both next time.
+        read_before = (item.ocr_engine or "").startswith("easyocr")
+        version = store.set_page_text(
+            project_name, item.id, page_text.text, user, expected_version=version,
+            words=None if read_before else [w.to_dict() for w in page_text.words],
+            engine=None if read_before else ENGINE).version
     if label is None:
         return store.skip(project_name, item.id, user, expected_version=version)
     suggestion = Shown(shown.label, shown.confidence, shown.model_version)

@@ -99,7 +99,7 @@ class HistoryRow(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     at: Mapped[datetime] = mapped_column(DateTime)
     user: Mapped[str] = mapped_column(String(128))
-    action: Mapped[str] = mapped_column(String(16))   # add, ocr, caption, predict, accept, correct, skip
+    action: Mapped[str] = mapped_column(String(16))   # add, ocr, caption, text, predict, accept, correct, skip
     item_version: Mapped[int] = mapped_column(Integer)  # the item's version after this change
     old_label: Mapped[str | None] = mapped_column(String(128))
     new_label: Mapped[str | None] = mapped_column(String(128))
@@ -107,6 +107,8 @@ class HistoryRow(Base):
     new_status: Mapped[str | None] = mapped_column(String(16))
     old_caption: Mapped[str | None] = mapped_column(Text)   # set only when the caption changed
     new_caption: Mapped[str | None] = mapped_column(Text)
+    old_text: Mapped[str | None] = mapped_column(Text)      # a reviewer's page-text edit ("text"; migration 0007)
+    new_text: Mapped[str | None] = mapped_column(Text)
     model_version: Mapped[str | None] = mapped_column(String(64))   # the suggestion shown at the time
     shown_label: Mapped[str | None] = mapped_column(String(128))
     shown_confidence: Mapped[float | None] = mapped_column(Float)

@@ -363,8 +363,9 @@ class Store:
 
     def _change(self, project_name: str, item_id: int, user: str, action: str, expected_version: int | None,
                 changes: Callable[[ItemRow], dict], history: Callable[[ItemRow], dict] = lambda row: {},
-                human: bool = True) -> Item:
-        """The one way an item changes: check the version, update, append history, one transaction.
+                human: bool = True, also: Callable[[Session], None] | None = None) -> Item:
+        """The one way an item changes: check the version, update, append history, one transaction
+        (with `also`'s writes, if given).
         Machine output (OCR, predictions) leaves version and updated_at/by alone: it never makes a
         reviewer's open edit stale (the history keeps what the reviewer was shown), and a stale
         edit's message names the last person who changed the item."""
@@ -387,6 +388,8 @@ class Store:
                                      .values(**values).execution_options(synchronize_session=False))
             if result.rowcount != 1:
                 raise StaleEdit(f"item {item_id} changed while saving; reload it and decide again")
+            if also is not None:
+                also(session)
             new = old | {k: values[k] for k in old if k in values}
             caption_changed = new["caption"] != old["caption"]
             session.add(HistoryRow(**dict(
@@ -431,6 +434,24 @@ class Store:
                     expected_version: int | None) -> Item:
         return self._change(project_name, item_id, user, "caption", expected_version,
                             lambda row: {"caption": stored_text(caption)})
+
+    def set_page_text(self, project_name: str, item_id: int, text: str, user: str, expected_version: int | None,
+                      words: list | None = None, engine: str | None = None) -> Item:
+        """A reviewer's edit of the page text: it becomes the item's text (searched, exported, trained
+        on), with the text before and after in its history row. The stored OCR words stay: they are
+        what the engine read. `words` and `engine`: the reading the edit started from, where the
+        stored text came from elsewhere (demo or imported text), so the page opens with it next time."""
+        new_text = stored_text(text)
+
+        def changes(row: ItemRow) -> dict:
+            return {"ocr_text": new_text} | ({"ocr_engine": engine} if engine else {})
+
+        def save_words(session: Session) -> None:
+            session.merge(OcrWordsRow(item_id=item_id, words=words))
+
+        return self._change(project_name, item_id, user, "text", expected_version, changes,
+                            lambda row: {"old_text": row.ocr_text, "new_text": new_text},
+                            also=save_words if words is not None else None)
 
     def set_ocr(self, project_name: str, item_id: int, text: str, words: list, engine: str, user: str) -> Item:
         """Machine output: never refused as stale (it doesn't overwrite a human decision)."""
