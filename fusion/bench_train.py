@@ -110,9 +110,9 @@ def _full_mode(settings: Settings, store, project: str, device: str) -> dict:
     data = pixel_set(examples.paths[:n], examples.texts[:n], [labels.index(x) for x in examples.labels[:n]],
                      engine.text_encoder)
     decode_rate = n / (time.perf_counter() - t)
-    # 128 tokens for every sample, as the target states (pages usually fill them anyway)
-    data.input_ids = torch.nn.functional.pad(data.input_ids, (0, 128 - data.input_ids.shape[1]))[:, :128]
-    data.mask = torch.nn.functional.pad(data.mask, (0, 128 - data.mask.shape[1]), value=1)[:, :128]
+    # one chunk of 128 tokens for every sample, as the target states (pages usually fill them anyway)
+    data.input_ids = torch.nn.functional.pad(data.input_ids[:, :1], (0, 128 - data.input_ids.shape[2]))[..., :128]
+    data.mask = torch.nn.functional.pad(data.mask[:, :1], (0, 128 - data.mask.shape[2]), value=1)[..., :128]
     data = data.on_gpu_if_it_fits(device)
     batch = 256 if cuda else 16
     config = TrainConfig(mode="full", epochs=4 if cuda else 1, batch_size=batch, patience=100, device=device)

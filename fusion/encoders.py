@@ -79,12 +79,64 @@ def patches_of(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.flatten(2).transpose(1, 2)
 
 
+CAPTION_MARK = "\x1e"   # ASCII record separator: where the page's text ends and the caption begins
+MAX_CHUNKS = 32          # chunks of max_tokens word pieces read per text: ~4,000 pieces, 2,500+ words
+CAPTION_CHUNKS = 4       # of them at most for the caption; it always has its own
+
+
 @dataclass
 class TextBatch:
-    input_ids: torch.Tensor        # (B, L)
-    mask: torch.Tensor             # (B, L) 1 for real tokens
-    word_ids: list[list[int | None]]  # per token: index of the whitespace word it came from
-    words: list[list[str]]         # per text: its words, in order
+    """Texts as chunks of word pieces: each text is its page's word pieces in runs of
+    max_tokens - 2 (each run framed by [CLS] ... [SEP], as MiniLM was trained), then its caption's
+    in runs of their own, so a caption is never cut off by a long page and always counts.
+    The model reads the chunks' token states concatenated: `compact_chunks`."""
+    input_ids: torch.Tensor        # (B, C, T) C chunks of T word pieces, zero-padded
+    chunk_mask: torch.Tensor       # (B, C, T) 1 for real tokens
+    word_ids: list[list[int | None]]  # per text, per token of the concatenated chunks: its word
+    words: list[list[str]]         # per text: all its words, in order (read or not)
+
+    def words_read(self, i: int = 0) -> int:
+        """How many of text i's words the model read (the rest came after the last chunk)."""
+        return len({w for w in self.word_ids[i] if w is not None})
+
+    def to(self, device) -> "TextBatch":
+        return TextBatch(self.input_ids.to(device), self.chunk_mask.to(device), self.word_ids, self.words)
+
+    def repeat(self, n: int) -> "TextBatch":
+        """One text's batch, n times (the steps of integrated gradients)."""
+        return TextBatch(self.input_ids.expand(n, -1, -1), self.chunk_mask.expand(n, -1, -1),
+                         self.word_ids * n, self.words * n)
+
+
+def _chunks(pieces: list[int], owners: list[int], size: int, limit: int) -> list[tuple[list[int], list[int]]]:
+    """Word pieces in runs of at most `size`, broken between words where a word fits whole, at
+    most `limit` runs."""
+    runs: list[tuple[list[int], list[int]]] = []
+    start = 0
+    while start < len(pieces) and len(runs) < limit:
+        end = min(start + size, len(pieces))
+        if end < len(pieces) and owners[end] == owners[end - 1]:    # a word would be cut
+            first = owners[end - 1]
+            back = next((j for j in range(end - 1, start, -1) if owners[j - 1] != first), start)
+            end = back if back > start else end
+        runs.append((pieces[start:end], owners[start:end]))
+        start = end
+    return runs
+
+
+def compact_chunks(x: torch.Tensor, chunk_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, T, ...) per-chunk values -> (B, L, ...) each text's real tokens in order, zero after
+    them, and their mask (B, L): what the fusion model reads (differentiable: a gather)."""
+    b = x.shape[0]
+    real = chunk_mask.flatten(1).bool()                                    # (B, C*T)
+    lengths = real.sum(1)
+    length = max(int(lengths.max()), 1)
+    order = torch.sort((~real).to(torch.uint8), dim=1, stable=True).indices[:, :length]
+    flat = x.flatten(1, 2)
+    index = order.view(b, length, *([1] * (flat.ndim - 2))).expand(b, length, *flat.shape[2:])
+    mask = (torch.arange(length, device=x.device).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    values = flat.gather(1, index)
+    return values * mask.view(b, length, *([1] * (flat.ndim - 2))).to(values.dtype), mask
 
 
 class TextEncoder(nn.Module):
@@ -106,31 +158,72 @@ class TextEncoder(nn.Module):
         clone.bert_sdpa.load_state_dict(clone.bert.state_dict(), assign=True)
         return clone.requires_grad_(False)
 
+    def _pieces(self, words: list[str]) -> tuple[list[int], list[int]]:
+        """Word-piece ids of these words and the word each came from."""
+        if not words:
+            return [], []
+        enc = self.tokenizer(words, is_split_into_words=True, add_special_tokens=False, verbose=False)
+        return enc["input_ids"], enc.word_ids()
+
     def tokenize(self, texts: list[str]) -> TextBatch:
-        words = [t.split() for t in texts]
-        # Pre-split words so word_ids() index our own word lists (WordPieces merge back to these).
-        enc = self.tokenizer(words, is_split_into_words=True, padding=True, truncation=True,
-                             max_length=self.max_tokens, return_tensors="pt")
-        word_ids = [enc.word_ids(i) for i in range(len(texts))]
-        return TextBatch(enc["input_ids"], enc["attention_mask"], word_ids, words)
+        """Each text (page text, then optionally CAPTION_MARK and a caption) as chunks."""
+        size = self.max_tokens - 2
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        all_runs, word_ids, all_words = [], [], []
+        for text in texts:
+            page, _, caption = text.partition(CAPTION_MARK)
+            page_words, caption_words = page.split(), caption.split()
+            pieces, owners = self._pieces(page_words + caption_words)
+            split = next((j for j, w in enumerate(owners) if w >= len(page_words)), len(owners))
+            caption_runs = _chunks(pieces[split:], owners[split:], size, CAPTION_CHUNKS)
+            runs = _chunks(pieces[:split], owners[:split], size, MAX_CHUNKS - len(caption_runs)) + caption_runs
+            runs = runs or [([], [])]                                        # no words: [CLS] [SEP]
+            all_runs.append([[cls, *ids, sep] for ids, _ in runs])
+            word_ids.append([w for _, ws in runs for w in (None, *ws, None)])
+            all_words.append(page_words + caption_words)
+        chunks = max(len(r) for r in all_runs)
+        length = max(len(ids) for r in all_runs for ids in r)
+        input_ids = torch.zeros(len(texts), chunks, length, dtype=torch.long)
+        mask = torch.zeros(len(texts), chunks, length, dtype=torch.long)
+        for i, runs in enumerate(all_runs):
+            for c, ids in enumerate(runs):
+                input_ids[i, c, :len(ids)] = torch.tensor(ids)
+                mask[i, c, :len(ids)] = 1
+        return TextBatch(input_ids, mask, word_ids, all_words)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Word-piece embeddings: the input that attributions are taken against."""
         return self.bert.embeddings.word_embeddings(input_ids)
 
+    def states(self, input_ids: torch.Tensor, chunk_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
+               attentions: bool = False, bert: nn.Module | None = None):
+        """MiniLM over every chunk that holds tokens (empty ones are skipped): token states
+        (B, L, 384) and mask (B, L) of the chunks concatenated, and, with `attentions`, each
+        layer's attentions (R, H, T, T) over the R chunks that ran, in order."""
+        b, c, t = input_ids.shape
+        rows = chunk_mask.reshape(b * c, t).any(-1)
+        bert = bert or (self.bert if attentions else self.bert_sdpa)
+        if inputs_embeds is not None:
+            out = bert(inputs_embeds=inputs_embeds.reshape(b * c, t, -1)[rows],
+                       attention_mask=chunk_mask.reshape(b * c, t)[rows], output_attentions=attentions)
+        else:
+            out = bert(input_ids=input_ids.reshape(b * c, t)[rows], attention_mask=chunk_mask.reshape(b * c, t)[rows],
+                       output_attentions=attentions)
+        hidden = out.last_hidden_state
+        every = hidden.new_zeros(b * c, t, hidden.shape[-1]).index_put((rows.nonzero().squeeze(1),), hidden)
+        tokens, mask = compact_chunks(every.view(b, c, t, -1), chunk_mask)
+        return tokens, mask, (out.attentions if attentions else None)
+
     def forward(self, batch: TextBatch, inputs_embeds: torch.Tensor | None = None, attentions: bool = False):
-        bert = self.bert if attentions else self.bert_sdpa
-        out = bert(input_ids=None if inputs_embeds is not None else batch.input_ids,
-                        inputs_embeds=inputs_embeds, attention_mask=batch.mask,
-                        output_attentions=attentions)
-        return out.last_hidden_state, (out.attentions if attentions else None)
+        """(tokens (B, L, 384), mask (B, L), attentions or None) of a tokenized batch."""
+        return self.states(batch.input_ids, batch.chunk_mask, inputs_embeds, attentions)
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (B, L, 384) and mask (B, L), no grad."""
         batch = self.tokenize(texts)
         with torch.no_grad():
-            tokens, _ = self(batch)
-        return tokens, batch.mask
+            tokens, mask, _ = self(batch)
+        return tokens, mask
 
     def sentence_embeddings(self, texts: list[str]) -> torch.Tensor:
         tokens, mask = self.encode(texts)

@@ -19,7 +19,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from .encoders import ImageEncoder, TextBatch, TextEncoder, patches_of
+from .encoders import ImageEncoder, TextBatch, TextEncoder, compact_chunks, patches_of
 from .model import FusionModel, FusionOutput
 
 IG_STEPS = 5  # integrated-gradients steps (see explain())
@@ -32,6 +32,12 @@ class Explanation:
     word_attribution: list[tuple[str, float]]  # every word, in order; scores in [-1, 1]
     word_attention: list[tuple[str, float]]    # every word, in order; scores in [0, 1]
     text_to_image: np.ndarray | None       # (H, W) in [0, 1], cross_attention models only
+    words_total: int = 0                   # words of the page and caption; those past the last
+                                           # chunk read (encoders.MAX_CHUNKS) have no score
+
+    @property
+    def words_read(self) -> int:
+        return len(self.word_attribution)
 
     def top_words(self, n: int = 5) -> list[tuple[str, float]]:
         return sorted(self.word_attribution, key=lambda ws: ws[1], reverse=True)[:n]
@@ -82,18 +88,23 @@ def _scaled(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
     return [(w, round(s / peak, 4)) for w, s in pairs]
 
 
-def attention_rollout(attentions: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
-    """Token importance for a mean-pooled encoder: rollout rows averaged over real tokens. -> (L,)"""
-    valid = mask[0].bool().cpu()
-    rollout = None
-    for layer in attentions:                                  # each (1, H, L, L)
-        a = layer[0].float().mean(0).cpu()[valid][:, valid]                 # heads averaged, padding dropped
-        a = 0.5 * a + 0.5 * torch.eye(a.shape[0])             # the residual stream
-        a = a / a.sum(-1, keepdim=True)
-        rollout = a if rollout is None else a @ rollout
-    scores = torch.zeros(mask.shape[1])
-    scores[valid] = rollout.mean(0)
-    return scores
+def attention_rollout(attentions: tuple[torch.Tensor, ...], chunk_mask: torch.Tensor) -> torch.Tensor:
+    """Token importance for a mean-pooled encoder: rollout rows averaged over real tokens, chunk
+    by chunk, weighted by the chunk's share of the text's tokens. One text: chunk_mask (1, C, T),
+    attentions per layer (R, H, T, T) over its R non-empty chunks. -> (L,) over the text's tokens."""
+    chunk_mask = chunk_mask.cpu()
+    scores = torch.zeros(chunk_mask.shape[1:])                          # (C, T)
+    total = float(chunk_mask.sum())
+    for row, chunk in enumerate(chunk_mask[0].any(-1).nonzero().squeeze(1).tolist()):
+        valid = chunk_mask[0, chunk].bool()
+        rollout = None
+        for layer in attentions:
+            a = layer[row].float().mean(0).cpu()[valid][:, valid]          # heads averaged, padding dropped
+            a = 0.5 * a + 0.5 * torch.eye(a.shape[0])             # the residual stream
+            a = a / a.sum(-1, keepdim=True)
+            rollout = a if rollout is None else a @ rollout
+        scores[chunk, valid] = rollout.mean(0) * (int(valid.sum()) / total)
+    return compact_chunks(scores.unsqueeze(0), chunk_mask)[0][0]
 
 
 @dataclass
@@ -103,7 +114,8 @@ class ForwardPass:
     patches: torch.Tensor                     # (1, 49, 1280)
     batch: TextBatch                          # one text
     tokens: torch.Tensor                      # (1, L, 384)
-    attentions: tuple[torch.Tensor, ...]      # per layer (1, H, L, L)
+    mask: torch.Tensor                        # (1, L)
+    attentions: tuple[torch.Tensor, ...]      # per layer (R, H, T, T), R: the text's chunks
     output: FusionOutput
 
 
@@ -117,22 +129,23 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
     with torch.enable_grad():  # callers serve under no_grad; attributions need gradients
         # (b) integrated gradients, all steps in one batch, midpoint rule: 5 midpoints agreed
         # with a 64-step reference (Spearman 0.84-0.92) better than 8 right-end steps did.
-        embeds = text_encoder.embed(fwd.batch.input_ids).detach()
-        alphas = ((torch.arange(IG_STEPS, device=embeds.device) + 0.5) / IG_STEPS).view(-1, 1, 1)
+        embeds = text_encoder.embed(fwd.batch.input_ids).detach()      # (1, C, T, D)
+        alphas = ((torch.arange(IG_STEPS, device=embeds.device) + 0.5) / IG_STEPS).view(-1, 1, 1, 1)
         path = (alphas * embeds).requires_grad_(True)                  # baseline: zero embeddings
-        steps = TextBatch(fwd.batch.input_ids.expand(IG_STEPS, -1), fwd.batch.mask.expand(IG_STEPS, -1), [], [])
-        tokens, _ = text_encoder(steps, inputs_embeds=path)
-        out = model(fwd.patches.expand(IG_STEPS, -1, -1), tokens, steps.mask)
+        steps = fwd.batch.repeat(IG_STEPS)
+        tokens, mask, _ = text_encoder(steps, inputs_embeds=path)
+        out = model(fwd.patches.expand(IG_STEPS, -1, -1), tokens, mask)
         out.fused.log_softmax(-1)[:, class_index].sum().backward()
-        integrated = (embeds * path.grad.mean(0, keepdim=True)).sum(-1)[0].cpu()
+        per_piece = (embeds * path.grad.mean(0, keepdim=True)).sum(-1).cpu()   # (1, C, T)
+        integrated = compact_chunks(per_piece, fwd.batch.chunk_mask.cpu())[0][0]
 
         # (a) Grad-CAM with the text held fixed.
         feature_map = fwd.patches.transpose(1, 2).reshape(1, -1, 7, 7)  # patches_of, undone
-        image_model = FusedLogitsOfImage(image_encoder, model, fwd.tokens, fwd.batch.mask, feature_map)
+        image_model = FusedLogitsOfImage(image_encoder, model, fwd.tokens, fwd.mask, feature_map)
         heatmap = gradcam(image_model, image_encoder.feature_map, fwd.pixels, class_index, size)
 
     attribution = _scaled(_per_word(fwd.batch, integrated))
-    attention = _scaled(_per_word(fwd.batch, attention_rollout(fwd.attentions, fwd.batch.mask)))
+    attention = _scaled(_per_word(fwd.batch, attention_rollout(fwd.attentions, fwd.batch.chunk_mask)))
 
     # (c) cross-attention: tokens -> 7x7 patches, averaged over the real (non-special) tokens.
     text_to_image = None
@@ -141,4 +154,4 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
         grid = fwd.output.text_to_image[0].cpu()[real].mean(0).reshape(7, 7).float().numpy()
         grid = (grid - grid.min()) / (np.ptp(grid) or 1.0)
         text_to_image = cv2.resize(grid, size, interpolation=cv2.INTER_LINEAR)
-    return Explanation(heatmap, peak_of(heatmap), attribution, attention, text_to_image)
+    return Explanation(heatmap, peak_of(heatmap), attribution, attention, text_to_image, len(fwd.batch.words[0]))

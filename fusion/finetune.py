@@ -50,18 +50,19 @@ class EndToEnd(nn.Module):
         if channels_last:
             self.image_encoder.to(memory_format=torch.channels_last)
 
-    def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
-        """(patches (B, 49, 1280), tokens (B, L, 384), mask (B, L)) through both encoders."""
+    def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor):
+        """(patches (B, 49, 1280), tokens (B, L, 384), mask (B, L)) through both encoders, from
+        pixels (B, 3, 224, 224) and chunked word pieces (B, C, T) (encoders.TextBatch)."""
         x = (pixels.float() - 127.0) / 128.0      # EfficientNet-Lite's input scaling
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         patches = patches_of(self.image_encoder(x)).float()
         # SDPA copy of MiniLM: same weights as the eager one, faster, no attentions needed here.
-        tokens = self.text_encoder.bert_sdpa(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
-        return patches, tokens, mask
+        tokens, mask, _ = self.text_encoder.states(input_ids, chunk_mask, bert=self.text_encoder.bert_sdpa)
+        return patches, tokens.float(), mask
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
-        return self.fusion(*self.encode(pixels, input_ids, mask))
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor) -> FusionOutput:
+        return self.fusion(*self.encode(pixels, input_ids, chunk_mask))
 
     def train(self, mode: bool = True) -> "EndToEnd":
         super().train(mode)

@@ -22,7 +22,8 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from . import ocr
-from .encoders import ImageEncoder, TextEncoder, load_encoders, load_image_encoder, load_text_encoder, patches_of
+from .encoders import (CAPTION_MARK, ImageEncoder, TextEncoder, load_encoders, load_image_encoder,
+                       load_text_encoder, patches_of)
 from .explain import Explanation, ForwardPass, explain
 from .model import FusionModel
 from .project import Project
@@ -48,8 +49,10 @@ def _explainer_thread() -> None:
 
 
 def compose_text(ocr_text: str, caption: str) -> str:
-    """What the text encoder reads: the page's text, then the user's caption or note."""
-    return "\n".join(part.strip() for part in (ocr_text, caption) if part and part.strip())
+    """What the text encoder reads: the page's text, then the user's caption or note after
+    CAPTION_MARK, which the encoder reads in chunks of its own (never cut off by a long page)."""
+    page, note = ((part or "").replace(CAPTION_MARK, " ").strip() for part in (ocr_text, caption))
+    return f"{page}\n{CAPTION_MARK} {note}" if note else page
 
 
 @dataclass
@@ -177,19 +180,18 @@ class Engine:
         model = loaded.model
         text = compose_text(ocr_result.text, caption)
         pixels, patches = self.image_features(image, loaded.image_encoder)
-        batch = loaded.text_encoder.tokenize([text])
-        batch.input_ids, batch.mask = batch.input_ids.to(self.device), batch.mask.to(self.device)
+        batch = loaded.text_encoder.tokenize([text]).to(self.device)
         with torch.no_grad():
-            tokens, attentions = loaded.text_encoder(batch, attentions=with_explanation)
+            tokens, mask, attentions = loaded.text_encoder(batch, attentions=with_explanation)
             t = lap("encode", t)
-            out = model(patches, tokens, batch.mask)
+            out = model(patches, tokens, mask)
         labels = model.config.labels
         probs = _probs(labels, out.fused)
         label = max(probs, key=probs.get)
         t = lap("fuse", t)
         explanation = None
         if with_explanation:
-            fwd = ForwardPass(pixels, patches, batch, tokens, attentions, out)
+            fwd = ForwardPass(pixels, patches, batch, tokens, mask, attentions, out)
             args = (loaded.image_encoder, loaded.text_encoder, model, fwd, labels.index(label), image.size)
             explanation = explain(*args) if getattr(_explaining, "here", False) else \
                 self.explainer.submit(explain, *args).result()

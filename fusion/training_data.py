@@ -67,8 +67,8 @@ def labeled_examples(store, project_name: str) -> Examples:
 @dataclass
 class PixelSet:
     pixels: torch.Tensor     # (N, 3, 224, 224) uint8: 150 KB an item
-    input_ids: torch.Tensor  # (N, L)
-    mask: torch.Tensor       # (N, L)
+    input_ids: torch.Tensor  # (N, C, T) chunks of word pieces (encoders.TextBatch)
+    mask: torch.Tensor       # (N, C, T) 1 for real word pieces
     targets: torch.Tensor    # (N,)
 
     def __len__(self) -> int:
@@ -103,5 +103,5 @@ def pixel_set(paths: list[Path], texts: list[str], targets: list[int], text_enco
     with ThreadPoolExecutor(workers) as pool:
         arrays = list(pool.map(_pixels, paths))
     batch = text_encoder.tokenize(texts)
-    return PixelSet(torch.from_numpy(np.stack(arrays)), batch.input_ids, batch.mask,
+    return PixelSet(torch.from_numpy(np.stack(arrays)), batch.input_ids, batch.chunk_mask,
                     torch.tensor(targets, dtype=torch.long))
