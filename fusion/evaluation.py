@@ -1,15 +1,30 @@
 """Scores of a classifier's probabilities against the true labels, and temperature scaling.
 
 `scores` is what the registry stores for every head of every version: accuracy, macro-F1,
-per-class precision/recall/F1, the confusion matrix and the expected calibration error.
+per-class precision/recall/F1, the confusion matrix and the expected calibration error with
+what it rests on (items, occupied bins, each bin's count; `describe_ece` is how it is shown).
+`fit_temperature` calibrates a head on the validation split without claiming more certainty
+than that split's size supports.
 """
 from __future__ import annotations
+
+import math
+import warnings
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 ECE_BINS = 15
+# Below this many items an ECE is flagged as too few to trust. Its sampling error: a perfectly
+# calibrated model whose m items share a bin of confidence c still shows |accuracy - c| of about
+# sqrt(2/pi) * sqrt(c (1 - c) / m), so its ECE is about 0.8 * sqrt(c (1 - c) * B / n) over B
+# occupied bins by chance alone: at c = 0.9 and one bin 0.028 at n = 72, 0.024 at n = 100 and
+# 0.012 at n = 400. Under 100 items that noise is as large as the miscalibration one wants to
+# see (a few hundredths), so the number is shown with its item count and this warning.
+ECE_MIN_ITEMS = 100
+TEMPERATURE_RANGE = (0.05, 20.0)     # fit_temperature's first grid
+TEMPERATURE_LIMITS = (1e-4, 1e4)     # how far it widens the grid when the best T is at an end
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -43,6 +58,7 @@ def scores(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
     """probs (N, K), targets (N,) label indices."""
     k = len(labels)
     pred = probs.argmax(1)
+    bins = reliability(probs, targets)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, pred, labels=np.arange(k), zero_division=0)
     return {
@@ -50,22 +66,86 @@ def scores(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
         # over the labels that occur (in truth or prediction): an absent label has no F1 to average
         "macro_f1": round(float(f1_score(targets, pred, average="macro", zero_division=0)), 4),
         "ece": round(expected_calibration_error(probs, targets), 4),
+        **ece_support({"reliability": bins}),      # what the ECE rests on: items, occupied bins, enough?
         "per_class": {name: {"precision": round(float(p), 4), "recall": round(float(r), 4),
                              "f1": round(float(f), 4), "support": int(s)}
                       for name, p, r, f, s in zip(labels, precision, recall, f1, support)},
         "confusion": confusion_matrix(targets, pred, labels=np.arange(k)).tolist(),  # rows: true, cols: predicted
-        "reliability": reliability(probs, targets),
+        "reliability": bins,
     }
 
 
+def ece_support(s: dict) -> dict:
+    """What a `scores` dict's ECE rests on: the number of items, of occupied bins (each bin's
+    count is in its reliability rows) and whether the items are enough (ECE_MIN_ITEMS).
+    Registry rows older than these fields get them from their reliability bins; rows with
+    neither get None: unknown, never a guess."""
+    bins = s.get("reliability")
+    items = s.get("ece_items", sum(b["count"] for b in bins) if bins is not None else None)
+    occupied = s.get("ece_bins", len(bins) if bins is not None else None)
+    return {"ece_items": items, "ece_bins": occupied,
+            "ece_enough_items": s.get("ece_enough_items", None if items is None else items >= ECE_MIN_ITEMS)}
+
+
+def describe_ece(s: dict, prefix: str = "ECE ") -> str:
+    """The ECE with what it rests on, e.g. "ECE 0.015 (72 items, 2 bins; too few items to trust)":
+    the one way every page and command shows an ECE."""
+    if s.get("ece") is None:
+        return f"{prefix}unknown"
+    support = ece_support(s)
+    if support["ece_items"] is None:
+        return f"{prefix}{s['ece']:.3f} (item count unknown)"
+    bins = support["ece_bins"]
+    caveat = "" if support["ece_enough_items"] else "; too few items to trust"
+    return f"{prefix}{s['ece']:.3f} ({support['ece_items']} items, {bins} bin{'' if bins == 1 else 's'}{caveat})"
+
+
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """The T > 0 minimising the NLL of softmax(logits / T) (Guo et al. 2017), on held-out data.
-    A 1-D search over log T: NLL is smooth and unimodal there, and this never diverges."""
-    logits, targets = logits.detach().float(), targets.detach()
-    grid = torch.linspace(-2.5, 2.5, 101).exp()           # T from 0.08 to 12
-    nll = torch.stack([torch.nn.functional.cross_entropy(logits / t, targets) for t in grid])
-    best = int(nll.argmin())
-    lo, hi = grid[max(best - 1, 0)].log(), grid[min(best + 1, len(grid) - 1)].log()
-    fine = torch.linspace(float(lo), float(hi), 41).exp()  # refine between the neighbours
-    nll = torch.stack([torch.nn.functional.cross_entropy(logits / t, targets) for t in fine])
-    return round(float(fine[int(nll.argmin())]), 4)
+    """The T > 0 minimising the NLL of softmax(logits / T) on held-out data (Guo et al. 2017),
+    against targets smoothed by Laplace's rule of succession.
+
+    Plain NLL rewards a split the model gets all right with ever sharper probabilities: its
+    optimum is T -> 0 (every confidence 1.000), which a finite grid turns into "T at the grid's
+    bound" and the test split into an ECE of 0 that no one should believe. n validation items
+    cannot support more certainty than Laplace's rule gives after n successes in n trials,
+    (n + 1) / (n + 2). So the target of item i is (1 - eps) * onehot(y_i) + eps / K with
+    eps = K / ((K - 1) (n + 2)): the true class gets exactly (n + 1) / (n + 2), each other class
+    1 / ((K - 1) (n + 2)). When every item is right, the fitted top-class confidence is then at
+    most about (n + 1) / (n + 2) (exactly so for one item: the optimum matches the target's
+    expected logit, and softmax puts the missing mass on the nearest rivals); when the model
+    makes real mistakes eps is small beside them and T stays near the plain NLL optimum.
+
+    A 1-D search over log T (the loss is smooth and unimodal there, and a grid never diverges):
+    T from 0.05 to 20, then refined between the best point's neighbours. With smoothing the
+    optimum is interior; if the best point is still at an end (logits of a tiny scale, or ones
+    no better than uniform on this split, where the loss falls all the way to T -> inf) the grid
+    is widened that way up to T in [1e-4, 1e4], and a bound that is still best is returned
+    with a warning instead of pretending it was fitted."""
+    logits, targets = logits.detach().float(), targets.detach().long()
+    n, k = logits.shape
+    if n == 0 or k < 2:
+        return 1.0                                       # nothing to fit: leave the head as trained
+    eps = k / ((k - 1) * (n + 2))
+
+    def loss(log_t: torch.Tensor) -> torch.Tensor:       # (G,) log temperatures -> (G,) smoothed NLL
+        return torch.stack([torch.nn.functional.cross_entropy(logits / t, targets, label_smoothing=eps)
+                            for t in log_t.exp()])
+
+    lo, hi = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])
+    while True:
+        grid = torch.linspace(lo, hi, int(round((hi - lo) / 0.05)) + 1)   # steps of 5% in T
+        best = int(loss(grid).argmin())
+        if 0 < best < len(grid) - 1:
+            break
+        if best == 0 and lo > math.log(TEMPERATURE_LIMITS[0]):
+            lo = max(lo - 3.0, math.log(TEMPERATURE_LIMITS[0]))
+        elif best == len(grid) - 1 and hi < math.log(TEMPERATURE_LIMITS[1]):
+            hi = min(hi + 3.0, math.log(TEMPERATURE_LIMITS[1]))
+        else:
+            t = float(grid[best].exp())
+            warnings.warn(f"temperature not fitted: the validation loss is lowest at T = {t:.4g}, the end of "
+                          f"the search ({'logits of a tiny scale' if best == 0 else 'logits no better than uniform'}"
+                          f" on these {n} items)", RuntimeWarning, stacklevel=2)
+            return float(f"{t:.4g}")
+    fine = torch.linspace(float(grid[best - 1]), float(grid[best + 1]), 41)   # refine between the neighbours
+    return float(f"{float(fine[int(loss(fine).argmin())].exp()):.4g}")
