@@ -47,15 +47,17 @@ class FusedLogitsOfImage(nn.Module):
     """The fused model as a function of the image alone (text held fixed): Grad-CAM's input."""
 
     def __init__(self, image_encoder: ImageEncoder, model: FusionModel, tokens: torch.Tensor, mask: torch.Tensor,
-                 features: torch.Tensor | None = None):
+                 image_present: torch.Tensor, features: torch.Tensor | None = None):
         super().__init__()
         self.image_encoder, self.model, self.tokens, self.mask = image_encoder, model, tokens, mask
+        self.image_present = image_present
         self.features = features  # the trunk's output for the pixels to come, when already known
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         patches = patches_of(self.image_encoder.forward_for_cam(pixels, self.features))
         n = pixels.shape[0]
-        return self.model(patches, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1)).fused
+        return self.model(patches, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1),
+                          self.image_present.expand(n)).fused
 
 
 def gradcam(image_model: nn.Module, target_layer: nn.Module, pixels: torch.Tensor,
@@ -134,14 +136,15 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
         path = (alphas * embeds).requires_grad_(True)                  # baseline: zero embeddings
         steps = fwd.batch.repeat(IG_STEPS)
         tokens, mask, _ = text_encoder(steps, inputs_embeds=path)
-        out = model(fwd.patches.expand(IG_STEPS, -1, -1), tokens, mask)
+        out = model(fwd.patches.expand(IG_STEPS, -1, -1), tokens, mask, fwd.output.image_present.expand(IG_STEPS))
         out.fused.log_softmax(-1)[:, class_index].sum().backward()
         per_piece = (embeds * path.grad.mean(0, keepdim=True)).sum(-1).cpu()   # (1, C, T)
         integrated = compact_chunks(per_piece, fwd.batch.chunk_mask.cpu())[0][0]
 
         # (a) Grad-CAM with the text held fixed.
         feature_map = fwd.patches.transpose(1, 2).reshape(1, -1, 7, 7)  # patches_of, undone
-        image_model = FusedLogitsOfImage(image_encoder, model, fwd.tokens, fwd.mask, feature_map)
+        image_model = FusedLogitsOfImage(image_encoder, model, fwd.tokens, fwd.mask, fwd.output.image_present,
+                                         feature_map)
         heatmap = gradcam(image_model, image_encoder.feature_map, fwd.pixels, class_index, size)
 
     attribution = _scaled(_per_word(fwd.batch, integrated))

@@ -16,6 +16,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from .atomic import write_atomic
+from .abstain import image_present
 from .encoders import ImageEncoder, patches_of
 from .images import load_image
 from .safe_weights import load_safetensors
@@ -28,16 +29,18 @@ class FeatureSet:
     patches: torch.Tensor   # (N, 49, 1280)
     tokens: torch.Tensor    # (N, L, 384), zero-padded
     mask: torch.Tensor      # (N, L)
+    image_present: torch.Tensor  # (N,) bool: False for a blank image (fusion.abstain)
     targets: torch.Tensor   # (N,) label indices
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, index: torch.Tensor) -> "FeatureSet":
-        return FeatureSet(self.patches[index], self.tokens[index], self.mask[index], self.targets[index])
+        return FeatureSet(self.patches[index], self.tokens[index], self.mask[index], self.image_present[index],
+                          self.targets[index])
 
     def inputs(self, device: str) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(device) for t in (self.patches, self.tokens, self.mask))
+        return tuple(t.to(device) for t in (self.patches, self.tokens, self.mask, self.image_present))
 
 
 def feature_key(image_bytes: bytes, text: str) -> str:
@@ -48,11 +51,13 @@ def _encode_batch(engine, images: list[Image.Image], texts: list[str]) -> list[d
     with torch.no_grad():
         pixels = ImageEncoder.preprocess(images).to(engine.device)
         patches = patches_of(engine.image_encoder(pixels)).half().cpu()
+        present = image_present(pixels).cpu()
         tokens, mask = engine.text_encoder.encode(texts)
     out = []
     for i in range(len(images)):
         n = int(mask[i].sum())
-        out.append({"patches": patches[i].contiguous(), "tokens": tokens[i, :n].half().cpu().contiguous()})
+        out.append({"patches": patches[i].contiguous(), "tokens": tokens[i, :n].half().cpu().contiguous(),
+                    "image_present": present[i:i + 1].to(torch.uint8)})
     return out
 
 
@@ -87,4 +92,6 @@ def load_feature_set(files: list[Path], targets: list[int]) -> FeatureSet:
         tokens[i, :n] = t["tokens"].float()
         mask[i, :n] = 1
     patches = torch.stack([t["patches"].float() for t in loaded])
-    return FeatureSet(patches, tokens, mask, torch.tensor(targets, dtype=torch.long))
+    # files cached before step 8 have no flag: their images were taken to carry something
+    present = torch.tensor([bool(t["image_present"]) if "image_present" in t else True for t in loaded])
+    return FeatureSet(patches, tokens, mask, present, torch.tensor(targets, dtype=torch.long))

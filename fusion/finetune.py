@@ -15,6 +15,7 @@ import copy
 import torch
 from torch import nn
 
+from .abstain import image_present
 from .encoders import ImageEncoder, TextEncoder, patches_of
 from .model import FusionModel, FusionOutput
 
@@ -32,11 +33,12 @@ class HeadsOnFeatures(nn.Module):
         super().__init__()
         self.fusion = fusion
 
-    def encode(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor):
-        return patches, tokens, mask
+    def encode(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, image_present: torch.Tensor):
+        return patches, tokens, mask, image_present
 
-    def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
-        return self.fusion(patches, tokens, mask)
+    def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                image_present: torch.Tensor) -> FusionOutput:
+        return self.fusion(patches, tokens, mask, image_present)
 
 
 class EndToEnd(nn.Module):
@@ -51,15 +53,15 @@ class EndToEnd(nn.Module):
             self.image_encoder.to(memory_format=torch.channels_last)
 
     def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor):
-        """(patches (B, 49, 1280), tokens (B, L, 384), mask (B, L)) through both encoders, from
-        pixels (B, 3, 224, 224) and chunked word pieces (B, C, T) (encoders.TextBatch)."""
+        """(patches (B, 49, 1280), tokens (B, L, 384), mask (B, L), image_present (B,)) through both
+        encoders, from pixels (B, 3, 224, 224) and chunked word pieces (B, C, T) (encoders.TextBatch)."""
         x = (pixels.float() - 127.0) / 128.0      # EfficientNet-Lite's input scaling
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         patches = patches_of(self.image_encoder(x)).float()
         # SDPA copy of MiniLM: same weights as the eager one, faster, no attentions needed here.
         tokens, mask, _ = self.text_encoder.states(input_ids, chunk_mask, bert=self.text_encoder.bert_sdpa)
-        return patches, tokens.float(), mask
+        return patches, tokens.float(), mask, image_present(pixels)
 
     def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor) -> FusionOutput:
         return self.fusion(*self.encode(pixels, input_ids, chunk_mask))

@@ -31,9 +31,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from .abstain import text_present
 from .atomic import fsync_dir, fsync_tree, temp_path
 from .encoders import IMAGE_DIM, TEXT_DIM, mean_pool
 from .errors import FusionError
+from .ood import score as ood_score
 
 STRATEGIES = ("concat", "gated", "cross_attention")
 
@@ -54,6 +56,8 @@ class ModelConfig:
     version: str = "zero-shot"
     temperatures: tuple[float, float, float] = (1.0, 1.0, 1.0)  # fused, image, text: fitted on val
     finetuned_encoders: bool = False    # True: the version carries its own encoders.safetensors
+    ood_bank: int = 0                   # training items kept for the OOD score (fusion.ood);
+                                        # 0: none (versions before step 8, zero-shot)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -71,6 +75,9 @@ class FusionOutput:
     text: torch.Tensor           # (B, K)
     gate: torch.Tensor | None    # (B,) weight of the image modality (gated only)
     text_to_image: torch.Tensor | None  # (B, L, 49) attention of tokens onto patches (cross_attention)
+    text_present: torch.Tensor | None = None   # (B,) False: the text head abstained (fusion.abstain)
+    image_present: torch.Tensor | None = None  # (B,) False: the image head abstained
+    ood: torch.Tensor | None = None     # (B, 3) OOD score of the page, its image, its text (fusion.ood)
 
 
 WINDOW, STRIDE = 16, 8     # word pieces: about a line of a page
@@ -113,6 +120,10 @@ class FusionModel(nn.Module):
         self.register_buffer("image_std", torch.ones(IMAGE_DIM))
         self.register_buffer("text_mean", torch.zeros(TEXT_DIM))
         self.register_buffer("text_std", torch.ones(TEXT_DIM))
+        # The OOD score's bank of training features and its scales (set by fusion.ood.fit).
+        self.register_buffer("ood_image_bank", torch.zeros(config.ood_bank, IMAGE_DIM))
+        self.register_buffer("ood_text_bank", torch.zeros(config.ood_bank, TEXT_DIM))
+        self.register_buffer("ood_scales", torch.ones(3))
         # Residual heads, zero at start.
         self.image_head = _zero_linear(IMAGE_DIM, k)
         self.text_head = _zero_linear(TEXT_DIM, k)
@@ -173,8 +184,10 @@ class FusionModel(nn.Module):
         return image_logits, text_logits
 
     # -- forward --------------------------------------------------------------------------
-    def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> FusionOutput:
-        """patches (B, 49, 1280), tokens (B, L, 384), mask (B, L)."""
+    def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                image_present: torch.Tensor | None = None) -> FusionOutput:
+        """patches (B, 49, 1280), tokens (B, L, 384), mask (B, L); image_present (B,) bool
+        (abstain.image_present of the pixels; None: every image carries something)."""
         if patches.ndim != 3 or patches.shape[-1] != IMAGE_DIM:
             raise ValueError(f"patches must be (B, N, {IMAGE_DIM}), got {tuple(patches.shape)}")
         if tokens.ndim != 3 or tokens.shape[-1] != TEXT_DIM or mask.shape != tokens.shape[:2]:
@@ -207,7 +220,16 @@ class FusionModel(nn.Module):
         else:
             fused = a_image * image_logits + a_text * text_logits + residual
         tf, ti, tt = self.config.temperatures
-        return FusionOutput(fused / tf, image_logits / ti, text_logits / tt, gate, attn)
+        fused, image_logits, text_logits = fused / tf, image_logits / ti, text_logits / tt
+        # A head with nothing to read abstains: uniform, and the fused head is the other one alone.
+        has_text = text_present(mask)
+        has_image = torch.ones_like(has_text) if image_present is None else image_present.to(has_text.device)
+        no_text, no_image = ~has_text.unsqueeze(-1), ~has_image.unsqueeze(-1)
+        text_logits = text_logits.masked_fill(no_text, 0.0)
+        image_logits = image_logits.masked_fill(no_image, 0.0)
+        fused = torch.where(no_text, image_logits, torch.where(no_image, text_logits, fused))
+        ood = ood_score(image_z, text_z, self.ood_image_bank, self.ood_text_bank, self.ood_scales)
+        return FusionOutput(fused, image_logits, text_logits, gate, attn, has_text, has_image, ood)
 
     def loss(self, out: FusionOutput, targets: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Joint loss: weighted sum of the three heads' cross-entropies."""
@@ -263,9 +285,10 @@ class FusionModel(nn.Module):
         return model.to(device).eval()
 
 
-# Parameters and buffers added after versions were saved without them (step 7), and the values that
+# Parameters and buffers added after versions were saved without them (steps 7, 8), and the values that
 # make such a version predict exactly as it did: weights of one, no standardisation, no prompts.
-_ADDED_LATER = ("prior_weights", "fusion_weights", "prompt_embeddings", "prompt_labels", "image_mean", "image_std", "text_mean", "text_std")
+_ADDED_LATER = ("prior_weights", "fusion_weights", "prompt_embeddings", "prompt_labels", "image_mean", "image_std",
+                "text_mean", "text_std", "ood_image_bank", "ood_text_bank", "ood_scales")
 
 
 def _with_defaults(state: dict[str, torch.Tensor], model: FusionModel) -> dict[str, torch.Tensor]:

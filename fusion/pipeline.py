@@ -25,7 +25,9 @@ from . import ocr
 from .encoders import (CAPTION_MARK, ImageEncoder, TextEncoder, load_encoders, load_image_encoder,
                        load_text_encoder, patches_of)
 from .explain import Explanation, ForwardPass, explain
+from .abstain import abstained, image_present
 from .model import FusionModel
+from .reasons import explanation_text, review_reasons
 from .project import Project
 from .settings import Settings, describe_device
 from .zeroshot import project_zero_shot_model
@@ -69,13 +71,34 @@ class Prediction:
     timings_ms: dict[str, float]
     ocr: ocr.OcrResult | None = None
     explanation: Explanation | None = field(default=None, repr=False)
+    abstained: dict[str, str] = field(default_factory=dict)   # {head: why} (fusion.abstain)
+    ood_score: float | None = None      # fusion.ood: above 1, unlike every trained class; None: no bank
+    ood_parts: dict[str, float] = field(default_factory=dict)  # the image's and the text's alone
+    image_size: tuple[int, int] = (0, 0)
+    review_threshold: float = 0.6       # under this confidence, a prediction needs review
 
-    def to_dict(self) -> dict:
+    @property
+    def in_distribution(self) -> bool | None:
+        return None if self.ood_score is None else self.ood_score <= 1.0
+
+    @property
+    def review_reasons(self) -> list[str]:
+        return review_reasons(self.to_dict(explained=False))
+
+    def to_dict(self, explained: bool = True) -> dict:
         d = {k: getattr(self, k) for k in ("label", "confidence", "probs", "probs_image", "probs_text",
-                                            "ocr_text", "caption", "model_version", "image_weight", "timings_ms")}
+                                            "ocr_text", "caption", "model_version", "image_weight", "timings_ms",
+                                            "abstained", "ood_score", "in_distribution", "ood_parts",
+                                            "review_threshold")}
+        d["image_size"] = list(self.image_size)
         if self.explanation is not None:
             d["top_words"] = [[w, s] for w, s in self.explanation.top_words()]
             d["heatmap_peak"] = list(self.explanation.heatmap_peak)
+            d["words_read"], d["words_total"] = self.explanation.words_read, self.explanation.words_total
+        d["review_reasons"] = review_reasons(d)
+        d["needs_review"] = bool(d["review_reasons"])
+        if explained:
+            d["explanation_text"] = explanation_text(d)
         return d
 
 
@@ -184,7 +207,7 @@ class Engine:
         with torch.no_grad():
             tokens, mask, attentions = loaded.text_encoder(batch, attentions=with_explanation)
             t = lap("encode", t)
-            out = model(patches, tokens, mask)
+            out = model(patches, tokens, mask, image_present(pixels))
         labels = model.config.labels
         probs = _probs(labels, out.fused)
         label = max(probs, key=probs.get)
@@ -203,12 +226,17 @@ class Engine:
             ocr_text=ocr_result.text, caption=caption, model_version=model.config.version,
             image_weight=None if out.gate is None else round(float(out.gate[0]), 4),
             timings_ms=timings, ocr=ocr_result, explanation=explanation,
+            abstained=abstained(bool(out.text_present[0]), bool(out.image_present[0])),
+            ood_score=None if out.ood is None else round(float(out.ood[0, 0]), 4),
+            ood_parts={} if out.ood is None else {"image": round(float(out.ood[0, 1]), 4),
+                                                  "text": round(float(out.ood[0, 2]), 4)},
+            image_size=image.size, review_threshold=self.settings.review_threshold,
         )
 
 
 # What an engine reads of the settings; the others (accounts, de-identification, limits, ...)
 # must not load a second copy of the encoders.
-ENGINE_SETTINGS = ("home", "device", "ocr_max_side", "max_text_tokens", "fusion")
+ENGINE_SETTINGS = ("home", "device", "ocr_max_side", "max_text_tokens", "fusion", "review_threshold")
 
 
 def get_engine(settings: Settings) -> Engine:

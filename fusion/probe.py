@@ -75,7 +75,7 @@ def pooled_features(fusion: FusionModel, batches) -> PooledFeatures:
     """From (patches, tokens, mask) batches: only pooled vectors and priors are kept, so a large
     training set never holds its token states all at once."""
     parts = []
-    for patches, tokens, mask in batches:
+    for patches, tokens, mask, *_ in batches:
         image = patches.float().mean(1)
         parts.append((image, mean_pool(tokens.float(), mask), fusion.image_prior(image), fusion.text_prior(tokens.float(), mask)))
     return PooledFeatures(*(torch.cat(column) for column in zip(*parts)))

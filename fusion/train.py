@@ -25,6 +25,7 @@ from sklearn.metrics import f1_score
 from torch import distributed as dist
 from torch.nn import functional as F
 
+from . import ood
 from .checkpoints import load_checkpoint, save_checkpoint, trained_parameters
 from .errors import FusionError
 from .evaluation import fit_temperature, scores
@@ -33,7 +34,7 @@ from .finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, 
                        parameter_groups, pretrained_anchor)
 from .encoders import mean_pool, save_encoders
 from .model import ModelConfig
-from .probe import fit_linear_heads, logistic_probes, pooled_features
+from .probe import PooledFeatures, fit_linear_heads, logistic_probes, pooled_features
 from .training_data import Examples, labeled_examples, pixel_set
 from .zeroshot import build_zero_shot_model, project_zero_shot_model
 
@@ -147,18 +148,32 @@ def balanced_class_weights(targets: torch.Tensor, k: int) -> torch.Tensor:
     return counts.sum() / (k * counts.clamp(min=1))
 
 
-def _probe(trainable, train, device: str, mode: str, class_weights: torch.Tensor, batch_size: int = 256) -> None:
-    """Start from probed heads (fusion.probe), fitted to the training set as the encoders see it
-    at the start."""
+def _pooled(trainable, data, device: str, mode: str, batch_size: int = 256) -> PooledFeatures:
+    """The pooled features of a split as the model's encoders see them now."""
     trainable.eval()
 
     def batches():
-        for i in range(0, len(train), batch_size):
-            with _autocast(device, mode):
-                yield trainable.encode(*train.subset(torch.arange(i, min(i + batch_size, len(train)))).inputs(device))
+        for i in range(0, len(data), batch_size):
+            with _autocast(device, mode), torch.no_grad():
+                yield trainable.encode(*data.subset(torch.arange(i, min(i + batch_size, len(data)))).inputs(device))
 
-    features = pooled_features(trainable.fusion, batches())
+    return pooled_features(trainable.fusion, batches())
+
+
+def _probe(trainable, train, device: str, mode: str, class_weights: torch.Tensor) -> None:
+    """Start from probed heads (fusion.probe), fitted to the training set as the encoders see it
+    at the start."""
+    features = _pooled(trainable, train, device, mode)
     fit_linear_heads(trainable.fusion, features, train.targets.to(device), class_weights)
+
+
+def _fit_ood(trainable, train, val, device: str, mode: str) -> dict:
+    """The OOD score's bank and threshold (fusion.ood), from the trained model's own features."""
+    fusion = trainable.fusion
+    with torch.no_grad():
+        train_z, val_z = (fusion.standardised(f.image.float(), f.text.float())
+                          for f in (_pooled(trainable, split, device, mode) for split in (train, val)))
+    return ood.fit(fusion, *train_z, *val_z)
 
 
 def _val_loss(trainable, val, device: str, mode: str, class_weights: torch.Tensor) -> tuple[float, torch.Tensor, dict]:
@@ -359,6 +374,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     if config.mode != "head" and config.lora:
         merge_lora(trainable.text_encoder)
     fusion.config.temperatures = _calibrate(trainable, data.subset(split["val"]), device, config.mode)
+    ood_fit = _fit_ood(trainable, data.subset(split["train"]), data.subset(split["val"]), device, config.mode)
     test = data.subset(split["test"])
     test_logits = predict_logits(trainable, test, device, config.mode)
     metrics = {
@@ -366,6 +382,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
         "zero_shot_test": zero_shot_test,
         "probe_test": _probe_scores(data, test_features, split) if config.mode == "head" else None,
         "temperatures": dict(zip(HEADS, fusion.config.temperatures)),
+        "ood": ood_fit,
         "counts": {s: len(v) for s, v in split.items()},
         "epochs_run": len(history),
         "history": history,
