@@ -116,6 +116,7 @@ with st.expander("An item's history"):
             "suggestion shown": f"{h.shown_label} {h.shown_confidence:.0%} ({h.model_version})" if h.shown_label else "",
             "caption": as_shown(h.new_caption, settings.redact_text)
             if h.new_caption is not None or h.old_caption is not None else "",
+            "page text": as_shown(h.new_text, settings.redact_text) if h.action == "text" else "",
             "source": h.source or "",
         } for h in history]), hide_index=True, width="stretch")
     else:

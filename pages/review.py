@@ -60,6 +60,15 @@ def model_caption() -> str:
     return restore_placeholders(typed, st.session_state["page"].get("caption", "")) if settings.redact_text else typed
 
 
+def edited_page_text():
+    """The page's reading with the reviewer's edit of its text, for a decision to save; None if
+    not edited, or while de-identified (the box is read-only and shows placeholders)."""
+    reading, typed = st.session_state["page"]["ocr"], st.session_state["ocr_text"]
+    if settings.redact_text or typed == reading.text:
+        return None
+    return dataclasses.replace(reading, text=typed)
+
+
 def open_upload(name: str, data: bytes) -> None:
     """An upload is stored first (the same file again is the same item), then shown."""
     try:
@@ -115,7 +124,7 @@ def save_decision(label: str | None) -> None:
     try:
         app_session.check_may_change(item)   # also ends here if the session expired meanwhile
         saved = review.decide(store, project.name, item, page["version"], label, streamlit_cache.current_user(),
-                              st.session_state["prediction"], model_caption())
+                              st.session_state["prediction"], model_caption(), edited_page_text())
     except FusionError as e:  # StaleEdit: show who changed it; the next decision is made against that
         st.session_state["problem"] = str(e)
         page["version"] = store.item(project.name, item.id).version
