@@ -203,8 +203,11 @@ def cmd_history(args, settings) -> None:
 
 
 def _head_scores(by_head: dict) -> dict:
-    """The headline numbers of each head (the full per-class scores are in `models --json`)."""
-    return {h: {k: s[k] for k in ("accuracy", "macro_f1", "ece")} for h, s in by_head.items()}
+    """The headline numbers of each head (the full per-class scores are in `models --json`); the
+    ECE with the items and occupied bins it rests on and whether they are enough (None: unknown)."""
+    from .evaluation import ece_support
+
+    return {h: {**{k: s[k] for k in ("accuracy", "macro_f1", "ece")}, **ece_support(s)} for h, s in by_head.items()}
 
 
 def _train_config(args, settings):
@@ -319,6 +322,7 @@ def cmd_jobs(args, settings) -> None:
 
 
 def cmd_evaluate(args, settings) -> None:
+    from .evaluation import describe_ece
     from .scoring import score_version
     from .store import open_store
 
@@ -326,7 +330,7 @@ def cmd_evaluate(args, settings) -> None:
     heads = [h for h in ("fused", "image", "text", "zero_shot") if h in result]
     lines = [f"{result['project']} {result['version'] or 'zero-shot'} on {result['data']} ({result['items']} items):"]
     lines += [f"  {h:9} accuracy {result[h]['accuracy']:.1%}  macro-F1 {result[h]['macro_f1']:.3f}  "
-              f"ECE {result[h]['ece']:.3f}" for h in heads]
+              f"{describe_ece(result[h])}" for h in heads]
     lines += [f"  skipped {p['where']}: {p['reason']}" for p in result["problems"]]
     _emit(result, args.json, "\n".join(lines))
 

@@ -179,6 +179,8 @@ class Jobs:
         job here belongs to a worker that died (killed, out of memory, machine restarted).
         A training job whose worker died after registering its model version did its work:
         it is marked succeeded with that version, so nobody resumes it into a duplicate."""
+        from .evaluation import ece_support   # here, not at the top: it loads torch
+
         with self.db.write() as session:
             rows = session.scalars(select(JobRow).where(JobRow.status == "running")).all()
             registered = {job_id: (version, metrics) for job_id, version, metrics in session.execute(
@@ -190,7 +192,7 @@ class Jobs:
                 row.finished_at = utcnow()
                 if row.id in registered:
                     version, metrics = registered[row.id]
-                    test = {h: {k: scores.get(k) for k in ("accuracy", "macro_f1", "ece")}
+                    test = {h: {**{k: scores.get(k) for k in ("accuracy", "macro_f1", "ece")}, **ece_support(scores)}
                             for h, scores in (metrics or {}).get("test", {}).items()}
                     row.status, row.error = "succeeded", None
                     row.result = {"version": version, "promoted": False, "recovered": True, "test": test}

@@ -157,6 +157,7 @@ def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict
 
 def _train(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
     from . import registry
+    from .evaluation import ece_support
     from .train import TrainConfig, resolve_device, train_version
 
     config = TrainConfig.from_dict(job.params)
@@ -170,5 +171,6 @@ def _train(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> di
     jobs.log(job.id, f"version {version}: test macro-F1 {metrics['test']['fused']['macro_f1']}"
                      + (", promoted (beat the active version)" if promoted else ""))
     return {"version": version, "promoted": promoted,
-            "test": {h: {k: metrics["test"][h][k] for k in ("accuracy", "macro_f1", "ece")} for h in metrics["test"]}}
+            "test": {h: {**{k: s[k] for k in ("accuracy", "macro_f1", "ece")}, **ece_support(s)}  # with what the ECE rests on
+                     for h, s in metrics["test"].items()}}
 

@@ -10,6 +10,7 @@ import streamlit as st
 
 from fusion import app_session, registry, streamlit_cache, version_report
 from fusion.charts import learning_curve_figure
+from fusion.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
 from fusion.images import load_image
 from fusion.ocr import OcrResult
 from fusion.deidentify import NOTICE
@@ -56,10 +57,12 @@ def test_predictions(project_name: str, version: str) -> list[version_report.Tes
 
 
 def headline(v: registry.ModelVersion) -> pd.DataFrame:
-    rows = [{"model": f"{h} ({v.version})", **{m: v.metrics["test"][h].get(m) for m in ("accuracy", "macro_f1", "ece")}}
-            for h in version_report.HEADS]
-    rows.append({"model": "zero-shot fused", **{m: v.metrics["zero_shot_test"]["fused"].get(m)
-                                                for m in ("accuracy", "macro_f1", "ece")}})
+    """Each head's scores; the ECE with the items and bins it rests on (never a bare number)."""
+    def row(model: str, s: dict) -> dict:
+        return {"model": model, "accuracy": s.get("accuracy"), "macro_f1": s.get("macro_f1"),
+                "ECE": describe_ece(s, prefix="")}
+    rows = [row(f"{h} ({v.version})", v.metrics["test"][h]) for h in version_report.HEADS]
+    rows.append(row("zero-shot fused", v.metrics["zero_shot_test"]["fused"]))
     return pd.DataFrame(rows)
 
 
@@ -75,16 +78,23 @@ def confusion_chart(v: registry.ModelVersion):
 
 
 def reliability_chart(v: registry.ModelVersion) -> None:
-    bins = v.metrics["test"]["fused"].get("reliability", [])
+    """Accuracy by confidence bin, each bar labelled with its item count; the ECE says what it rests on."""
+    fused = v.metrics["test"]["fused"]
+    bins = fused.get("reliability", [])
     fig = go.Figure()
     fig.add_bar(x=[(b["lo"] + b["hi"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
                 width=[b["hi"] - b["lo"] for b in bins], name="accuracy", customdata=[b["count"] for b in bins],
+                text=[f"n={b['count']}" for b in bins], textposition="inside", insidetextanchor="end",
                 hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} items<extra></extra>")
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dash"})
-    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10}, xaxis_title="confidence",
+    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 50, "b": 10}, xaxis_title="confidence",
                       yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1.02], showlegend=False,
-                      title=f"Reliability (fused), ECE {v.metrics['test']['fused'].get('ece', 0):.3f}")
+                      title=f"Reliability (fused)<br><sup>{describe_ece(fused)}</sup>")
     st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
+    if ece_support(fused)["ece_enough_items"] is False:
+        st.caption(f":material/warning: This ECE rests on fewer than {ECE_MIN_ITEMS} test items: by chance alone "
+                   "a perfectly calibrated model would show a few hundredths here. Read the bars' item counts "
+                   "before the number.")
 
 
 def item_rows(predictions) -> pd.DataFrame:
@@ -129,7 +139,7 @@ st.caption(f"{chosen.metrics.get('counts', {}).get('test', len(predictions))} te
 
 score = st.column_config.NumberColumn(format="%.3f")
 st.dataframe(headline(chosen), hide_index=True, width="stretch",
-             column_config={"accuracy": st.column_config.NumberColumn(format="percent"), "macro_f1": score, "ece": score})
+             column_config={"accuracy": st.column_config.NumberColumn(format="percent"), "macro_f1": score})
 
 left, right = st.columns(2)
 with left:
@@ -165,7 +175,7 @@ if compare_to != "(none)":
     st.subheader(f"{chosen.version} beside {compare_to}")
     other_version = found[names.index(compare_to)]
     both = pd.concat([headline(chosen), headline(other_version)])
-    st.dataframe(both, hide_index=True, width="stretch", column_config={"macro_f1": score, "ece": score})
+    st.dataframe(both, hide_index=True, width="stretch", column_config={"macro_f1": score})
     flips = version_report.changed(predictions, test_predictions(project.name, compare_to))
     st.markdown(f"**{len(flips)} test items whose prediction changed** ({chosen.version} first)")
     show_items([a for a, _ in flips], "None: both versions predict the same label for every test item they share.")

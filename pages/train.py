@@ -10,6 +10,7 @@ import torch
 from fusion import app_session, registry, streamlit_cache, version_report, zero_shot_measure
 from fusion.charts import learning_curve_figure
 from fusion.errors import FusionError
+from fusion.evaluation import describe_ece
 from fusion.finetune import MODES
 from fusion.jobs import Job, Jobs
 from fusion.train import TrainConfig
@@ -140,25 +141,30 @@ def versions_table(found: list[registry.ModelVersion]) -> None:
         rows.append({"version": v.version, "active": "●" if v.active else "", "mode": v.params.get("mode", "?"),
                      "fused acc": test["fused"]["accuracy"], "fused F1": test["fused"]["macro_f1"],
                      "image F1": test["image"]["macro_f1"], "text F1": test["text"]["macro_f1"],
-                     "zero-shot F1": zero.get("fused", {}).get("macro_f1"), "ECE": test["fused"].get("ece"),
+                     "zero-shot F1": zero.get("fused", {}).get("macro_f1"),
+                     "ECE": describe_ece(test["fused"], prefix=""),   # with the items and bins it rests on
                      "test items": v.metrics.get("counts", {}).get("test"), "by": v.created_by,
                      "when": v.created_at})
     score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "fused acc": st.column_config.NumberColumn(format="percent"), "fused F1": score, "image F1": score,
-        "text F1": score, "zero-shot F1": score, "ECE": score,
+        "text F1": score, "zero-shot F1": score,
         "when": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
 
 
 def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
     heads = pd.DataFrame([{"head": h, "metric": m, a.version: a.metrics["test"][h].get(m),
                            b.version: b.metrics["test"][h].get(m)}
-                          for h in HEADS for m in ("accuracy", "macro_f1", "ece")])
+                          for h in HEADS for m in ("accuracy", "macro_f1")])
+    # the ECEs apart: each with the items and bins it rests on, a text beside no bare number
+    ece = pd.DataFrame([{"head": h, f"ECE {a.version}": describe_ece(a.metrics["test"][h], prefix=""),
+                         f"ECE {b.version}": describe_ece(b.metrics["test"][h], prefix="")} for h in HEADS])
     per_class = pd.DataFrame([{"label": label, f"F1 {a.version}": a.metrics["test"]["fused"]["per_class"][label]["f1"],
                                f"F1 {b.version}": b.metrics["test"]["fused"]["per_class"].get(label, {}).get("f1")}
                               for label in a.metrics["test"]["fused"].get("per_class", {})])
     left, right = st.columns(2)
     left.dataframe(heads, hide_index=True, width="stretch")
+    left.dataframe(ece, hide_index=True, width="stretch")
     if not per_class.empty:
         right.dataframe(per_class, hide_index=True, width="stretch")
 

@@ -109,3 +109,26 @@ def test_a_head_trained_on_a_separable_set_is_not_certain(settings, demo_project
     assert fused["ece_items"] == n_test and sum(b["count"] for b in fused["reliability"]) == n_test
     assert fused["ece_enough_items"] == (n_test >= ECE_MIN_ITEMS)
     assert describe_ece(fused).endswith("; too few items to trust)") == (n_test < ECE_MIN_ITEMS)
+
+
+def test_the_pages_show_what_an_ece_rests_on(settings, demo_project):
+    """Evaluate and Train show the demo's ECE with its item and bin counts and, under
+    ECE_MIN_ITEMS items, say it is too few to trust; the reliability bars carry their counts."""
+    from test_app import started
+
+    fused = get_version(open_store(settings), demo_project.name, "v1").metrics["test"]["fused"]
+    shown = describe_ece(fused, prefix="")
+    app = started(demo_project)
+    app.switch_page("pages/evaluate.py").run()
+    assert not app.exception, app.exception
+    headline = app.dataframe[0].value
+    assert headline["ECE"].iloc[0] == shown and f"{fused['ece_items']} items" in shown
+    reliability = app.get("plotly_chart")[1].proto.spec
+    assert describe_ece(fused) in reliability and all(f"n={b['count']}" in reliability for b in fused["reliability"])
+    warned = any(f"fewer than {ECE_MIN_ITEMS} test items" in c.value for c in app.caption)
+    assert warned == (not fused["ece_enough_items"])
+
+    app.switch_page("pages/train.py").run()
+    assert not app.exception, app.exception
+    versions = next(d.value for d in app.dataframe if "ECE" in d.value.columns)
+    assert versions.set_index("version").loc["v1", "ECE"] == shown
