@@ -84,7 +84,7 @@ def reliability_chart(v: registry.ModelVersion) -> None:
     fig = go.Figure()
     fig.add_bar(x=[(b["lo"] + b["hi"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
                 width=[b["hi"] - b["lo"] for b in bins], name="accuracy", customdata=[b["count"] for b in bins],
-                text=[f"n={b['count']}" for b in bins], textposition="inside", insidetextanchor="end",
+                text=[f"n={b['count']}" for b in bins], textposition="auto",
                 hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} items<extra></extra>")
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dash"})
     fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 50, "b": 10}, xaxis_title="confidence",
