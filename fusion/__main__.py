@@ -433,6 +433,13 @@ def cmd_bench(args, settings) -> None:
             raise FusionError("bench learning needs --data FOLDER (with an index.jsonl of pages)")
         data = bench_learning(settings, Path(args.data), seeds=args.seeds,
                               descriptions=_descriptions(args.descriptions) or None, partial_epochs=args.partial_epochs)
+    elif args.what == "trust":
+        from pathlib import Path
+
+        from .bench_trust import bench_trust
+        from .settings import REPO_ROOT
+
+        data = bench_trust(settings, Path(args.data) if args.data else REPO_ROOT.parent / "shared" / "eval" / "ocr")
     else:
         data = bench.run(args.what, settings)
     _emit(data, args.json, json.dumps(data, indent=2))
@@ -611,8 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(run=cmd_users)
 
     p = sub.add_parser("bench", help="measure speed; prints JSON")
-    p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify", "learning"])
-    p.add_argument("--data", help="learning: a folder with index.jsonl (image, gt_text, doc_type a line)")
+    p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify", "learning", "trust"])
+    p.add_argument("--data", help="learning, trust: a folder with index.jsonl (image, gt_text, doc_type a line); "
+                                  "trust: default ../shared/eval/ocr")
     p.add_argument("--seeds", type=int, default=5, help="learning: seeded half/half splits")
     p.add_argument("--descriptions", help="learning: label descriptions (JSON or 'label: description' lines)")
     p.add_argument("--partial-epochs", type=int, default=0, help="learning: also train partial mode (seed 0) this long")

@@ -20,7 +20,7 @@ from .errors import FusionError
 from .images import load_upload
 from .importing import IMAGE_SUFFIXES
 from .pipeline import compose_text, get_engine
-from .scoring import head_probabilities
+from .scoring import item_predictions
 
 HEADS = (("fused", "probs"), ("image", "probs_image"), ("text", "probs_text"))
 BATCH = 32
@@ -61,7 +61,7 @@ def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
                 if progress:
                     progress("reading", start + len(rows), len(files))
             if readable:
-                found = head_probabilities(engine, project, [p for _, p in readable], texts, Path(cache))
+                found = item_predictions(engine, project, [p for _, p in readable], texts, Path(cache))
                 for (row, _), probs in zip(readable, found):
                     label = max(probs["fused"], key=probs["fused"].get)
                     row |= {"label": label, "confidence": round(probs["fused"][label], 6)}

@@ -13,7 +13,7 @@ from .images import load_image
 from .ocr import ENGINE
 from .pipeline import compose_text, get_engine
 from .review import QUEUE_STATUSES
-from .scoring import head_probabilities
+from .scoring import item_predictions
 from .store import ItemFilter, Store
 
 BATCH = 64
@@ -35,11 +35,12 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
                 read += 1
         paths = [store.image_path(i) for i in batch]
         texts = [compose_text(i.ocr_text or "", i.caption) for i in batch]
-        found = head_probabilities(engine, project, paths, texts, project.directory / "features")
+        found = item_predictions(engine, project, paths, texts, project.directory / "features")
         for item, named in zip(batch, found):
             label = max(named["fused"], key=named["fused"].get)
             store.record_prediction(project_name, item.id, label, named["fused"][label], named["fused"], version,
-                                    user=user, heads={"image": named["image"], "text": named["text"]})
+                                    user=user, heads={"image": named["image"], "text": named["text"]},
+                                    ood_score=named["ood_score"])
         done += len(batch)
         if report:
             report({"stage": "predicting", "step": done, "steps": len(items)})

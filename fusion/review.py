@@ -72,7 +72,8 @@ def save_reading(store: Store, project_name: str, item, ocr: OcrResult, predicti
         store.set_ocr(project_name, item.id, ocr.text, [w.to_dict() for w in ocr.words], ENGINE, user)
     return store.record_prediction(project_name, item.id, prediction.label, prediction.confidence,
                                    prediction.probs, prediction.model_version, user="model",
-                                   heads={"image": prediction.probs_image, "text": prediction.probs_text})
+                                   heads={"image": prediction.probs_image, "text": prediction.probs_text},
+                                   ood_score=prediction.ood_score)
 
 
 def decide(store: Store, project_name: str, item, opened_version: int, label: str | None, user: str,

@@ -47,6 +47,7 @@ class ItemRow(Base):
         Index("ix_items_status_entropy", "project_id", "status", "pred_entropy"),
         Index("ix_items_status_margin", "project_id", "status", "pred_margin"),
         Index("ix_items_status_disagreement", "project_id", "status", "pred_disagreement"),
+        Index("ix_items_ood", "project_id", "pred_ood"),                  # migration 0008
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -73,6 +74,7 @@ class ItemRow(Base):
     pred_entropy: Mapped[float | None] = mapped_column(Float)        # of the fused probabilities, in nats
     pred_margin: Mapped[float | None] = mapped_column(Float)         # top-1 minus top-2 probability
     pred_disagreement: Mapped[float | None] = mapped_column(Float)   # total variation, image vs text head
+    pred_ood: Mapped[float | None] = mapped_column(Float)            # fusion.ood score; above 1: none of these
     predicted_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     label: Mapped[str | None] = mapped_column(String(128))  # the human label; None until someone decides

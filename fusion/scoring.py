@@ -11,12 +11,14 @@ from typing import Callable
 
 import torch
 
+from .abstain import abstained
 from .errors import FusionError
 from .features import FeatureSet, cache_features, load_feature_set
 from .finetune import EndToEnd, HeadsOnFeatures
 from .encoders import load_encoders
 from .evaluation import scores
 from .model import FusionModel
+from .train import HEADS
 from .project import Project
 from .training_data import labeled_examples, pixel_set
 from .zeroshot import project_zero_shot_model
@@ -24,36 +26,53 @@ from .zeroshot import project_zero_shot_model
 Progress = Callable[[str, int, int], None]
 
 
-def version_logits(engine, project: Project, version: str, features: FeatureSet, paths: list[Path],
-                   texts: list[str], device: str) -> dict[str, torch.Tensor]:
-    """Each head's logits of `version` on these items (features: their pretrained-encoder features)."""
-    from .train import predict_logits
+def version_outputs(engine, project: Project, version: str, features: FeatureSet, paths: list[Path],
+                    texts: list[str], device: str) -> dict:
+    """train.predict_outputs of `version` on these items (features: their pretrained-encoder features)."""
+    from .train import predict_outputs
 
     directory = project.model_dir(version)
     fusion = FusionModel.load(directory, device)
     if fusion.config.finetuned_encoders:
         image_encoder, text_encoder = load_encoders(directory, engine.image_encoder, engine.text_encoder, device)
         data = pixel_set(paths, texts, features.targets.tolist(), text_encoder)
-        return predict_logits(EndToEnd(image_encoder, text_encoder, fusion).to(device), data, device, "full")
-    return predict_logits(HeadsOnFeatures(fusion), features, device)
+        return predict_outputs(EndToEnd(image_encoder, text_encoder, fusion).to(device), data, device, "full")
+    return predict_outputs(HeadsOnFeatures(fusion), features, device)
+
+
+def version_logits(engine, project: Project, version: str, features: FeatureSet, paths: list[Path],
+                   texts: list[str], device: str) -> dict[str, torch.Tensor]:
+    """Each head's logits of `version` on these items."""
+    outputs = version_outputs(engine, project, version, features, paths, texts, device)
+    return {h: outputs[h] for h in HEADS}
+
+
+def zero_shot_outputs(engine, project: Project, features: FeatureSet, device: str) -> dict:
+    from .train import predict_outputs
+
+    model = project_zero_shot_model(project, engine.settings.fusion, engine.image_encoder, engine.text_encoder).to(device)
+    return predict_outputs(HeadsOnFeatures(model), features, device)
 
 
 def zero_shot_logits(engine, project: Project, features: FeatureSet, device: str) -> dict[str, torch.Tensor]:
-    from .train import predict_logits
-
-    model = project_zero_shot_model(project, engine.settings.fusion, engine.image_encoder, engine.text_encoder).to(device)
-    return predict_logits(HeadsOnFeatures(model), features, device)
+    outputs = zero_shot_outputs(engine, project, features, device)
+    return {h: outputs[h] for h in HEADS}
 
 
-def head_probabilities(engine, project: Project, paths: list[Path], texts: list[str],
-                       cache_dir: Path) -> list[dict[str, dict[str, float]]]:
-    """Per item, each head's probability of every label, from the active version (zero-shot when
-    none is active), batched through pretrained features cached in `cache_dir`."""
+def item_predictions(engine, project: Project, paths: list[Path], texts: list[str], cache_dir: Path) -> list[dict]:
+    """Per item, as the Review page sees it: each head's probability of every label ("fused",
+    "image", "text"), the heads that abstained and the OOD score, from the active version
+    (zero-shot when none is active), batched through pretrained features cached in `cache_dir`."""
     features = load_feature_set(cache_features(engine, cache_dir, paths, texts), [0] * len(paths))
-    logits = (version_logits(engine, project, project.active_model, features, paths, texts, engine.device)
-              if project.active_model else zero_shot_logits(engine, project, features, engine.device))
-    probs = {head: l.softmax(-1).tolist() for head, l in logits.items()}
-    return [{head: dict(zip(project.label_names, p[k])) for head, p in probs.items()} for k in range(len(paths))]
+    outputs = (version_outputs(engine, project, project.active_model, features, paths, texts, engine.device)
+               if project.active_model else zero_shot_outputs(engine, project, features, engine.device))
+    probs = {head: outputs[head].softmax(-1).tolist() for head in HEADS}
+    ood = outputs["ood"]
+    return [{**{head: dict(zip(project.label_names, p[k])) for head, p in probs.items()},
+             "abstained": abstained(bool(outputs["text_present"][k]), bool(outputs["image_present"][k])),
+             "ood_score": None if ood is None else round(float(ood[k, 0]), 4),
+             "ood_parts": {} if ood is None else {"image": round(float(ood[k, 1]), 4), "text": round(float(ood[k, 2]), 4)}}
+            for k in range(len(paths))]
 
 
 def _external_items(settings, engine, project: Project, csv_path: Path, progress: Progress | None):

@@ -34,7 +34,7 @@ HUMAN_STATUSES = ("accepted", "corrected")
 SEARCH_COUNT_CAP = 1000  # counting every match of a common word in 100k items costs more than the page
 SORTS = {"updated": ItemRow.updated_at, "added": ItemRow.added_at, "confidence": ItemRow.pred_confidence,
          "filename": ItemRow.filename, "id": ItemRow.id, "entropy": ItemRow.pred_entropy,
-         "margin": ItemRow.pred_margin, "disagreement": ItemRow.pred_disagreement}
+         "margin": ItemRow.pred_margin, "disagreement": ItemRow.pred_disagreement, "ood": ItemRow.pred_ood}
 
 
 class StaleEdit(FusionError):
@@ -93,6 +93,7 @@ class ItemFilter:
     search: str = ""                 # in file name, caption and OCR text
     user: str | None = None          # who changed it last
     confidence: tuple[float, float] | None = None   # the latest prediction's, inclusive
+    in_distribution: bool | None = None  # the latest prediction's OOD score at most 1 (True) or above (False)
     sort: str = "updated"
     descending: bool = True
 
@@ -278,6 +279,8 @@ class Store:
                 conditions.append(ItemRow.updated_by == where.user)
             if where.confidence is not None:
                 conditions.append(ItemRow.pred_confidence.between(*where.confidence))
+            if where.in_distribution is not None:
+                conditions.append(ItemRow.pred_ood <= 1.0 if where.in_distribution else ItemRow.pred_ood > 1.0)
             matches = self._search_matches(where.search) if where.search else None
             if where.search and matches is None:
                 conditions.append(self._search_like(where.search))
@@ -469,12 +472,13 @@ class Store:
 
     def record_prediction(self, project_name: str, item_id: int, label: str, confidence: float,
                           probabilities: dict[str, float], model_version: str, user: str = "model",
-                          heads: dict[str, dict[str, float]] | None = None) -> Item:
+                          heads: dict[str, dict[str, float]] | None = None, ood_score: float | None = None) -> Item:
         """The latest prediction, with what the review queue sorts by: the fused probabilities'
-        entropy and margin, and (given the image and text heads) how much the two disagree."""
+        entropy and margin, (given the image and text heads) how much the two disagree, and its
+        OOD score (fusion.ood)."""
         def changes(row: ItemRow) -> dict:
             values = {"pred_label": label, "pred_confidence": confidence, "pred_probs": probabilities,
-                      "pred_model": model_version, "predicted_at": utcnow(), "pred_heads": heads,
+                      "pred_model": model_version, "predicted_at": utcnow(), "pred_heads": heads, "pred_ood": ood_score,
                       **uncertainty(probabilities, heads)}
             if row.status == "unlabeled":
                 values["status"] = "predicted"

@@ -112,16 +112,24 @@ def _autocast(device: str, mode: str):
 
 
 @torch.no_grad()
+def predict_outputs(trainable, data, device: str, mode: str = "head", batch_size: int = 256) -> dict:
+    """Each head's logits (N, K), which heads had something to read ("text_present",
+    "image_present": (N,) bool) and the OOD scores ("ood": (N, 3), None without a bank); on the CPU."""
+    trainable.eval()
+    parts: dict[str, list] = {h: [] for h in (*HEADS, "text_present", "image_present", "ood")}
+    for i in range(0, len(data), batch_size):
+        with _autocast(device, mode), torch.no_grad():
+            out = trainable(*data.subset(torch.arange(i, min(i + batch_size, len(data)))).inputs(device))
+        for name in parts:
+            value = getattr(out, name)
+            parts[name].append(None if value is None else value.float().cpu() if name in HEADS else value.cpu())
+    return {name: None if p[0] is None else torch.cat(p) for name, p in parts.items()}
+
+
 def predict_logits(trainable, data, device: str, mode: str = "head", batch_size: int = 256) -> dict[str, torch.Tensor]:
     """Each head's logits (N, K) on the CPU, in fp32."""
-    trainable.eval()
-    parts = {h: [] for h in HEADS}
-    for i in range(0, len(data), batch_size):
-        with _autocast(device, mode):
-            out = trainable(*data.subset(torch.arange(i, min(i + batch_size, len(data)))).inputs(device))
-        for h in HEADS:
-            parts[h].append(getattr(out, h).float().cpu())
-    return {h: torch.cat(p) for h, p in parts.items()}
+    outputs = predict_outputs(trainable, data, device, mode, batch_size)
+    return {h: outputs[h] for h in HEADS}
 
 
 def _macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:

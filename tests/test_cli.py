@@ -53,6 +53,9 @@ def test_predict_json_with_explanation_in_a_fresh_process(tmp_path, demo_project
     assert out["top_words"] and all(isinstance(w, str) and isinstance(s, float) for w, s in out["top_words"])
     x, y = out["heatmap_peak"]
     assert 0 <= x < 900 and 0 <= y < 260
+    assert isinstance(out["ood_score"], float) and out["in_distribution"] == (out["ood_score"] <= 1.0)
+    assert out["needs_review"] == bool(out["review_reasons"]) and out["abstained"] == {}
+    assert out["label"] in out["explanation_text"] and out["words_read"] == out["words_total"]
 
 
 def listing(root: Path) -> set[str]:
