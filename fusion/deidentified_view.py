@@ -75,13 +75,18 @@ def phi_boxes(text: str, words) -> list[tuple[int, int, int, int]]:
 
 def redact_prediction(data: dict, explanation=None) -> dict:
     """A prediction's to_dict() as shown de-identified: its page text and caption redacted, its
-    top words taken from the redacted words (a placeholder where a name was)."""
+    top words taken from the redacted words (a placeholder where a name was), and its reason in
+    words said from those."""
     from .pipeline import compose_text
+
+    from .reasons import explanation_text
 
     out = dict(data, ocr_text=redact(data.get("ocr_text")), caption=redact(data.get("caption")))
     if explanation is not None and "top_words" in out:
         text = compose_text(data.get("ocr_text") or "", data.get("caption") or "")
         out["top_words"] = [[w, s] for w, s in top_words(explanation, text, redacted=True)]
+    if "explanation_text" in out:      # said again from the redacted words
+        out["explanation_text"] = explanation_text(out)
     return out
 
 

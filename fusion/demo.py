@@ -43,10 +43,17 @@ def ensure_demo_project(settings: Settings, progress: Callable[[str, int, int], 
             project = store.create_project(settings.demo_project, demo_data.LABELS, user=DEMO_USER)
         if store.project_info(settings.demo_project)["items"] == 0:  # also: a pre-database workspace
             import_demo_items(settings, store, progress)
-        if project.active_model is None:
+        if project.active_model is None or _baseline_predates_ood(store, project):
             version, _ = train_demo_baseline(settings, store, progress)
             project = registry.promote(store, settings.demo_project, version, user=DEMO_USER)
         return project
+
+
+def _baseline_predates_ood(store: Store, project: Project) -> bool:
+    """The active model is the demo's own baseline from before OOD scores (step 8): a demo then
+    could not say "none of these", so it gets a new baseline. A version someone trained is kept."""
+    version = registry.get_version(store, project.name, project.active_model)
+    return version.created_by == DEMO_USER and "ood" not in version.metrics
 
 
 def import_demo_items(settings: Settings, store: Store,

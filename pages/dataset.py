@@ -22,7 +22,9 @@ from fusion.thumbnails import data_url, thumbnail
 
 PAGE_SIZE = 50
 SORTS = {"last changed": ("updated", True), "least confident": ("confidence", False),
-         "most confident": ("confidence", True), "file name": ("filename", False), "newest": ("added", True)}
+         "most confident": ("confidence", True), "most unlike the trained classes": ("ood", True),
+         "file name": ("filename", False), "newest": ("added", True)}
+DISTRIBUTION = {"any": None, "none of these (flagged)": False, "like a trained class": True}
 
 streamlit_cache.require_app_shell()
 app_session.require_page("dataset")
@@ -41,8 +43,8 @@ def rows_of(items) -> pd.DataFrame:
     return pd.DataFrame([{
         "thumbnail": thumb(str(store.image_path(i)), i.sha256), "id": i.id, "file": i.filename,
         "label": i.label, "status": i.status, "confidence": i.pred_confidence, "suggested": i.pred_label or "",
-        "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version,
-    } for i in items], columns=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "model",
+        "ood": i.pred_ood, "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version,
+    } for i in items], columns=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "model",
                                 "by", "when", "version"])
 
 
@@ -73,13 +75,16 @@ search = f1.text_input("Search file names, captions and page text", key="ds_sear
 label = f2.selectbox("Label", ["any", *project.labels], key="ds_label")
 statuses = f3.multiselect("Status", STATUSES, key="ds_status")
 editor = f4.selectbox("Last changed by", ["anyone", *store.editors(project.name)], key="ds_user")
-g1, g2, g3 = st.columns([3, 2, 2])
+g1, g4, g2, g3 = st.columns([3, 2, 2, 2])
 low, high = g1.slider("Model confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="ds_confidence")
+distribution = g4.selectbox("Out of distribution", list(DISTRIBUTION), key="ds_ood",
+                            help="By the latest prediction's OOD score: above 1, the page is unlike every class the "
+                                 "model was trained on (none of these).")
 sort = g2.selectbox("Sort by", list(SORTS), key="ds_sort")
 where = ItemFilter(status=tuple(statuses), label=None if label == "any" else label, search=search,
                    user=None if editor == "anyone" else editor,
                    confidence=None if (low, high) == (0.0, 1.0) else (low, high),
-                   sort=SORTS[sort][0], descending=SORTS[sort][1])
+                   in_distribution=DISTRIBUTION[distribution], sort=SORTS[sort][0], descending=SORTS[sort][1])
 
 # De-identified, a search matches the redacted text only: a hidden name finds nothing.
 first = deidentified_search.list_items(store, project.name, where, limit=0, deidentified=settings.redact_text)
@@ -93,12 +98,13 @@ edited = st.data_editor(
     shown, key=f"ds_table_{number}_{hash(where.__repr__())}", hide_index=True, width="stretch",
     height=min(38 + 35 * len(shown), 600), row_height=35,
     disabled=[c for c in shown.columns if c != "label"],
-    column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "model", "by", "when"],
+    column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "model", "by", "when"],
     column_config={
         "thumbnail": st.column_config.ImageColumn("", width="small"),
         "label": st.column_config.SelectboxColumn("label ✎", options=list(project.labels),
                                                   help="Edit to label or correct the item"),
         "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="percent"),
+        "ood": st.column_config.NumberColumn("OOD score", format="%.2f", help="Above 1: none of these"),
         "when": st.column_config.DatetimeColumn("when (UTC)", format="YYYY-MM-DD HH:mm"),
     })
 matched = f"{page.total:,}{'+' if page.total_is_capped else ''}"

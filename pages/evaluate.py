@@ -14,7 +14,8 @@ from fusion.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
 from fusion.images import load_image
 from fusion.ocr import OcrResult
 from fusion.deidentify import NOTICE
-from fusion.deidentified_view import phi_boxes, top_words
+from fusion.deidentified_view import phi_boxes, redact_prediction, top_words
+from fusion.display_text import literal
 from fusion.overlay import black_out, blend_heatmap
 from fusion.pipeline import compose_text
 from fusion.thumbnails import data_url, thumbnail
@@ -36,7 +37,8 @@ def thumb(image_path: str, sha256: str) -> str | None:
 @st.cache_data(max_entries=200, show_spinner=False)
 def gradcam_picture(project_name: str, version: str, item_id: int, redacted: bool = False):
     """The page with the version's Grad-CAM for its own prediction (explained once, then cached),
-    and its top words; `redacted`: PHI words blacked out (where OCR kept their boxes) and hidden."""
+    its top words and its reason in words; `redacted`: PHI words blacked out (where OCR kept their
+    boxes) and hidden."""
     item = store.item(project_name, item_id)
     image = load_image(store.image_path(item))
     as_version = dataclasses.replace(store.project(project_name), active_model=version)
@@ -47,7 +49,10 @@ def gradcam_picture(project_name: str, version: str, item_id: int, redacted: boo
         picture = black_out(picture, phi_boxes(item.ocr_text or "", store.ocr_words(item)))
     picture.thumbnail((360, 360))
     words = top_words(prediction.explanation, compose_text(item.ocr_text or "", item.caption), redacted)
-    return picture, [w for w, _ in words]
+    shown = prediction.to_dict()
+    if redacted:
+        shown = redact_prediction(shown, prediction.explanation)
+    return picture, [w for w, _ in words], shown["explanation_text"]
 
 
 @st.cache_data(ttl=30, show_spinner=False)
@@ -164,8 +169,9 @@ show_items(wrong, "No misclassified test items.")
 if wrong and st.toggle(f"Grad-CAM of the most confident errors (up to {GALLERY})", key="eval_gradcam"):
     columns = st.columns(4)
     for n, p in enumerate(wrong[:GALLERY]):
-        picture, words = gradcam_picture(project.name, chosen.version, p.item_id, settings.redact_text)
+        picture, words, reason = gradcam_picture(project.name, chosen.version, p.item_id, settings.redact_text)
         columns[n % 4].image(picture, caption=f"true {p.truth} · predicted {p.predicted} · {', '.join(words)}")
+        columns[n % 4].caption(literal(reason, limit=1000))
 
 st.subheader("Learning curve")
 st.plotly_chart(learning_curve_figure(version_report.learning_curve(found)), width="stretch",

@@ -16,7 +16,8 @@ from fusion.worker import queue_job
 from fusion.images import load_upload
 from fusion.overlay import black_out, blend_heatmap, colored_words_html, draw_boxes
 from fusion.deidentify import NOTICE, as_shown
-from fusion.deidentified_view import phi_boxes, redact_scored, restore_placeholders
+from fusion.deidentified_view import phi_boxes, redact_prediction, redact_scored, restore_placeholders
+from fusion.encoders import MAX_CHUNKS
 from fusion.pipeline import compose_text
 from fusion.store import ItemFilter
 
@@ -101,8 +102,11 @@ def probability_chart(prediction) -> go.Figure:
     labels = list(prediction.probs)
     names = [k.replace("_", " ") for k in labels]
     fig = go.Figure()
-    for name, probs, color in (("fused", prediction.probs, "#4f46e5"), ("image only", prediction.probs_image, "#f59e0b"),
-                               ("text only", prediction.probs_text, "#10b981")):
+    for head, name, probs, color in (("fused", "fused", prediction.probs, "#4f46e5"),
+                                     ("image", "image only", prediction.probs_image, "#f59e0b"),
+                                     ("text", "text only", prediction.probs_text, "#10b981")):
+        if head in prediction.abstained:     # it said nothing: no bars (the reason says why)
+            continue
         fig.add_bar(name=name, y=names, x=[probs[k] for k in labels], orientation="h", marker_color=color,
                     text=[f"{probs[k]:.0%}" if probs[k] >= 0.1 else "" for k in labels], textposition="outside")
     fig.update_layout(barmode="group", height=70 + 48 * len(labels), margin=dict(l=10, r=10, t=10, b=10),
@@ -115,6 +119,30 @@ def probability_chart(prediction) -> go.Figure:
 def top(probs: dict[str, float]) -> str:
     label = max(probs, key=probs.get)
     return f"**{label}** ({probs[label]:.0%})"
+
+
+def show_prediction(prediction) -> None:
+    """The headline: the class, or "none of these" for a page unlike every trained class, with
+    each head's opinion (or why it abstained) and the OOD score."""
+    flag = " :orange-badge[needs review]" if prediction.review_reasons else ""
+    heads = " · ".join(f"{name} alone: {'abstained' if head in prediction.abstained else top(probs)}"
+                       for head, name, probs in (("image", "image", prediction.probs_image),
+                                                 ("text", "text", prediction.probs_text)))
+    if prediction.in_distribution is False:
+        st.markdown(f"### None of these{flag}  \nclosest: **{prediction.label}** ({prediction.confidence:.0%}) · {heads}")
+    else:
+        st.markdown(f"### {prediction.label}{flag}  \n{prediction.confidence:.0%} confident · {heads}")
+    if prediction.ood_score is not None:
+        st.caption(f"Out-of-distribution score {prediction.ood_score:.2f} (above 1: unlike every class this model "
+                   f"was trained on; image {prediction.ood_parts['image']:.2f}, text {prediction.ood_parts['text']:.2f})")
+
+
+def reason_in_words(prediction) -> str:
+    """The prediction's reason in words, redacted like the rest when de-identified (markdown-safe)."""
+    shown = prediction.to_dict()
+    if settings.redact_text:
+        shown = redact_prediction(shown, prediction.explanation)
+    return literal(shown["explanation_text"], limit=1000)
 
 
 def save_decision(label: str | None) -> None:
@@ -237,9 +265,9 @@ def review_panel(page: dict) -> None:
     prediction = st.session_state["prediction"]
 
     with result_box:
-        flag = " :orange-badge[needs review]" if prediction.confidence < settings.review_threshold else ""
-        st.markdown(f"### {prediction.label}{flag}  \n{prediction.confidence:.0%} confident · "
-                    f"image alone: {top(prediction.probs_image)} · text alone: {top(prediction.probs_text)}")
+        show_prediction(prediction)
+        reason_box = st.empty()
+        reason_box.markdown(reason_in_words(prediction))
     with details_box:
         # Static (the values are written on the bars): a chart without hover layers redraws in
         # half the time, and the new prediction reaches the screen sooner.
@@ -271,6 +299,7 @@ def review_panel(page: dict) -> None:
         prediction = pending.result()
         st.session_state["prediction"] = prediction
     explanation = prediction.explanation
+    reason_box.markdown(reason_in_words(prediction))     # now with its words and region
 
     with details_box:
         mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
@@ -280,6 +309,10 @@ def review_panel(page: dict) -> None:
         if settings.redact_text:
             words = redact_scored(words, compose_text(ocr_text, caption))
         st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
+        if explanation.words_read < explanation.words_total:
+            st.caption(f"Read {explanation.words_read:,} of {explanation.words_total:,} words: the model reads "
+                       f"the page in {MAX_CHUNKS} chunks of 128 word pieces at most (the caption always); the "
+                       "rest did not count and has no colour.")
         st.caption(f"Model {prediction.model_version} · " +
                    " · ".join(f"{k} {v:.0f} ms" for k, v in prediction.timings_ms.items()))
 
