@@ -163,9 +163,9 @@ def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path):
     engine.dispose()
 
     store = Store(load_settings(home=tmp_path))
-    assert schema_revision(store.db.engine) == "0007"
+    assert schema_revision(store.db.engine) == "0008"
     assert store.project("old").labels == {"a": "", "b": ""}
-    assert {"ix_items_status_updated", "ix_items_updated_by"} <= {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
+    assert {"ix_items_status_updated", "ix_items_updated_by", "ix_items_ood"} <= {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
     found = store.list_items("old", ItemFilter(search="echocardio")).items   # indexed by the migration
     assert [i.filename for i in found] == ["old.png"]
     store.set_label("old", found[0].id, "a", "bob", expected_version=1)
@@ -297,3 +297,13 @@ def test_uploaded_zips_unpack_safely_into_what_import_reads(tmp_path):
         unpack_upload("broken.zip", b"PK\x03\x04 garbage", tmp_path / "u4")
     with pytest.raises(FusionError, match="upload a .zip"):
         unpack_upload("notes.txt", b"hello", tmp_path / "u5")
+
+
+def test_the_latest_predictions_ood_score_filters_and_sorts(store):
+    items = [add(store, 200 + i)[0] for i in range(4)]
+    for item, score in zip(items, (0.4, 2.5, None, 1.3)):
+        store.record_prediction("pets", item.id, "cat", 0.9, {"cat": 0.9}, "v1", ood_score=score)
+    unusual = store.list_items("pets", ItemFilter(in_distribution=False, sort="ood", descending=True))
+    assert [i.pred_ood for i in unusual.items] == [2.5, 1.3]
+    assert [i.id for i in store.list_items("pets", ItemFilter(in_distribution=True)).items] == [items[0].id]
+    assert store.list_items("pets", ItemFilter()).total == 4        # no score (an older version): in neither
