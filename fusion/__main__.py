@@ -181,12 +181,14 @@ def cmd_history(args, settings) -> None:
 
     rows = open_store(settings).history(args.project, args.item)
     keys = ("at", "user", "action", "item_version", "old_label", "new_label", "old_status", "new_status",
-            "old_caption", "new_caption", "model_version", "shown_label", "shown_confidence", "source")
+            "old_caption", "new_caption", "old_text", "new_text", "model_version", "shown_label", "shown_confidence",
+            "source")
     data = [{k: (getattr(r, k).isoformat() if k == "at" else getattr(r, k)) for k in keys} for r in rows]
     if settings.redact_text:
         from .deidentify import redact
 
-        data = [r | {k: r[k] and redact(r[k]) for k in ("old_caption", "new_caption")} for r in data]
+        data = [r | {k: r[k] and redact(r[k]) for k in ("old_caption", "new_caption", "old_text", "new_text")}
+                for r in data]
 
     def line(r: dict) -> str:
         text = f"{r['at'][:19]}Z  {r['user']}  {r['action']}"
@@ -198,6 +200,8 @@ def cmd_history(args, settings) -> None:
             text += f"  {r['shown_label']} {r['shown_confidence']:.0%} by {r['model_version']}"
         if r["new_caption"] is not None or r["old_caption"] is not None:
             text += f"  caption {r['new_caption']!r}"
+        if r["new_text"] is not None:
+            text += f"  page text {r['new_text'][:60]!r}" + ("…" if len(r["new_text"]) > 60 else "")
         return text + (f"  [{r['source']}]" if r["source"] else "")
     _emit({"history": data}, args.json, "\n".join(line(r) for r in data))
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import timedelta
 
 import numpy as np
@@ -158,3 +159,16 @@ def test_the_history_columns_come_with_a_migration(tmp_path):
     store.set_page_text("pets", item.id, "new", "bob", expected_version=item.version)
     with pytest.raises(Exception, match="append-only"), create_engine(url).begin() as c:
         c.execute(text("UPDATE history SET new_text = 'rewritten'"))
+
+
+def test_the_cli_history_shows_a_page_text_edit(store, capsys):
+    from fusion.__main__ import main
+
+    item = read_item(store, seed=9)
+    review.decide(store, "pets", item, item.version, "dog", "bob", shown(), page_text=edited("Hemoglobin 9.1 low"))
+    assert main(["--home", str(store.settings.home), "history", "pets", str(item.id), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["history"]
+    assert [(r["action"], r["old_text"], r["new_text"]) for r in rows if r["action"] == "text"] == [
+        ("text", "Hemoglobin 13.2", "Hemoglobin 9.1 low")]
+    assert main(["--home", str(store.settings.home), "history", "pets", str(item.id)]) == 0
+    assert "page text 'Hemoglobin 9.1 low'" in capsys.readouterr().out
