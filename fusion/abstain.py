@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-# Standard deviation of the encoder's 224x224 input, in its (x - 127) / 128 scale, under which an
-# image is uniform: 2 grey levels of 255. A page with a line of text is above 20.
+# Standard deviation over the encoder's 224x224 input (each colour channel's), in its (x - 127) / 128
+# scale, under which an image is uniform: 2 grey levels of 255. A page with a line of text is above 20.
 BLANK_SPREAD = 2.0 / 128
 SPECIAL_TOKENS = 2        # [CLS] and [SEP]: an empty text's only tokens
 
@@ -29,7 +29,7 @@ def image_present(pixels: torch.Tensor) -> torch.Tensor:
     x = pixels.float()
     if pixels.dtype == torch.uint8:
         x = (x - 127.0) / 128.0
-    return x.flatten(1).std(1) > BLANK_SPREAD
+    return x.flatten(2).std(2).amax(1) > BLANK_SPREAD         # over the image, per channel: a tint is no content
 
 
 def abstained(text: bool, image: bool) -> dict[str, str]:
