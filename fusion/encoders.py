@@ -10,6 +10,8 @@ import contextlib
 import copy
 import io
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,6 +141,32 @@ def compact_chunks(x: torch.Tensor, chunk_mask: torch.Tensor) -> tuple[torch.Ten
     return values * mask.view(b, length, *([1] * (flat.ndim - 2))).to(values.dtype), mask
 
 
+class ChunkCache:
+    """Token states of chunks already read, by encoder and word pieces, least recently used out:
+    a caption edit on a long page reads only the caption's chunk again (chunks are encoded
+    independently, so a chunk's states depend on its own word pieces alone)."""
+
+    def __init__(self, size: int = 256):        # 256 chunks of 128 x 384 floats: 50 MB at most
+        self.size, self._states, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key) -> torch.Tensor | None:
+        with self._lock:
+            if key in self._states:
+                self._states.move_to_end(key)
+                return self._states[key]
+        return None
+
+    def put(self, key, states: torch.Tensor) -> None:
+        with self._lock:
+            self._states[key] = states
+            while len(self._states) > self.size:
+                self._states.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._states.clear()
+
+
 class TextEncoder(nn.Module):
     """MiniLM twice over the same weights: eager attention, which can return attentions (SDPA
     returns none), and SDPA, ~30% faster where no attentions are needed (e.g. the steps of
@@ -196,13 +224,15 @@ class TextEncoder(nn.Module):
         return self.bert.embeddings.word_embeddings(input_ids)
 
     def states(self, input_ids: torch.Tensor, chunk_mask: torch.Tensor, inputs_embeds: torch.Tensor | None = None,
-               attentions: bool = False, bert: nn.Module | None = None):
-        """MiniLM over every chunk that holds tokens (empty ones are skipped): token states
-        (B, L, 384) and mask (B, L) of the chunks concatenated, and, with `attentions`, each
-        layer's attentions (R, H, T, T) over the R chunks that ran, in order."""
+               attentions: bool = False, bert: nn.Module | None = None, cache: ChunkCache | None = None):
+        """MiniLM over every chunk that holds tokens (empty ones are skipped; with a `cache`, those
+        read before too): token states (B, L, 384) and mask (B, L) of the chunks concatenated, and,
+        with `attentions`, each layer's attentions (R, H, T, T) over the R chunks that ran, in order."""
         b, c, t = input_ids.shape
         rows = chunk_mask.reshape(b * c, t).any(-1)
         bert = bert or (self.bert if attentions else self.bert_sdpa)
+        if cache is not None and inputs_embeds is None and not attentions:
+            return (*self._cached_states(input_ids, chunk_mask, bert, cache), None)
         if inputs_embeds is not None:
             out = bert(inputs_embeds=inputs_embeds.reshape(b * c, t, -1)[rows],
                        attention_mask=chunk_mask.reshape(b * c, t)[rows], output_attentions=attentions)
@@ -214,9 +244,28 @@ class TextEncoder(nn.Module):
         tokens, mask = compact_chunks(every.view(b, c, t, -1), chunk_mask)
         return tokens, mask, (out.attentions if attentions else None)
 
-    def forward(self, batch: TextBatch, inputs_embeds: torch.Tensor | None = None, attentions: bool = False):
+    def _cached_states(self, input_ids: torch.Tensor, chunk_mask: torch.Tensor, bert: nn.Module,
+                       cache: ChunkCache) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, t = input_ids.shape
+        ids, mask = input_ids.reshape(b * c, t), chunk_mask.reshape(b * c, t)
+        lengths = mask.sum(1).tolist()
+        keys = {r: (id(bert), ids[r, :n].cpu().numpy().tobytes()) for r, n in enumerate(lengths) if n}
+        found = {r: cache.get(key) for r, key in keys.items()}
+        missing = [r for r, states in found.items() if states is None]
+        if missing:
+            hidden = bert(input_ids=ids[missing], attention_mask=mask[missing]).last_hidden_state
+            for j, r in enumerate(missing):
+                found[r] = hidden[j, :lengths[r]]
+                cache.put(keys[r], found[r])
+        every = torch.zeros(b * c, t, TEXT_DIM, device=input_ids.device)
+        for r, states in found.items():
+            every[r, :lengths[r]] = states
+        return compact_chunks(every.view(b, c, t, -1), chunk_mask)
+
+    def forward(self, batch: TextBatch, inputs_embeds: torch.Tensor | None = None, attentions: bool = False,
+                cache: ChunkCache | None = None):
         """(tokens (B, L, 384), mask (B, L), attentions or None) of a tokenized batch."""
-        return self.states(batch.input_ids, batch.chunk_mask, inputs_embeds, attentions)
+        return self.states(batch.input_ids, batch.chunk_mask, inputs_embeds, attentions, cache=cache)
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token states (B, L, 384) and mask (B, L), no grad."""

@@ -22,7 +22,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from . import ocr
-from .encoders import (CAPTION_MARK, ImageEncoder, TextEncoder, load_encoders, load_image_encoder,
+from .encoders import (CAPTION_MARK, ChunkCache, ImageEncoder, TextEncoder, load_encoders, load_image_encoder,
                        load_text_encoder, patches_of)
 from .explain import Explanation, ForwardPass, explain
 from .abstain import abstained, image_present
@@ -121,6 +121,7 @@ class Engine:
         self.text_encoder = load_text_encoder(settings.max_text_tokens).to(self.device)
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._features: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.chunk_states = ChunkCache()     # a caption edit on a long page reads the caption alone
         self._lock = threading.Lock()  # Streamlit sessions share one engine
         # Explanations cost 3-4x a prediction: one at a time, on a thread of lower priority.
         self.explainer = ThreadPoolExecutor(1, thread_name_prefix="explainer", initializer=_explainer_thread)
@@ -154,6 +155,7 @@ class Engine:
         with self._lock:
             self._models.clear()
             self._features.clear()  # keyed by encoder identity, which a freed encoder's id may reuse
+            self.chunk_states.clear()
 
     # -- features -------------------------------------------------------------------------
     def read_text(self, image: Image.Image) -> ocr.OcrResult:
@@ -205,7 +207,8 @@ class Engine:
         pixels, patches = self.image_features(image, loaded.image_encoder)
         batch = loaded.text_encoder.tokenize([text]).to(self.device)
         with torch.no_grad():
-            tokens, mask, attentions = loaded.text_encoder(batch, attentions=with_explanation)
+            tokens, mask, attentions = loaded.text_encoder(batch, attentions=with_explanation,
+                                                           cache=None if with_explanation else self.chunk_states)
             t = lap("encode", t)
             out = model(patches, tokens, mask, image_present(pixels))
         labels = model.config.labels
