@@ -38,7 +38,7 @@ def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
     engine = get_engine(settings)
     version = project.active_model or "zero-shot"
     columns = ["file", "label", "confidence"] + [f"{head}:{label}" for head, _ in HEADS for label in project.labels]
-    columns += ["model_version", "text_chars", "error"]
+    columns += ["ood_score", "in_distribution", "abstained", "model_version", "text_chars", "error"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -64,7 +64,9 @@ def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
                 found = item_predictions(engine, project, [p for _, p in readable], texts, Path(cache))
                 for (row, _), probs in zip(readable, found):
                     label = max(probs["fused"], key=probs["fused"].get)
-                    row |= {"label": label, "confidence": round(probs["fused"][label], 6)}
+                    row |= {"label": label, "confidence": round(probs["fused"][label], 6), "ood_score": probs["ood_score"],
+                            "in_distribution": None if probs["ood_score"] is None else probs["ood_score"] <= 1.0,
+                            "abstained": ",".join(probs["abstained"])}
                     row |= {f"{head}:{k}": probs[head][k] for head, _ in HEADS for k in project.labels}
             writer.writerows(rows)
             if progress:
