@@ -43,8 +43,13 @@ class FeatureSet:
         return tuple(t.to(device) for t in (self.patches, self.tokens, self.mask, self.image_present))
 
 
+# What a cached file holds changed (step 8: the whole text in chunks, not its first 128 word pieces;
+# the image_present flag): files of an older format are never read as if they were current.
+FORMAT = b"whole-text-in-chunks"
+
+
 def feature_key(image_bytes: bytes, text: str) -> str:
-    return hashlib.sha256(image_bytes + b"\0" + text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(image_bytes + b"\0" + text.encode("utf-8") + b"\0" + FORMAT).hexdigest()
 
 
 def _encode_batch(engine, images: list[Image.Image], texts: list[str]) -> list[dict[str, torch.Tensor]]:
