@@ -21,7 +21,7 @@ def review_reasons(d: dict) -> list[str]:
     (the demo's), the single heads disagree on 4 pages in 5 that the fused head gets right."""
     reasons = []
     if d.get("in_distribution") is False:
-        parts = d.get("ood_parts") or {}
+        parts = {head: v for head, v in (d.get("ood_parts") or {}).items() if head not in (d.get("abstained") or {})}
         which = f" (its {max(parts, key=parts.get)} most)" if parts else ""
         reasons.append(f"the page is unlike every class this model was trained on{which}: "
                        f"out-of-distribution score {d['ood_score']:.2f}, flagged above 1")

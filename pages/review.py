@@ -128,7 +128,9 @@ def show_prediction(prediction) -> None:
     heads = " · ".join(f"{name} alone: {'abstained' if head in prediction.abstained else top(probs)}"
                        for head, name, probs in (("image", "image", prediction.probs_image),
                                                  ("text", "text", prediction.probs_text)))
-    if prediction.in_distribution is False:
+    if len(prediction.abstained) == 2:     # uniform: no class is closer than another
+        st.markdown(f"### Nothing to read{flag}  \n{heads}")
+    elif prediction.in_distribution is False:
         st.markdown(f"### None of these{flag}  \nclosest: **{prediction.label}** ({prediction.confidence:.0%}) · {heads}")
     else:
         st.markdown(f"### {prediction.label}{flag}  \n{prediction.confidence:.0%} confident · {heads}")
@@ -308,7 +310,9 @@ def review_panel(page: dict) -> None:
         words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
         if settings.redact_text:
             words = redact_scored(words, compose_text(ocr_text, caption))
-        st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
+        # A long page's words scroll in their own box: the caption and page text stay in reach below.
+        with st.container(height=260 if len(words) > 150 else "content", border=False):
+            st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
         if explanation.words_read < explanation.words_total:
             st.caption(f"Read {explanation.words_read:,} of {explanation.words_total:,} words: the model reads "
                        f"the page in {MAX_CHUNKS} chunks of 128 word pieces at most (the caption always); the "
