@@ -1,6 +1,7 @@
 """`python -m fusion bench trust --data DIR --json`: does the OOD score tell pages of no class apart?
 
-The demo project's active model (built if missing). In distribution: its test split. Out of
+The demo project's active model (built if missing). In distribution: its test split, with its
+stored text and caption and again as read by the project's OCR (as an upload of it is). Out of
 distribution: every page of DIR (an index.jsonl of real documents, as shared/eval/ocr, read by
 the project's own OCR, cached under <home>/bench-learning/ocr), and generated pages of no class:
 blank (white, grey, a 12000x300 strip), noise and photo-like ones (smooth colour fields with shapes),
@@ -96,7 +97,12 @@ def bench_trust(settings: Settings, data: Path) -> dict:
     engine = get_engine(settings)
     examples = labeled_examples(open_store(settings), project.name)
     test = examples.split_index("test").tolist()
-    groups = {"in_distribution": ([examples.paths[i] for i in test], [examples.texts[i] for i in test])}
+    test_paths = [examples.paths[i] for i in test]
+    # In distribution twice: with the items' stored text and caption (what training read), and as
+    # an upload of the same page is read (its OCR, no caption).
+    groups = {"in_distribution": (test_paths, [examples.texts[i] for i in test]),
+              "in_distribution_ocr": (test_paths, [compose_text(t, "") for t in _ocr_texts(engine, settings.home,
+                                                                                            test_paths)])}
     index = Path(data) / "index.jsonl"
     if not index.is_file():
         raise FusionError(f"{index} not found: bench trust needs --data FOLDER with an index.jsonl of pages")
@@ -110,13 +116,16 @@ def bench_trust(settings: Settings, data: Path) -> dict:
             groups[kind] = (paths, [compose_text(t, "") for t in _ocr_texts(engine, settings.home, paths)])
         cache = settings.home / "bench-trust" / "features"
         found = {kind: item_predictions(engine, project, paths, texts, cache) for kind, (paths, texts) in groups.items()}
-    inside = [p["ood_score"] for p in found["in_distribution"]]
-    outside = [p["ood_score"] for kind, ps in found.items() if kind != "in_distribution" for p in ps]
-    auroc = roc_auc_score([0] * len(inside) + [1] * len(outside), inside + outside)
-    everything_outside = [p for kind, ps in found.items() if kind != "in_distribution" for p in ps]
+    outside = [p for kind, ps in found.items() if not kind.startswith("in_distribution") for p in ps]
+
+    def auroc(inside: str) -> float:
+        scores = [p["ood_score"] for p in found[inside]] + [p["ood_score"] for p in outside]
+        return round(float(roc_auc_score([0] * len(found[inside]) + [1] * len(outside), scores)), 4)
+
     return {"device": engine.device_name, "model_version": project.active_model,
-            "auroc": round(float(auroc), 4),
+            "auroc": auroc("in_distribution"), "auroc_in_distribution_read_by_ocr": auroc("in_distribution_ocr"),
             "in_distribution": _flags(found["in_distribution"], settings.review_threshold),
-            "out_of_distribution": _flags(everything_outside, settings.review_threshold),
+            "in_distribution_read_by_ocr": _flags(found["in_distribution_ocr"], settings.review_threshold),
+            "out_of_distribution": _flags(outside, settings.review_threshold),
             "by_group": {kind: _flags(ps, settings.review_threshold) for kind, ps in found.items()},
             "goal": {"auroc": 0.95, "ood_flagged_at_least": 0.95, "in_distribution_flagged_at_most": 0.05}}
