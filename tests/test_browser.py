@@ -47,7 +47,7 @@ NOTE_WHEN_SHOWN = """
 const before = arguments[0];
 window.headlineShownAt = null;
 const headline = () => [...document.querySelectorAll('[data-testid=stMarkdownContainer]')]
-    .map(e => e.innerText).find(t => t.includes('confident')) || '';
+    .map(e => e.innerText).find(t => t.includes('alone:')) || '';
 const observer = new MutationObserver(() => {
     if (headline() === before) return;
     observer.disconnect();
@@ -130,7 +130,7 @@ def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project,
         path = page_file(tmp_path)
         start = time.time()
         upload.send_keys(str(path))
-        wait_for(lambda: "Your decision" in body_text(driver) and "confident" in body_text(driver))
+        wait_for(lambda: "Your decision" in body_text(driver) and "alone:" in body_text(driver))
         timings["upload_to_prediction_s"] = round(time.time() - start, 2)
         wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "[data-testid=stImage] img"))
         driver.save_screenshot(str(ARTIFACTS / "review-1280x800.png"))
@@ -141,7 +141,7 @@ def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project,
                 ".find(t => t.includes(arguments[1])) || ''", selector, needle)
 
         def headline() -> str:   # the "### label / confidence / image alone / text alone" block
-            return first_text("[data-testid=stMarkdownContainer]", "confident")
+            return first_text("[data-testid=stMarkdownContainer]", "alone:")
 
         def timings_line() -> str:
             return first_text("[data-testid=stCaptionContainer]", "total")

@@ -58,8 +58,8 @@ def test_probe_outvotes_a_misleading_prior():
     model = FusionModel(ModelConfig(labels))
     targets = torch.arange(60) % 3
     centres = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
-    tokens = (centres[targets] + 0.3 * torch.randn(60, 384)).unsqueeze(1)       # (N, 1, 384)
-    mask = torch.ones(60, 1, dtype=torch.long)
+    tokens = (centres[targets] + 0.3 * torch.randn(60, 384)).unsqueeze(1).expand(-1, 3, -1)  # (N, 3, 384): a word
+    mask = torch.ones(60, 3, dtype=torch.long)                                # and two special tokens
     patches = torch.randn(60, 49, 1280)
     with torch.no_grad():   # every page's text most like the label after its own
         model.label_embeddings.copy_(torch.nn.functional.normalize(centres.roll(1, 0) * 3 + centres, dim=-1))
