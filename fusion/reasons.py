@@ -49,7 +49,7 @@ def explanation_text(d: dict) -> str:
         sentences = [f"Nothing to read ({abstained['image']}; {abstained['text']}): no class is more likely "
                      f"than another."]
     elif d.get("in_distribution") is False:
-        sentences = [f"None of these: {head.lower()}, the closest class is {d['label']} ({d['confidence']:.0%})."]
+        sentences = [f"None of these. Closest class ({head.lower()}): {d['label']} ({d['confidence']:.0%})."]
     else:
         sentences = [f"{head}: {d['label']} ({d['confidence']:.0%})."]
     evidence = []
