@@ -444,6 +444,14 @@ def cmd_bench(args, settings) -> None:
         from .settings import REPO_ROOT
 
         data = bench_trust(settings, Path(args.data) if args.data else REPO_ROOT.parent / "shared" / "eval" / "ocr")
+    elif args.what == "ocr":
+        from pathlib import Path
+
+        from .bench_ocr import bench_ocr
+        from .settings import REPO_ROOT
+
+        data = bench_ocr(settings, Path(args.data) if args.data else REPO_ROOT.parent / "shared" / "eval" / "ocr",
+                         limit=args.limit)
     else:
         data = bench.run(args.what, settings)
     _emit(data, args.json, json.dumps(data, indent=2))
@@ -622,9 +630,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(run=cmd_users)
 
     p = sub.add_parser("bench", help="measure speed; prints JSON")
-    p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify", "learning", "trust"])
+    p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify", "learning", "trust", "ocr"])
     p.add_argument("--data", help="learning, trust: a folder with index.jsonl (image, gt_text, doc_type a line); "
-                                  "trust: default ../shared/eval/ocr")
+                                  "trust, ocr: default ../shared/eval/ocr")
+    p.add_argument("--limit", type=int, help="ocr: only the first N pages")
     p.add_argument("--seeds", type=int, default=5, help="learning: seeded half/half splits")
     p.add_argument("--descriptions", help="learning: label descriptions (JSON or 'label: description' lines)")
     p.add_argument("--partial-epochs", type=int, default=0, help="learning: also train partial mode (seed 0) this long")
