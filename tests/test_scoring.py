@@ -82,6 +82,10 @@ def test_predict_folder_writes_every_head_and_an_error_row(settings, engine, cor
     for head, probs in (("fused", one.probs), ("image", one.probs_image), ("text", one.probs_text)):
         assert [float(rows[1][f"{head}:{k}"]) for k in corrected.labels] == pytest.approx(
             [probs[k] for k in corrected.labels], abs=0.01)
-    assert float(rows[1]["ood_score"]) == pytest.approx(one.ood_score, abs=0.02)       # and the same OOD score
-    assert rows[1]["in_distribution"] == str(one.in_distribution) and rows[1]["abstained"] == ""
+    if one.ood_score is None:                       # a model without an OOD bank (zero-shot): none in the CSV
+        assert rows[1]["ood_score"] == rows[1]["in_distribution"] == ""
+    else:                                           # and the same OOD score
+        assert float(rows[1]["ood_score"]) == pytest.approx(one.ood_score, abs=0.02)
+        assert rows[1]["in_distribution"] == str(one.in_distribution)
+    assert rows[1]["abstained"] == ""
     assert not list(tmp_path.glob(".results.csv.tmp"))
