@@ -175,6 +175,18 @@ def test_dataset_page_filters_pages_history_and_export(demo_project):
     history = app.dataframe[1].value   # the first item's history, in the expander
     assert list(history["what"])[0] == "add" and list(history["who"])[0] == "demo generator"
 
+    # "None of these": the items whose latest prediction scored above 1, most unusual first.
+    app.text_input(key="ds_search").set_value("").run()
+    app.selectbox(key="ds_label").set_value("any").run()
+    store.record_prediction(demo_project.name, first_id, "lab_trend_chart", 0.4, {"lab_trend_chart": 0.4}, "v1",
+                            ood_score=3.5)
+    app.selectbox(key="ds_ood").set_value("none of these (flagged)").run()
+    app.selectbox(key="ds_sort").set_value("most unlike the trained classes").run()
+    assert not app.exception, app.exception
+    flagged = app.dataframe[0].value
+    assert int(flagged["id"].iloc[0]) == first_id and (flagged["ood"] > 1).all()
+    app.selectbox(key="ds_ood").set_value("any").run()
+
     app.selectbox(key="ds_format").set_value("jsonl").run()
     app.button(key="export").click().run()
     assert not app.exception, app.exception
