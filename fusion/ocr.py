@@ -25,6 +25,7 @@ MIN_DETECT_SIDE = 640    # small images are magnified inside CRAFT so small text
 SAMPLE_BOXES = 12        # boxes read in each candidate orientation to choose the page's
 RECOGNIZER_HEIGHT = 64   # EasyOCR's recogniser input height
 RECOGNIZER_BATCH = 32
+RECOGNIZE_MAX_SIDE = 2560  # long side of the page words are read from (plain EasyOCR's canvas)
 
 # easyocr's noise on a CPU: a DataLoader pin_memory warning on every recognize, and torch's
 # deprecation of the dynamic quantization it applies to the recognizer.
@@ -223,6 +224,12 @@ def read_text(image: Image.Image, *, max_side: int = 1280, gpu: bool = False) ->
     rects = _detected_rects(horizontal[0], free[0])
     if not rects:
         return OcrResult(text="", words=[], ms=_ms_since(start), angle=0)
+    # Words are found on the shrunk page but read from the page at up to RECOGNIZE_MAX_SIDE:
+    # the recogniser scales each crop to 64 px high anyway, and small print shrunk first loses
+    # its strokes (arXiv pages, 2,200 px high, read at 1,280).
+    page = _grey_for_ocr(image, max(max_side, RECOGNIZE_MAX_SIDE))
+    fx, fy = page.shape[1] / gw, page.shape[0] / gh
+    rects = [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in rects]
 
     # One detect serves every orientation: only the boxes and the grey image are turned. The
     # orientation is chosen on a sample of the largest boxes; only then is the page read, once.
@@ -234,8 +241,8 @@ def read_text(image: Image.Image, *, max_side: int = 1280, gpu: bool = False) ->
 
     def read(angle: int, which: list[int]):
         k = -angle // 90  # undo a counter-clockwise page rotation of `angle`
-        upright = np.ascontiguousarray(np.rot90(grey, k))
-        return upright.shape, _recognize(reader, upright, [_rot90_rect(rects[i], k, grey.shape) for i in which])
+        upright = np.ascontiguousarray(np.rot90(page, k))
+        return upright.shape, _recognize(reader, upright, [_rot90_rect(rects[i], k, page.shape) for i in which])
 
     sampled = {candidates[0]: read(candidates[0], sample)}
     if _mean_conf(sampled[candidates[0]][1]) < RETRY_BELOW_CONF:
@@ -245,7 +252,7 @@ def read_text(image: Image.Image, *, max_side: int = 1280, gpu: bool = False) ->
     if rest:
         results = results + read(best_angle, rest)[1]
     k_back = (best_angle // 90) % 4
-    sx, sy = image.width / gw, image.height / gh
+    sx, sy = image.width / page.shape[1], image.height / page.shape[0]
     items = []
     for rect, text, conf in results:
         x0, y0, x1, y1 = _rot90_rect(rect, k_back, (uh, uw))
