@@ -61,6 +61,15 @@ def fit(model, train_image_z: torch.Tensor, train_text_z: torch.Tensor, val_imag
             "threshold": round(float(threshold), 4), "reference_items": len(usual)}
 
 
+def fields(row: torch.Tensor | None) -> dict:
+    """One page's row of `score` as a prediction carries it: ood_score and ood_parts (None, {}
+    without a bank)."""
+    if row is None:
+        return {"ood_score": None, "ood_parts": {}}
+    page, image, text = (round(float(v), 4) for v in row)
+    return {"ood_score": page, "ood_parts": {"image": image, "text": text}}
+
+
 def score(image_z: torch.Tensor, text_z: torch.Tensor, image_bank: torch.Tensor, text_bank: torch.Tensor,
           scales: torch.Tensor) -> torch.Tensor | None:
     """(B, 3) OOD scores of standardised pooled features (B, D): the page's (above 1: flagged),

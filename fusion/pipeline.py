@@ -27,6 +27,7 @@ from .encoders import (CAPTION_MARK, ChunkCache, ImageEncoder, TextEncoder, load
 from .explain import Explanation, ForwardPass, explain
 from .abstain import abstained, image_present
 from .model import FusionModel
+from .ood import fields as ood_fields
 from .reasons import explanation_text, review_reasons
 from .project import Project
 from .settings import Settings, describe_device
@@ -230,10 +231,7 @@ class Engine:
             image_weight=None if out.gate is None else round(float(out.gate[0]), 4),
             timings_ms=timings, ocr=ocr_result, explanation=explanation,
             abstained=abstained(bool(out.text_present[0]), bool(out.image_present[0])),
-            ood_score=None if out.ood is None else round(float(out.ood[0, 0]), 4),
-            ood_parts={} if out.ood is None else {"image": round(float(out.ood[0, 1]), 4),
-                                                  "text": round(float(out.ood[0, 2]), 4)},
-            image_size=image.size, review_threshold=self.settings.review_threshold,
+            **ood_fields(None if out.ood is None else out.ood[0]), image_size=image.size, review_threshold=self.settings.review_threshold,
         )
 
 

@@ -18,6 +18,7 @@ from .finetune import EndToEnd, HeadsOnFeatures
 from .encoders import load_encoders
 from .evaluation import scores
 from .model import FusionModel
+from .ood import fields as ood_fields
 from .train import HEADS
 from .project import Project
 from .training_data import labeled_examples, pixel_set
@@ -70,8 +71,7 @@ def item_predictions(engine, project: Project, paths: list[Path], texts: list[st
     ood = outputs["ood"]
     return [{**{head: dict(zip(project.label_names, p[k])) for head, p in probs.items()},
              "abstained": abstained(bool(outputs["text_present"][k]), bool(outputs["image_present"][k])),
-             "ood_score": None if ood is None else round(float(ood[k, 0]), 4),
-             "ood_parts": {} if ood is None else {"image": round(float(ood[k, 1]), 4), "text": round(float(ood[k, 2]), 4)}}
+             **ood_fields(None if ood is None else ood[k])}
             for k in range(len(paths))]
 
 

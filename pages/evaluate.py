@@ -14,7 +14,7 @@ from fusion.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
 from fusion.images import load_image
 from fusion.ocr import OcrResult
 from fusion.deidentify import NOTICE
-from fusion.deidentified_view import phi_boxes, redact_prediction, top_words
+from fusion.deidentified_view import phi_boxes, shown_reason, top_words
 from fusion.display_text import literal
 from fusion.overlay import black_out, blend_heatmap
 from fusion.pipeline import compose_text
@@ -49,10 +49,7 @@ def gradcam_picture(project_name: str, version: str, item_id: int, redacted: boo
         picture = black_out(picture, phi_boxes(item.ocr_text or "", store.ocr_words(item)))
     picture.thumbnail((360, 360))
     words = top_words(prediction.explanation, compose_text(item.ocr_text or "", item.caption), redacted)
-    shown = prediction.to_dict()
-    if redacted:
-        shown = redact_prediction(shown, prediction.explanation)
-    return picture, [w for w, _ in words], shown["explanation_text"]
+    return picture, [w for w, _ in words], shown_reason(prediction, redacted)
 
 
 @st.cache_data(ttl=30, show_spinner=False)

@@ -16,7 +16,7 @@ from fusion.worker import queue_job
 from fusion.images import load_upload
 from fusion.overlay import black_out, blend_heatmap, colored_words_html, draw_boxes
 from fusion.deidentify import NOTICE, as_shown
-from fusion.deidentified_view import phi_boxes, redact_prediction, redact_scored, restore_placeholders
+from fusion.deidentified_view import phi_boxes, redact_scored, restore_placeholders, shown_reason
 from fusion.encoders import MAX_CHUNKS
 from fusion.pipeline import compose_text
 from fusion.store import ItemFilter
@@ -125,9 +125,8 @@ def show_prediction(prediction) -> None:
     """The headline: the class, or "none of these" for a page unlike every trained class, with
     each head's opinion (or why it abstained) and the OOD score."""
     flag = " :orange-badge[needs review]" if prediction.review_reasons else ""
-    heads = " · ".join(f"{name} alone: {'abstained' if head in prediction.abstained else top(probs)}"
-                       for head, name, probs in (("image", "image", prediction.probs_image),
-                                                 ("text", "text", prediction.probs_text)))
+    heads = " · ".join(f"{head} alone: {'abstained' if head in prediction.abstained else top(probs)}"
+                       for head, probs in (("image", prediction.probs_image), ("text", prediction.probs_text)))
     if len(prediction.abstained) == 2:     # uniform: no class is closer than another
         st.markdown(f"### Nothing to read{flag}  \n{heads}")
     elif prediction.in_distribution is False:
@@ -141,10 +140,7 @@ def show_prediction(prediction) -> None:
 
 def reason_in_words(prediction) -> str:
     """The prediction's reason in words, redacted like the rest when de-identified (markdown-safe)."""
-    shown = prediction.to_dict()
-    if settings.redact_text:
-        shown = redact_prediction(shown, prediction.explanation)
-    return literal(shown["explanation_text"], limit=1000)
+    return literal(shown_reason(prediction, settings.redact_text), limit=1000)
 
 
 def save_decision(label: str | None) -> None:
