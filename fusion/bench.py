@@ -24,7 +24,7 @@ from .settings import REPO_ROOT, Settings
 COLD_START = (
     "import time, json; t = time.perf_counter();"
     "from fusion.settings import load_settings; from fusion.pipeline import get_engine; from fusion import ocr;"
-    "s = load_settings(); e = get_engine(s); ocr.get_reader(e.device.startswith('cuda'));"
+    "s = load_settings(); e = get_engine(s); ocr.get_reader(e.device.startswith('cuda'), s.ocr_cache_dir);"
     "print(json.dumps({'seconds': time.perf_counter() - t}))"
 )
 

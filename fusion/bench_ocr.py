@@ -46,18 +46,20 @@ def _folder_summary(rows: list[dict]) -> dict:
 def bench_ocr(settings: Settings, data: Path, limit: int | None = None) -> dict:
     from .errors import FusionError
     from .images import load_image
-    from .ocr import get_reader, read_text
+    from .ocr import plain_reader, read_text
 
     index = Path(data) / "index.jsonl"
     if not index.is_file():
         raise FusionError(f"{index} not found: bench ocr needs --data FOLDER with an index.jsonl of pages")
     pages = [json.loads(line) for line in index.read_text().splitlines() if line.strip()][:limit]
     gpu = settings.resolved_device().startswith("cuda")
-    reader = get_reader(gpu)
-    read_text(load_image(Path(data) / pages[0]["image"]), max_side=settings.ocr_max_side, gpu=gpu)  # warm-up
+    reader = plain_reader(gpu, settings.ocr_cache_dir)
 
     def ours(image) -> str:
-        return read_text(image, max_side=settings.ocr_max_side, gpu=gpu).text
+        return read_text(image, max_side=settings.ocr_max_side, gpu=gpu, cache_dir=settings.ocr_cache_dir).text
+
+    first = load_image(Path(data) / pages[0]["image"])
+    ours(first), reader.readtext(np.asarray(first))  # warm-up
 
     def plain(image) -> str:
         return " ".join(text for _, text, _ in reader.readtext(np.asarray(image)))

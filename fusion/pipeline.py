@@ -159,8 +159,9 @@ class Engine:
             self.chunk_states.clear()
 
     # -- features -------------------------------------------------------------------------
-    def read_text(self, image: Image.Image) -> ocr.OcrResult:
-        return ocr.read_text(image, max_side=self.settings.ocr_max_side, gpu=self.device.startswith("cuda"))
+    def read_text(self, image: Image.Image, progress=None) -> ocr.OcrResult:
+        return ocr.read_text(image, max_side=self.settings.ocr_max_side, gpu=self.device.startswith("cuda"),
+                             cache_dir=self.settings.ocr_cache_dir, progress=progress)
 
     def image_features(self, image: Image.Image, image_encoder: ImageEncoder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixels (1,3,224,224), patches (1,49,1280)), cached by the image's content and encoder."""

@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .images import load_image
-from .ocr import ENGINE
 from .pipeline import compose_text, get_engine
-from .review import QUEUE_STATUSES
+from .review import QUEUE_STATUSES, store_ocr
 from .scoring import item_predictions
 from .store import ItemFilter, Store
 
@@ -31,7 +30,7 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
         for n, item in enumerate(batch):
             if item.ocr_text is None:
                 ocr = engine.read_text(load_image(store.image_path(item)))
-                batch[n] = store.set_ocr(project_name, item.id, ocr.text, [w.to_dict() for w in ocr.words], ENGINE, user)
+                batch[n] = store_ocr(store, project_name, item.id, ocr, user)
                 read += 1
         paths = [store.image_path(i) for i in batch]
         texts = [compose_text(i.ocr_text or "", i.caption) for i in batch]

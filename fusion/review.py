@@ -62,14 +62,21 @@ def stored_ocr(store: Store, item) -> OcrResult | None:
     stored (a reviewer's edit, if any) with the words EasyOCR read."""
     if item.ocr_text is None or not (item.ocr_engine or "").startswith("easyocr"):
         return None
-    words = [Word(w["text"], w["conf"], tuple(w["box"])) for w in store.ocr_words(item)]
-    return OcrResult(item.ocr_text, words)
+    words, ms, angle = store.ocr_reading(item)
+    return OcrResult(item.ocr_text, [Word(w["text"], w["conf"], tuple(w["box"])) for w in words],
+                     ms=ms or 0.0, angle=angle)
+
+
+def store_ocr(store: Store, project_name: str, item_id: int, ocr: OcrResult, user: str):
+    """Keep EasyOCR's reading of an item: text, words, how long it took, which way up."""
+    return store.set_ocr(project_name, item_id, ocr.text, [w.to_dict() for w in ocr.words], ENGINE, user,
+                         ms=ocr.ms, angle=ocr.angle)
 
 
 def save_reading(store: Store, project_name: str, item, ocr: OcrResult, prediction: Prediction, user: str):
     """Keep what the machine said about an item: its OCR (if it had none) and the prediction."""
     if item.ocr_text is None:
-        store.set_ocr(project_name, item.id, ocr.text, [w.to_dict() for w in ocr.words], ENGINE, user)
+        store_ocr(store, project_name, item.id, ocr, user)
     return store.record_prediction(project_name, item.id, prediction.label, prediction.confidence,
                                    prediction.probs, prediction.model_version, user="model",
                                    heads={"image": prediction.probs_image, "text": prediction.probs_text},

@@ -91,6 +91,8 @@ class OcrWordsRow(Base):
 
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), primary_key=True)
     words: Mapped[list] = mapped_column(JSON)   # [{"text", "conf", "box": [x0, y0, x1, y1]}]
+    ms: Mapped[float | None] = mapped_column(Float)      # how long the reading took (None: before 0009)
+    angle: Mapped[int | None] = mapped_column(Integer)   # the page's rotation as read
 
 
 class HistoryRow(Base):

@@ -31,6 +31,7 @@ class Settings:
     session_minutes: int = 480        # a signed-in session expires after this long
     deidentify: bool = False          # redact names, dates, phones, addresses, record numbers in text
     demo_mode: bool = False           # for showing to an audience: turns de-identification on
+    ocr_cache: str = ""               # OCR models built from EasyOCR's weights; "" is <home>/cache/ocr
 
     @property
     def redact_text(self) -> bool:
@@ -42,6 +43,11 @@ class Settings:
 
     def project_dir(self, name: str) -> Path:
         return self.projects_dir / name
+
+    @property
+    def ocr_cache_dir(self) -> Path:
+        """OCR models built from the installed EasyOCR weights (fusion.ocr_runtime)."""
+        return Path(self.ocr_cache) if self.ocr_cache else self.home / "cache" / "ocr"
 
     @property
     def images_dir(self) -> Path:
@@ -78,6 +84,7 @@ _ENV = {
     "session_minutes": ("FUSION_SESSION_MINUTES", int),
     "deidentify": ("FUSION_DEIDENTIFY", "bool"),
     "demo_mode": ("FUSION_DEMO_MODE", "bool"),
+    "ocr_cache": ("FUSION_OCR_CACHE", str),
 }
 
 

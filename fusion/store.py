@@ -67,6 +67,8 @@ class NewItem:
     ocr_text: str | None = None
     ocr_words: list | None = None
     ocr_engine: str | None = None
+    ocr_ms: float | None = None   # how long EasyOCR took to read it
+    ocr_angle: int = 0
     source: str | None = None   # where it came from, for the history: "labels.csv line 7"
 
 
@@ -218,7 +220,7 @@ class Store:
                 if rows:
                     session.add_all(rows)
                     session.flush()  # assigns ids
-                    session.add_all(OcrWordsRow(item_id=row.id, words=new.ocr_words)
+                    session.add_all(OcrWordsRow(item_id=row.id, words=new.ocr_words, ms=new.ocr_ms, angle=new.ocr_angle)
                                     for row, new in zip(rows, fresh) if new.ocr_words)
                     session.execute(insert(HistoryRow), [
                         dict(item_id=row.id, project_id=project.id, at=now, user=user, action="add", item_version=1,
@@ -456,19 +458,24 @@ class Store:
                             lambda row: {"old_text": row.ocr_text, "new_text": new_text},
                             also=save_words if words is not None else None)
 
-    def set_ocr(self, project_name: str, item_id: int, text: str, words: list, engine: str, user: str) -> Item:
+    def set_ocr(self, project_name: str, item_id: int, text: str, words: list, engine: str, user: str,
+                ms: float | None = None, angle: int = 0) -> Item:
         """Machine output: never refused as stale (it doesn't overwrite a human decision)."""
         item = self._change(project_name, item_id, user, "ocr", None,
                             lambda row: {"ocr_text": stored_text(text), "ocr_engine": engine},
                             lambda row: {"source": engine}, human=False)
         with self.db.write() as session:
-            session.merge(OcrWordsRow(item_id=item_id, words=words))
+            session.merge(OcrWordsRow(item_id=item_id, words=words, ms=ms, angle=angle))
         return item
 
     def ocr_words(self, item: Item) -> list:
+        return self.ocr_reading(item)[0]
+
+    def ocr_reading(self, item: Item) -> tuple[list, float | None, int]:
+        """(words, milliseconds the reading took or None if not recorded, page angle)."""
         with self.db.read() as session:
             row = session.get(OcrWordsRow, item.id)
-            return row.words if row else []
+            return (row.words, row.ms, row.angle or 0) if row else ([], None, 0)
 
     def record_prediction(self, project_name: str, item_id: int, label: str, confidence: float,
                           probabilities: dict[str, float], model_version: str, user: str = "model",

@@ -17,7 +17,7 @@ def settings() -> Settings:
 @st.cache_resource(show_spinner="Loading the encoders (first visit only)…")
 def engine() -> Engine:
     built = get_engine(settings())
-    ocr.get_reader(built.device.startswith("cuda"))  # build EasyOCR now, not on the first upload
+    ocr.get_reader(built.device.startswith("cuda"), built.settings.ocr_cache_dir)  # build the OCR now, not on the first upload
     return built
 
 

