@@ -216,7 +216,7 @@ def _frame_probabilities(reader, crops: list[np.ndarray]) -> list[np.ndarray]:
                 x[row, 0, :, :crop.shape[1]] = crop
                 x[row, 0, :, crop.shape[1]:] = crop[:, -1:]
             with torch.inference_mode():
-                probs = torch.softmax(reader.recognizer(torch.from_numpy(x), None), dim=2).numpy()
+                probs = torch.softmax(reader.recognizer(torch.from_numpy(x), None), dim=2).float().cpu().numpy()
             probs[:, :, ignored] = 0.0   # characters of other languages (easyocr's ignore list)
             probs /= probs.sum(axis=2, keepdims=True)
             for row, i in enumerate(batch):
@@ -312,7 +312,7 @@ def _reading_order(items: list[tuple[tuple, Word]]) -> list[list[Word]]:
     return [[w for _, w in sorted(line, key=lambda item: item[0][0])] for line in lines]
 
 
-def read_text(image: Image.Image, *, max_side: int = 1280, gpu: bool = False, cache_dir: Path | None = None,
+def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, cache_dir: Path | None = None,
               progress: Callable[[str], None] | None = None) -> OcrResult:
     """Words, reading-order text and page angle of `image`; boxes are in `image`'s pixels.
     `progress` hears what it is doing: "Finding text…", then "Reading 42 lines…"."""

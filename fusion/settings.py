@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Settings:
     home: Path = field(default_factory=lambda: REPO_ROOT / "data")  # workspace root
     device: str = "auto"              # auto | cpu | cuda | cuda:N
-    ocr_max_side: int = 1280          # long side for OCR detection; CPU cost grows with pixels
+    ocr_max_side: int = 2560          # long side pages are shrunk to for OCR (plain EasyOCR's canvas)
     max_upload_mb: float = 25.0       # larger uploads are refused before decoding
     max_pixels: int = 40_000_000      # decompression-bomb guard (width * height)
     max_text_tokens: int = 128        # MiniLM was trained at 128 word pieces

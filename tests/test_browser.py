@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -127,24 +128,26 @@ def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project,
         wait_for(lambda: "Next in queue" in body_text(driver))
         timings["review_interactive_warm_s"] = round(time.time() - start, 2)
 
-        path = page_file(tmp_path)
-        start = time.time()
-        upload.send_keys(str(path))
-        wait_for(lambda: "Your decision" in body_text(driver) and "alone:" in body_text(driver))
-        timings["upload_to_prediction_s"] = round(time.time() - start, 2)
-        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "[data-testid=stImage] img"))
-        driver.save_screenshot(str(ARTIFACTS / "review-1280x800.png"))
-
         def first_text(selector: str, needle: str) -> str:   # one round trip: polls stay ~10 ms apart
             return driver.execute_script(
                 "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText)"
                 ".find(t => t.includes(arguments[1])) || ''", selector, needle)
 
-        def headline() -> str:   # the "### label / confidence / image alone / text alone" block
-            return first_text("[data-testid=stMarkdownContainer]", "alone:")
-
         def timings_line() -> str:
             return first_text("[data-testid=stCaptionContainer]", "total")
+
+        path = page_file(tmp_path)
+        start = time.time()
+        upload.send_keys(str(path))
+        wait_for(lambda: "Your decision" in body_text(driver) and "alone:" in body_text(driver))
+        timings["upload_to_prediction_s"] = round(time.time() - start, 2)
+        ocr_seconds = re.search(r"OCR (\d+\.\d) s", wait_for(timings_line, timeout=120))
+        timings["ocr_of_that_upload_s"] = float(ocr_seconds.group(1)) if ocr_seconds else None
+        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "[data-testid=stImage] img"))
+        driver.save_screenshot(str(ARTIFACTS / "review-1280x800.png"))
+
+        def headline() -> str:   # the "### label / confidence / image alone / text alone" block
+            return first_text("[data-testid=stMarkdownContainer]", "alone:")
 
         # Each caption flips the topic, so the headline (label and percentages) visibly changes.
         # The page itself notes when the new headline reaches the screen (the frame after the DOM

@@ -138,8 +138,9 @@ def test_listing_filters_sorts_and_pages(store):
     assert store.list_items("pets", ItemFilter(search="_")).total == 0                # a literal LIKE, not a wildcard
     assert [i.id for i in store.list_items("pets", ItemFilter(label="dog")).items] == [items[0].id]
     words = [{"text": "Troponin", "conf": 0.93, "box": [1, 2, 30, 12]}]
-    read = store.set_ocr("pets", items[5].id, "Troponin raised", words, "easyocr 1.7.2", "ocr")
+    read = store.set_ocr("pets", items[5].id, "Troponin raised", words, "easyocr 1.7.2", "ocr", ms=1234.5, angle=90)
     assert read.version == 1 and store.ocr_words(read) == words   # machine output: no new version
+    assert store.ocr_reading(read) == (words, 1234.5, 90)         # "read earlier: 1.2 s", page turned 90°
     assert [i.id for i in store.list_items("pets", ItemFilter(search="tropo")).items] == [items[5].id]
     assert store.project_info("pets")["by_status"] == {
         "unlabeled": 7, "predicted": 5, "accepted": 0, "corrected": 1, "skipped": 0}
