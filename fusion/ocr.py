@@ -349,7 +349,11 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
     # its strokes (arXiv pages, 2,200 px high, read at 1,280).
     page = _grey_for_ocr(image, max(max_side, RECOGNIZE_MAX_SIDE))
     fx, fy = page.shape[1] / gw, page.shape[0] / gh
-    rects = [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in rects]
+
+    def on_page(found: list[tuple]) -> list[tuple]:
+        return [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in found]
+
+    rects = on_page(rects)
 
     # One detect serves both remaining orientations: only the boxes and the grey image are turned.
     # The orientation is chosen on a sample of the largest boxes; only then is the page read, once.
@@ -366,9 +370,19 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
     if _mean_conf(sampled[candidates[0]][1]) < RETRY_BELOW_CONF:
         sampled[candidates[1]] = read(candidates[1], sample)
     best_angle = max(sampled, key=lambda a: _mean_conf(sampled[a][1]))   # the first on a tie
-    (uh, uw), results = sampled[best_angle]
-    if rest:
-        results = results + read(best_angle, rest)[1]
+    if best_angle == 0:
+        (uh, uw), results = sampled[0]
+        if rest:
+            results = results + read(0, rest)[1]
+    else:
+        # CRAFT links a word's letters left to right: on a turned page it finds fewer whole words
+        # (forms turned 90-270°: recall 0.40-0.65 against 0.46-0.67 upright). So a turned page's
+        # words are found again on the page turned upright, then read.
+        k = -best_angle // 90
+        turned = np.ascontiguousarray(np.rot90(grey, k))
+        rects = on_page([_rot90_rect(r, -k, turned.shape)
+                         for r in _line_boxes(_text_regions(reader, turned), 0, turned.shape)])
+        (uh, uw), results = read(best_angle, list(range(len(rects))))
     k_back = (best_angle // 90) % 4
     sx, sy = image.width / page.shape[1], image.height / page.shape[0]
     items = []

@@ -14,7 +14,7 @@ def settings() -> Settings:
     return load_settings()
 
 
-@st.cache_resource(show_spinner="Loading the encoders (first visit only)…")
+@st.cache_resource(show_spinner="Loading the encoders and the OCR (first visit only; the first on a new workspace also builds the OCR models, about 40 s)…")
 def engine() -> Engine:
     built = get_engine(settings())
     ocr.get_reader(built.device.startswith("cuda"), built.settings.ocr_cache_dir)  # build the OCR now, not on the first upload
