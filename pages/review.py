@@ -44,7 +44,7 @@ def open_item(item, name: str, data: bytes) -> None:
     result = review.stored_ocr(store, item)
     read_earlier = result is not None
     if result is None:
-        with st.status("Finding text in the page…", expanded=False) as status:
+        with st.status("Finding text…", expanded=False) as status:
             result = engine.read_text(image, progress=lambda doing: status.update(label=doing))
             status.update(label=f"Read {len(result.words)} words in {result.ms / 1000:.1f} s", state="complete")
     # The version the reviewer sees: their decision is refused if the item changes meanwhile.
