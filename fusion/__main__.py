@@ -38,7 +38,8 @@ def cmd_ocr(args, settings) -> None:
     from .images import load_upload
     from .ocr import read_text
 
-    result = read_text(load_upload(args.image, settings), max_side=settings.ocr_max_side)
+    result = read_text(load_upload(args.image, settings), max_side=settings.ocr_max_side, cache_dir=settings.ocr_cache_dir,
+                       gpu=settings.resolved_device().startswith("cuda"))
     data = result.to_dict()
     if settings.redact_text:   # FUSION_DEIDENTIFY / FUSION_DEMO_MODE: what is shown is redacted
         from .deidentified_view import redact_words

