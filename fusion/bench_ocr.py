@@ -3,10 +3,10 @@
 DIR has the layout of shared/eval/ocr: `index.jsonl`, one page a line, with `image` (relative
 to DIR) and `gt_text` (null: no ground truth, timed only). Each page is read by `ocr.read_text`
 (as the app reads an upload) and by plain EasyOCR (a `Reader` of its own, untouched: `readtext`
-on its RGB pixels, defaults), with the same offline weights, in the same process, alternating which goes first. Word recall as
-shared/eval/ocr/README.md defines it: both texts lower-cased and split into runs of [a-z0-9]+,
-the share of the ground truth's words the reading also holds (each read word matches once),
-summed over a folder's pages. Seconds: the median per page.
+on its RGB pixels, defaults), with the same offline weights, in the same process, alternating
+which goes first. Word recall as shared/eval/ocr/README.md defines it: both texts lower-cased
+and split into runs of [a-z0-9]+, the share of the ground truth's words the reading also holds
+(each read word matches once), summed over a folder's pages. Seconds: the median per page.
 """
 from __future__ import annotations
 
