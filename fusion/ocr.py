@@ -82,7 +82,7 @@ def get_reader(gpu: bool = False, cache_dir: str | Path | None = None):
                 models = Path(reader.model_storage_directory)
                 reader.detector, reader.recognizer = onnx_models(
                     reader.detector, models / reader.detection_models["craft"]["filename"],
-                    models / "english_g2.pth", len(reader.converter.character), _cache_dir(cache_dir))
+                    models / "english_g2.pth", reader.character, _cache_dir(cache_dir))
             _readers[gpu] = reader
         return _readers[gpu]
 

@@ -144,15 +144,21 @@ class _Recognizer(torch.nn.Module):
         return self.model.Prediction(self.model.SequenceModeling(features))
 
 
-def _export_recognizer(weights: Path, num_class: int, out: Path) -> None:
-    from easyocr.model.vgg_model import Model
+def float_recognizer(weights: Path, character: str) -> torch.nn.Module:
+    """easyocr's english_g2 recogniser in float32, loaded by easyocr itself (its CPU Reader keeps
+    only a dynamically quantized copy)."""
+    from easyocr.recognition import get_recognizer
 
-    model = Model(num_class=num_class, input_channel=1, output_channel=256, hidden_size=256)  # english_g2
-    state = torch.load(weights, map_location="cpu", weights_only=False)
-    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    model, _ = get_recognizer("generation2", {"input_channel": 1, "output_channel": 256, "hidden_size": 256},
+                              character, {}, {}, str(weights), device="cpu", quantize=False)
+    return model.eval()
+
+
+def _export_recognizer(weights: Path, character: str, out: Path) -> None:
+    model = float_recognizer(weights, character)
     with _quiet_export():
         write_atomic(out, lambda tmp: torch.onnx.export(
-            _Recognizer(model.eval()), (torch.zeros(1, 1, 64, 256),), str(tmp), input_names=["image"],
+            _Recognizer(model), (torch.zeros(1, 1, 64, 256),), str(tmp), input_names=["image"],
             output_names=["logits"], dynamic_axes={"image": {0: "batch", 3: "width"}}, opset_version=17,
             dynamo=False))
 
@@ -189,11 +195,11 @@ def _cached(name: str, weights: Path, cache_dir: Path, build) -> Path:
     return model
 
 
-def onnx_models(detector: torch.nn.Module, detector_weights: Path, recognizer_weights: Path, num_class: int,
+def onnx_models(detector: torch.nn.Module, detector_weights: Path, recognizer_weights: Path, character: str,
                 cache_dir: Path) -> tuple[OnnxDetector, OnnxRecognizer]:
     """The int8 CRAFT and the float32 recogniser for these weights, built into `cache_dir` the
     first time (~40 s)."""
     craft = _cached("craft-int8", detector_weights, cache_dir, lambda out: _export_detector(detector, out))
     recognizer = _cached("recognizer", recognizer_weights, cache_dir,
-                         lambda out: _export_recognizer(recognizer_weights, num_class, out))
+                         lambda out: _export_recognizer(recognizer_weights, character, out))
     return OnnxDetector(craft), OnnxRecognizer(recognizer)

@@ -206,9 +206,10 @@ def test_words_of_a_line_get_boxes_that_cover_them(page, upright):
 def test_onnx_models_compute_what_easyocrs_torch_models_compute(page):
     """The ONNX recogniser is easyocr's float model; the int8 detector's text map stays within a
     few hundredths of the float one's on a drawn page."""
+    import easyocr_en_models
     import numpy as np
 
-    from fusion.ocr_runtime import _detector_input
+    from fusion.ocr_runtime import _detector_input, float_recognizer
 
     ours, theirs = get_reader(False), plain_reader(False)
     x = torch.from_numpy(_detector_input(np.asarray(page[0]), 1280, 1.0))
@@ -218,14 +219,10 @@ def test_onnx_models_compute_what_easyocrs_torch_models_compute(page):
     assert np.abs(int8_map - float_map).mean() < 0.02
     assert ((int8_map > 0.7) == (float_map > 0.7)).mean() > 0.99   # easyocr's text threshold
 
-    from easyocr.model.vgg_model import Model
-    import easyocr_en_models
-    float_recognizer = Model(num_class=len(theirs.converter.character), input_channel=1, output_channel=256, hidden_size=256)
-    state = torch.load(Path(easyocr_en_models.model_dir()) / "english_g2.pth", map_location="cpu", weights_only=False)
-    float_recognizer.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    float_model = float_recognizer(Path(easyocr_en_models.model_dir()) / "english_g2.pth", theirs.character)
     crops = torch.from_numpy(np.asarray(page[0].convert("L").crop((30, 50, 542, 114)), np.float32)[None, None] / 127.5 - 1)
     with torch.inference_mode():
-        expected = float_recognizer.eval()(crops, None)
+        expected = float_model(crops, None)
     assert torch.allclose(ours.recognizer(crops), expected, atol=1e-3)
 
 
