@@ -240,43 +240,51 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def kill_import_with_files_staged(tmp_path, folder, total: int, attempts: int = 3):
+    """A fresh workspace whose `import` was SIGKILLed once a batch had committed and the next was
+    being staged: (home, committed shas, staged files). The import can promote its staged files
+    between the check and the kill; then it is tried again in a new workspace."""
+    for attempt in range(attempts):
+        home = tmp_path / f"home{attempt}"
+        done = run_cli("--home", str(home), "project", "create", "killed", "--labels", "cat,dog", "--user", "setup")
+        assert done.returncode == 0, done.stderr
+        log = open(tmp_path / "import.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "fusion", "--home", str(home), "import", "killed", str(folder),
+                                 "--user", "importer"], cwd=ROOT, env=child_env(), stdout=log, stderr=log)
+        conn = connect(home, readonly=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, "the import finished before it could be killed: " + \
+                    (tmp_path / "import.log").read_text()
+                assert time.monotonic() < deadline, "the import made no progress"
+                count = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+                if 0 < count < total and staged_files(home):
+                    break
+                time.sleep(0.002)
+        finally:
+            conn.close()
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        log.close()
+        assert integrity(home) == "ok"
+        with connect(home, readonly=True) as conn:
+            committed_shas = {sha for (sha,) in conn.execute("SELECT sha256 FROM items")}
+        print(f"\nkilled with {len(committed_shas)} of {total} items committed, {len(staged_files(home))} files staged")
+        assert 0 < len(committed_shas) < total, "the kill did not land mid-import"
+        in_flight = {p.stem: p.suffix for p in staged_files(home)}
+        if in_flight:
+            return home, committed_shas, in_flight
+    pytest.fail(f"in {attempts} imports no kill landed while files were staged")
+
+
 def test_import_killed_midway_leaves_a_consistent_workspace_and_finishes_on_rerun(tmp_path):
     total = 600
-    home, folder = tmp_path / "home", tmp_path / "folder"
+    folder = tmp_path / "folder"
     expected = make_image_folder(folder, total)
-    done = run_cli("--home", str(home), "project", "create", "killed", "--labels", "cat,dog", "--user", "setup")
-    assert done.returncode == 0, done.stderr
-
-    log = open(tmp_path / "import.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "fusion", "--home", str(home), "import", "killed", str(folder),
-                             "--user", "importer"], cwd=ROOT, env=child_env(), stdout=log, stderr=log)
-    # Kill it once a batch has committed and the next one is being staged: rows and files in flight.
-    conn = connect(home, readonly=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "the import finished before it could be killed: " + \
-                (tmp_path / "import.log").read_text()
-            assert time.monotonic() < deadline, "the import made no progress"
-            count = conn.execute("SELECT count(*) FROM items").fetchone()[0]
-            if 0 < count < total and staged_files(home):
-                break
-            time.sleep(0.002)
-    finally:
-        conn.close()
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
-    log.close()
-
-    assert integrity(home) == "ok"
-    with connect(home, readonly=True) as conn:
-        committed = conn.execute("SELECT count(*) FROM items").fetchone()[0]
-        committed_shas = {sha for (sha,) in conn.execute("SELECT sha256 FROM items")}
-    print(f"\nkilled with {committed} of {total} items committed, {len(staged_files(home))} files staged")
-    assert 0 < committed < total, "the kill did not land mid-import"
-    in_flight = {p.stem: p.suffix for p in staged_files(home)}
-    assert in_flight, "no staged files at the kill"
+    home, committed_shas, in_flight = kill_import_with_files_staged(tmp_path, folder, total)
+    committed = len(committed_shas)
 
     store = Store(load_settings(home=home))  # opening the store recovers the dead writer's staging folder
     assert staging_leftovers(home) == []
