@@ -281,8 +281,8 @@ def _new_item(row: Row, file: ImageFile, ocr: Callable | None) -> NewItem:
         fields |= {"ocr_text": result.text, "ocr_engine": ENGINE, "ocr_words": [w.to_dict() for w in result.words],
                    "ocr_ms": result.ms, "ocr_angle": result.angle}
     return NewItem(file, row.filename, row.label, fields.get("caption", ""), fields.get("ocr_text"),
-                   fields.get("ocr_words"), fields.get("ocr_engine"), fields.get("ocr_ms"), fields.get("ocr_angle", 0),
-                   source=row.where[:255])
+                   fields.get("ocr_words"), fields.get("ocr_engine"), ocr_ms=fields.get("ocr_ms"),
+                   ocr_angle=fields.get("ocr_angle", 0), source=row.where[:255])
 
 
 def import_path(store: Store, project_name: str, path: Path, user: str, ocr: Callable | None = None,

@@ -320,8 +320,11 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
     say = progress or (lambda message: None)
     reader = get_reader(gpu, cache_dir)
     say("Finding text…")
-    grey = _grey_for_ocr(image, max_side)
-    gh, gw = grey.shape
+    # Words are found on the page shrunk to `max_side` but read from it at up to RECOGNIZE_MAX_SIDE:
+    # the recogniser scales each crop to 64 px high anyway, and small print shrunk first loses
+    # its strokes (arXiv pages, 2,200 px high, read at 1,280).
+    page = _grey_for_ocr(image, max(max_side, RECOGNIZE_MAX_SIDE))
+    grey = page if max_side >= RECOGNIZE_MAX_SIDE else _grey_for_ocr(image, max_side)
     if grey.std() < BLANK_GREY_SPREAD:      # one uniform tone: nothing to find (CRAFT took 3.7 s on a blank A4)
         return OcrResult(text="", words=[], ms=_ms_since(start), angle=0)
     regions = _text_regions(reader, grey)
@@ -332,7 +335,6 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
         side = min(RECOGNIZE_MAX_SIDE, MAX_MAGNIFY * max(image.size), round(max(grey.shape) * TEXT_PX / height))
         if side > 1.1 * max(grey.shape):
             grey = _grey_for_ocr(image, side, magnify=True)
-            gh, gw = grey.shape
             regions = _text_regions(reader, grey)
     if not regions:
         return OcrResult(text="", words=[], ms=_ms_since(start), angle=0)
@@ -344,11 +346,7 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
     if not rects:
         return OcrResult(text="", words=[], ms=_ms_since(start), angle=0)
     say(f"Reading {len(rects)} line{'s' if len(rects) != 1 else ''}…")
-    # Words are found on the shrunk page but read from the page at up to RECOGNIZE_MAX_SIDE:
-    # the recogniser scales each crop to 64 px high anyway, and small print shrunk first loses
-    # its strokes (arXiv pages, 2,200 px high, read at 1,280).
-    page = _grey_for_ocr(image, max(max_side, RECOGNIZE_MAX_SIDE))
-    fx, fy = page.shape[1] / gw, page.shape[0] / gh
+    fx, fy = page.shape[1] / grey.shape[1], page.shape[0] / grey.shape[0]
 
     def on_page(found: list[tuple]) -> list[tuple]:
         return [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in found]

@@ -101,7 +101,7 @@ def _export_detector(net: torch.nn.Module, out: Path) -> None:
         fp32, prepared = Path(tmp) / "craft.onnx", Path(tmp) / "craft.pre.onnx"
         net = net.to(memory_format=torch.contiguous_format).eval()
         with _quiet_export():
-                torch.onnx.export(net, (torch.zeros(1, 3, 256, 256),), str(fp32), input_names=["image"],
+            torch.onnx.export(net, (torch.zeros(1, 3, 256, 256),), str(fp32), input_names=["image"],
                               output_names=["y", "feature"], dynamic_axes={"image": {2: "h", 3: "w"}},
                               opset_version=17, dynamo=False)
         quant_pre_process(str(fp32), str(prepared))
