@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: app test bench
+.PHONY: app test bench browser
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -14,7 +14,16 @@ $(VENV)/.installed: requirements.txt
 app: $(VENV)/.installed
 	$(PY) -m streamlit run app.py
 
-test: $(VENV)/.installed
+# The browser tests (tests/test_browser.py) drive Debian's Chromium through its ChromeDriver:
+# installed here when missing, so `make test` passes alone on a fresh machine.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$sudo apt-get update -qq && \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed

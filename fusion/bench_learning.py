@@ -45,14 +45,17 @@ def _pages(folder: Path) -> list[dict]:
 
 
 def _ocr_texts(engine, home: Path, paths: list[Path]) -> list[str]:
-    """The project's OCR of each page, cached by the file's hash (reading 90 pages takes minutes)."""
+    """The project's OCR of each page, cached by the file's hash and the reading's engine and scale
+    (reading 90 pages takes minutes)."""
     from .images import load_image
+    from .ocr import ENGINE
 
     cache = home / "bench-learning" / "ocr"
     cache.mkdir(parents=True, exist_ok=True)
     texts = []
     for path in paths:
-        stored = cache / f"{hashlib.sha256(path.read_bytes()).hexdigest()}.json"
+        key = hashlib.sha256(path.read_bytes() + f"{ENGINE} {engine.settings.ocr_max_side}".encode()).hexdigest()
+        stored = cache / f"{key}.json"
         if not stored.is_file():
             stored.write_text(json.dumps({"text": engine.read_text(load_image(path)).text}))
         texts.append(json.loads(stored.read_text())["text"])

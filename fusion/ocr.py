@@ -43,7 +43,9 @@ warnings.filterwarnings("ignore", message=".*'pin_memory' argument is set as tru
 warnings.filterwarnings("ignore", message=".*torch.quantize_per_tensor.*deprecated.*")
 
 _readers: dict[bool, object] = {}
-ENGINE = f"easyocr {importlib.metadata.version('easyocr')}"  # recorded with every stored OCR result
+READING_REVISION = 2  # bump when read_text reads the same page differently (2: lines split into words, ONNX)
+# recorded with every stored OCR result, and part of the key of cached readings
+ENGINE = f"easyocr {importlib.metadata.version('easyocr')}, reading {READING_REVISION}"
 _readers_lock = threading.Lock()
 
 
