@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: app test bench browser
+.PHONY: app test bench system-packages
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -14,16 +14,21 @@ $(VENV)/.installed: requirements.txt
 app: $(VENV)/.installed
 	$(PY) -m streamlit run app.py
 
-# The browser tests (tests/test_browser.py) drive Debian's Chromium through its ChromeDriver:
-# installed here when missing, so `make test` passes alone on a fresh machine.
-browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+# What the tests need from Debian, installed when missing so `make test` passes alone on a fresh
+# machine: Chromium and its driver (tests/test_browser.py) and PostgreSQL's server (the store's
+# tests also run on a throwaway cluster: tests/postgres_cluster.py).
+system-packages:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
 	    sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	    $$sudo apt-get update -qq && \
-	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed system-packages
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(VENV)/.installed

@@ -297,6 +297,8 @@ class Store:
                 conditions.append((ItemRow.id + 0 if capped else ItemRow.id).in_(matches))
             column = SORTS[where.sort]
             order = (column.desc(), ItemRow.id.desc()) if where.descending else (column.asc(), ItemRow.id.asc())
+            if session.bind.dialect.name != "sqlite":    # SQLite's order: no value first, as the smallest
+                order = (order[0].nulls_last() if where.descending else order[0].nulls_first(), order[1])
             # The page's ids first (an index range, no row reads), then just those rows.
             ids = list(session.scalars(select(ItemRow.id).where(*conditions).order_by(*order)
                                        .offset(offset).limit(limit)))
@@ -305,14 +307,18 @@ class Store:
 
     def _search_matches(self, query: str):
         """Ids of items with every word of the query in their file name, caption or OCR text (the
-        last word may be the start of one: the reviewer may still be typing). SQLite's full-text
-        index; None where there is none (another database, or a query without words)."""
-        words = re.findall(r"\w+", query.lower())
-        if self.db.engine.dialect.name != "sqlite" or not words:
-            return None
-        match = " AND ".join([f'"{word}"' for word in words[:-1]] + [f'"{words[-1]}"*'])
-        return select(literal_column("rowid")).select_from(table("items_search")).where(
-            text("items_search MATCH :match").bindparams(match=match))
+        last word may be the start of one: the reviewer may still be typing), from the database's
+        full-text index (SQLite: FTS5, migration 0002; PostgreSQL: a GIN index, 0010). None where
+        there is none (another database, or a query without words)."""
+        dialect = self.db.engine.dialect.name
+        if dialect == "sqlite" and (words := re.findall(r"\w+", query.lower())):
+            match = " AND ".join([f'"{word}"' for word in words[:-1]] + [f'"{words[-1]}"*'])
+            return select(literal_column("rowid")).select_from(table("items_search")).where(
+                text("items_search MATCH :match").bindparams(match=match))
+        if dialect == "postgresql" and (words := re.findall(r"[^\W_]+", query.lower())):
+            match = " & ".join(words[:-1] + [f"{words[-1]}:*"])   # letters and digits only: nothing to quote
+            return select(ItemRow.id).where(text("search_words @@ to_tsquery('simple', :match)").bindparams(match=match))
+        return None
 
     @staticmethod
     def _search_like(query: str):

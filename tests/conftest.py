@@ -34,6 +34,27 @@ def workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster per test process (tests/postgres_cluster.py)."""
+    from postgres_cluster import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, monkeypatch) -> str:
+    """The store's tests run on both databases: "" is SQLite in the test's workspace; PostgreSQL
+    gets a fresh database on the throwaway cluster, which the CLI called in the test reads too."""
+    if request.param == "sqlite":
+        return ""
+    url = request.getfixturevalue("postgres").new_database()
+    monkeypatch.setenv("FUSION_DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture(scope="session")
 def settings(workspace):
     from fusion.settings import load_settings
 

@@ -19,8 +19,8 @@ from fusion.store import Store, utcnow
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(load_settings(home=tmp_path))
+def store(tmp_path, database_url):
+    return Store(load_settings(home=tmp_path, database_url=database_url))
 
 
 @pytest.fixture

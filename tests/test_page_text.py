@@ -35,8 +35,8 @@ def shown(label: str = "cat", confidence: float = 0.8) -> Prediction:
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(load_settings(home=tmp_path))
+def store(tmp_path, database_url):
+    store = Store(load_settings(home=tmp_path, database_url=database_url))
     store.create_project("pets", {"cat": "", "dog": ""}, user="ann")
     return store
 

@@ -32,8 +32,8 @@ def png(seed: int, size=(40, 30), fmt="PNG") -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(load_settings(home=tmp_path))
+def store(tmp_path, database_url):
+    store = Store(load_settings(home=tmp_path, database_url=database_url))
     store.create_project("pets", LABELS, user="ann")
     return store
 
@@ -99,10 +99,9 @@ def test_a_stale_edit_is_refused_and_nothing_is_overwritten(store):
 
 def test_history_is_append_only_in_the_database_itself(store):
     item, _ = add(store, 4)
-    with store.db.engine.connect() as connection:
-        for sql in ("UPDATE history SET user = 'mallory'", "DELETE FROM history"):
-            with pytest.raises(Exception, match="append-only"):
-                connection.exec_driver_sql(sql)
+    for sql in ("UPDATE history SET \"user\" = 'mallory'", "DELETE FROM history"):
+        with store.db.engine.connect() as connection, pytest.raises(Exception, match="append-only"):
+            connection.exec_driver_sql(sql)
     assert [h.user for h in store.history("pets", item.id)] == ["ann"]
 
 
@@ -146,8 +145,8 @@ def test_listing_filters_sorts_and_pages(store):
         "unlabeled": 7, "predicted": 5, "accepted": 0, "corrected": 1, "skipped": 0}
 
 
-def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path):
-    url = f"sqlite:///{tmp_path / 'fusion.db'}"
+def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path, database_url):
+    url = database_url or f"sqlite:///{tmp_path / 'fusion.db'}"
     engine = create_database_engine(url)
     upgrade_schema(engine, "0001")
     old_item = check_image_file(png(7), load_settings(home=tmp_path))
@@ -163,8 +162,8 @@ def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path):
     assert "ix_items_status_updated" not in {i["name"] for i in inspect(engine).get_indexes("items")}
     engine.dispose()
 
-    store = Store(load_settings(home=tmp_path))
-    assert schema_revision(store.db.engine) == "0009"
+    store = Store(load_settings(home=tmp_path, database_url=database_url))
+    assert schema_revision(store.db.engine) == "0010"
     assert store.project("old").labels == {"a": "", "b": ""}
     assert {"ix_items_status_updated", "ix_items_updated_by", "ix_items_ood"} <= {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
     found = store.list_items("old", ItemFilter(search="echocardio")).items   # indexed by the migration
