@@ -6,6 +6,7 @@ import getpass
 import streamlit as st
 
 from fusion import accounts, app_session, background, deidentify, demo, streamlit_cache
+from fusion.errors import FusionError
 
 st.set_page_config(page_title="FusionLab", page_icon="🔬", layout="wide")
 settings = streamlit_cache.settings()
@@ -54,6 +55,12 @@ def sidebar() -> None:
         else:
             st.text_input("Your name", value=getpass.getuser(), key="user")
 
+
+try:   # a database server that is down or refuses us: say so on one line, not a traceback
+    streamlit_cache.store()
+except FusionError as e:
+    st.error(str(e), icon=":material/database:")
+    st.stop()
 
 # Material icons ship with Streamlit; emoji need fonts a server or kiosk browser may lack.
 ICONS = {"review": ":material/fact_check:", "dataset": ":material/table_view:", "train": ":material/model_training:",

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session
 
 from .errors import FusionError
@@ -84,28 +85,90 @@ def upgrade_schema(engine: Engine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
 
+class DatabaseUnavailable(FusionError):
+    """The database server can't be reached or refuses us: nothing was read or written."""
+
+
+def shown_url(url: str) -> str:
+    """The URL as messages may show it: its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a database URL)"
+
+
+CONNECTION_TROUBLE = ("connection refused", "could not connect", "connection failed", "server closed the connection",
+                      "terminating connection", "authentication failed", "does not exist", "timeout", "resolve")
+
+
+def _is_connection_error(error: Exception) -> bool:
+    return any(words in str(error).lower() for words in CONNECTION_TROUBLE)
+
+
+def unavailable(error: Exception, url: str) -> DatabaseUnavailable:
+    """One line that says what is wrong with the connection and what to check."""
+    where = shown_url(url)
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else ""
+    low = detail.lower()
+    if "password authentication failed" in low or "authentication failed" in low:
+        why = "it refused the user name or password"
+    elif "does not exist" in low and "database" in low:
+        why = f"there is no such database on that server (create it first: createdb {make_url(url).database})"
+    elif "role" in low and "does not exist" in low:
+        why = "there is no such user on that server"
+    elif _is_connection_error(error):
+        why = "the server can't be reached or closed the connection (is it running, and are the host and port right?)"
+    else:
+        why = detail
+    return DatabaseUnavailable(f"can't use the database {where}: {why}; check FUSION_DATABASE_URL")
+
+
 class Database:
     def __init__(self, url: str):
         self.url = url
-        self.engine = create_database_engine(url)
+        try:
+            self.engine = create_database_engine(url)
+        except ArgumentError:
+            raise FusionError("FUSION_DATABASE_URL is not a database URL; use "
+                              "postgresql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it empty for SQLite") from None
+        except NoSuchModuleError:
+            raise FusionError(f"FusionLab stores its data in SQLite or PostgreSQL, not {make_url(url).drivername} "
+                              "(FUSION_DATABASE_URL)") from None
+        except ModuleNotFoundError as e:
+            raise FusionError(f"no driver for {make_url(url).drivername} is installed ({e.name}); FusionLab "
+                              "stores its data in SQLite or PostgreSQL (postgresql://...)") from None
         self._writer = self.engine.execution_options(write=True)
         try:
             upgrade_schema(self.engine)
+        except DBAPIError as e:
+            if url.startswith("sqlite"):
+                raise
+            raise unavailable(e, url) from None
         except Exception as e:
             if "newer" in str(e) or "Can't locate revision" in str(e):
-                raise FusionError(f"the database {url} was made by a newer FusionLab; upgrade this one") from None
+                raise FusionError(f"the database {shown_url(url)} was made by a newer FusionLab; upgrade this one") from None
             raise
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with self._server_errors(), Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+        with self._server_errors(), Session(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
+
+    @contextmanager
+    def _server_errors(self) -> Iterator[None]:
+        """A server that went away or refuses us mid-session: DatabaseUnavailable, one line."""
+        try:
+            yield
+        except OperationalError as e:
+            if self.url.startswith("sqlite") or not (e.connection_invalidated or _is_connection_error(e)):
+                raise
+            raise unavailable(e, self.url) from None
 
 
 @lru_cache(maxsize=8)

@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, literal_column, or_, select, table, text, u
 from sqlalchemy.orm import Session
 
 from .blobs import BlobStore
-from .database import database_url, open_database
+from .database import database_url, open_database, shown_url
 from .errors import FusionError, UnknownProject
 from .images import ImageFile
 from .project import Project, check_labels, check_project_name
@@ -119,7 +119,7 @@ class Store:
         row = session.scalar(select(ProjectRow).where(ProjectRow.name == name))
         if row is None:
             known = ", ".join(self.project_names()) or "none yet"
-            raise UnknownProject(f"no project {name!r} in {self.db.url} (projects: {known})")
+            raise UnknownProject(f"no project {name!r} in {shown_url(self.db.url)} (projects: {known})")
         return row
 
     def create_project(self, name: str, labels: dict[str, str], user: str) -> Project:

@@ -1,5 +1,5 @@
 """A throwaway PostgreSQL cluster for the tests: initdb into a temporary folder, a free port on
-127.0.0.1, trust authentication, stopped and deleted at the end. Debian's server binaries
+127.0.0.1, the `postgres` superuser trusted and every other user asked for a password, stopped and deleted at the end. Debian's server binaries
 (package `postgresql`, which `make test` installs when missing) run as the `postgres` user when
 the tests run as root, since PostgreSQL refuses to run as root."""
 from __future__ import annotations
@@ -48,6 +48,10 @@ class PostgresCluster:
     def start(self) -> "PostgresCluster":
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
                   "--encoding=UTF8", "--locale=C.UTF-8")
+        # The superuser is trusted; any other user must give its password (the tests check a wrong one).
+        (self.data / "pg_hba.conf").write_text("local all postgres trust\n"
+                                                "host all postgres 127.0.0.1/32 trust\n"
+                                                "host all all 127.0.0.1/32 scram-sha-256\n")
         options = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c max_connections=200 -c shared_buffers=64MB")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"),
@@ -63,12 +67,16 @@ class PostgresCluster:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def new_database(self) -> str:
-        """A fresh, empty database's URL."""
+    def execute(self, sql: str) -> None:
+        """One statement as the superuser, outside a transaction (CREATE DATABASE needs that)."""
         import psycopg
 
-        name = f"t_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
                              autocommit=True) as connection:
-            connection.execute(f'CREATE DATABASE "{name}"')
+            connection.execute(sql)
+
+    def new_database(self) -> str:
+        """A fresh, empty database's URL."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        self.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
