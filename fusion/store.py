@@ -35,6 +35,7 @@ SEARCH_COUNT_CAP = 1000  # counting every match of a common word in 100k items c
 SORTS = {"updated": ItemRow.updated_at, "added": ItemRow.added_at, "confidence": ItemRow.pred_confidence,
          "filename": ItemRow.filename, "id": ItemRow.id, "entropy": ItemRow.pred_entropy,
          "margin": ItemRow.pred_margin, "disagreement": ItemRow.pred_disagreement, "ood": ItemRow.pred_ood}
+ADVISORY_LOCK_ADDS = 0x464C01   # PostgreSQL advisory lock (this, project id): adds to a project take turns
 
 
 class StaleEdit(FusionError):
@@ -206,6 +207,7 @@ class Store:
                          if n.file.sha256 not in known])
             with self.db.write() as session:
                 project = self._project_row(session, project_name)
+                self._serialize_adds(session, project.id)
                 existing = {row.sha256: row for row in session.scalars(select(ItemRow).where(
                     ItemRow.project_id == project.id, ItemRow.sha256.in_([n.file.sha256 for n in new_items])))}
                 now, results, rows, fresh = utcnow(), [], [], []
@@ -229,6 +231,15 @@ class Store:
                         for row, new in zip(rows, fresh)])
             staging.promote(row.sha256 for row in rows)
         return results
+
+    @staticmethod
+    def _serialize_adds(session: Session, project_id: int) -> None:
+        """Adds to one project take turns, so the same file added by several people at once is
+        added once and "already in the project" for the rest. SQLite's writers take turns anyway;
+        PostgreSQL's would all find the file missing, then all but one fail on the unique index."""
+        if session.bind.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:kind, :project)"),
+                            {"kind": ADVISORY_LOCK_ADDS, "project": project_id})
 
     def _existing(self, project_name: str, shas: list[str]) -> set[str]:
         with self.db.read() as session:

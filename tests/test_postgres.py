@@ -68,3 +68,53 @@ def test_the_app_says_on_one_line_that_the_database_server_is_down(postgres, tmp
     assert [e.value for e in app.error] == [
         "can't use the database postgresql://postgres:***@127.0.0.1:1/fusion: the server can't be reached or closed "
         "the connection (is it running, and are the host and port right?); check FUSION_DATABASE_URL"]
+
+
+def _add_in_rounds(url, home, rounds, barrier, results):
+    from fusion.images import check_image_file
+    from fusion.store import NewItem
+
+    settings = load_settings(home=home, database_url=url)
+    store = Store(settings)
+    for n in range(rounds):
+        barrier.wait()
+        image = check_image_file(png_bytes(n), settings)
+        try:
+            [(_, outcome)] = store.add_items("p", [NewItem(image, f"{n}.png")], user="ann")
+        except Exception as e:      # what the test is about: never a raw error
+            outcome = f"{type(e).__name__}: {e}"
+        results.put((n, outcome))
+
+
+def png_bytes(n: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (n, 255 - n, 7)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_four_people_adding_the_same_new_image_at_once_add_it_once(postgres, tmp_path):
+    import multiprocessing
+
+    url = postgres.new_database()
+    store = Store(load_settings(home=tmp_path, database_url=url))
+    store.create_project("p", {"a": "", "b": ""}, user="ann")
+    store.db.engine.dispose()                 # no connection of the parent's crosses the fork
+    context = multiprocessing.get_context("fork")
+    rounds, writers = 20, 4
+    barrier, results = context.Barrier(writers), context.Queue()
+    processes = [context.Process(target=_add_in_rounds, args=(url, tmp_path, rounds, barrier, results))
+                 for _ in range(writers)]
+    for p in processes:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in range(rounds * writers)]
+    for p in processes:
+        p.join(30)
+    for n in range(rounds):
+        seen = sorted(o for m, o in outcomes if m == n)
+        assert seen == ["added"] + ["already in the project"] * (writers - 1), (n, seen)
+    assert store.list_items("p", limit=0).total == rounds
+    assert len(store.history("p", store.list_items("p", limit=1).items[0].id)) == 1
