@@ -87,21 +87,24 @@ def decide(store: Store, project_name: str, item, opened_version: int, label: st
            shown: Prediction, caption: str | None = None, page_text: OcrResult | None = None):
     """Accept or correct (label), or skip (label None), against the version the reviewer opened.
     A changed caption, then a changed page text (`page_text`: the reading the page showed, with the
-    reviewer's edit as its text; None: not edited) are saved first, each in its own history row.
-    StaleEdit if someone got there first."""
+    reviewer's edit as its text; None: not edited) are saved with it, each in its own history row,
+    all in one transaction: StaleEdit if someone got there first, and then nothing is saved."""
     version = opened_version
     caption = stored_text(caption)   # as the store keeps it, so an unchanged caption is not saved again
-    if caption is not None and caption != item.caption:
-        version = store.set_caption(project_name, item.id, caption, user, expected_version=version).version
-    if page_text is not None and stored_text(page_text.text) != item.ocr_text:
-        # The stored words stay where EasyOCR's reading is stored; otherwise (demo or imported text)
-        # the reading the page showed is kept with the edit, so the page opens with both next time.
-        read_before = (item.ocr_engine or "").startswith("easyocr")
-        version = store.set_page_text(
-            project_name, item.id, page_text.text, user, expected_version=version,
-            words=None if read_before else [w.to_dict() for w in page_text.words],
-            engine=None if read_before else ENGINE).version
-    if label is None:
-        return store.skip(project_name, item.id, user, expected_version=version)
-    suggestion = Shown(shown.label, shown.confidence, shown.model_version)
-    return store.set_label(project_name, item.id, label, user, expected_version=version, shown=suggestion)
+    with store.decision() as session:
+        if caption is not None and caption != item.caption:
+            version = store.set_caption(project_name, item.id, caption, user, expected_version=version,
+                                        session=session).version
+        if page_text is not None and stored_text(page_text.text) != item.ocr_text:
+            # The stored words stay where EasyOCR's reading is stored; otherwise (demo or imported text)
+            # the reading the page showed is kept with the edit, so the page opens with both next time.
+            read_before = (item.ocr_engine or "").startswith("easyocr")
+            version = store.set_page_text(
+                project_name, item.id, page_text.text, user, expected_version=version,
+                words=None if read_before else [w.to_dict() for w in page_text.words],
+                engine=None if read_before else ENGINE, session=session).version
+        if label is None:
+            return store.skip(project_name, item.id, user, expected_version=version, session=session)
+        suggestion = Shown(shown.label, shown.confidence, shown.model_version)
+        return store.set_label(project_name, item.id, label, user, expected_version=version, shown=suggestion,
+                               session=session)

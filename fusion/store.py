@@ -385,46 +385,56 @@ class Store:
 
     def _change(self, project_name: str, item_id: int, user: str, action: str, expected_version: int | None,
                 changes: Callable[[ItemRow], dict], history: Callable[[ItemRow], dict] = lambda row: {},
-                human: bool = True, also: Callable[[Session], None] | None = None) -> Item:
+                human: bool = True, also: Callable[[Session], None] | None = None,
+                session: Session | None = None) -> Item:
         """The one way an item changes: check the version, update, append history, one transaction
-        (with `also`'s writes, if given).
+        (with `also`'s writes, if given), or a part of the caller's `session` (from `decision()`).
         Machine output (OCR, predictions) leaves version and updated_at/by alone: it never makes a
         reviewer's open edit stale (the history keeps what the reviewer was shown), and a stale
         edit's message names the last person who changed the item."""
-        with self.db.write() as session:
-            project = self._project_row(session, project_name)
-            row = session.scalar(select(ItemRow).where(ItemRow.id == item_id, ItemRow.project_id == project.id))
-            if row is None:
-                raise FusionError(f"no item {item_id} in project {project_name!r}")
-            if expected_version is not None and row.version != expected_version:
-                raise StaleEdit(
-                    f"item {item_id} was changed by {row.updated_by} at {row.updated_at:%Y-%m-%d %H:%M:%S} UTC "
-                    f"after you opened it (now: {row.label or 'no label'}, {row.status}); your edit was not "
-                    "saved. Reload the item and decide again.")
-            old = {"label": row.label, "status": row.status, "caption": row.caption}
-            now, version = utcnow(), row.version + human
-            values = changes(row) | ({"version": version, "updated_at": now, "updated_by": user} if human else {})
-            entry = history(row)
-            # The WHERE on version makes the check hold even on a database without IMMEDIATE locks.
-            result = session.execute(update(ItemRow).where(ItemRow.id == row.id, ItemRow.version == row.version)
-                                     .values(**values).execution_options(synchronize_session=False))
-            if result.rowcount != 1:
-                raise StaleEdit(f"item {item_id} changed while saving; reload it and decide again")
-            if also is not None:
-                also(session)
-            new = old | {k: values[k] for k in old if k in values}
-            caption_changed = new["caption"] != old["caption"]
-            session.add(HistoryRow(**dict(
-                item_id=row.id, project_id=project.id, at=now, user=user, action=action,
-                item_version=version, old_label=old["label"], new_label=new["label"],
-                old_status=old["status"], new_status=new["status"],
-                old_caption=old["caption"] if caption_changed else None,
-                new_caption=new["caption"] if caption_changed else None) | entry))
-            session.expire(row)
-            return session.get(ItemRow, row.id)
+        if session is None:
+            with self.db.write() as session:
+                return self._change(project_name, item_id, user, action, expected_version, changes, history, human,
+                                    also, session)
+        project = self._project_row(session, project_name)
+        row = session.scalar(select(ItemRow).where(ItemRow.id == item_id, ItemRow.project_id == project.id))
+        if row is None:
+            raise FusionError(f"no item {item_id} in project {project_name!r}")
+        if expected_version is not None and row.version != expected_version:
+            raise StaleEdit(
+                f"item {item_id} was changed by {row.updated_by} at {row.updated_at:%Y-%m-%d %H:%M:%S} UTC "
+                f"after you opened it (now: {row.label or 'no label'}, {row.status}); your edit was not "
+                "saved. Reload the item and decide again.")
+        old = {"label": row.label, "status": row.status, "caption": row.caption}
+        now, version = utcnow(), row.version + human
+        values = changes(row) | ({"version": version, "updated_at": now, "updated_by": user} if human else {})
+        entry = history(row)
+        # The WHERE on version makes the check hold even on a database without IMMEDIATE locks.
+        result = session.execute(update(ItemRow).where(ItemRow.id == row.id, ItemRow.version == row.version)
+                                 .values(**values).execution_options(synchronize_session=False))
+        if result.rowcount != 1:
+            raise StaleEdit(f"item {item_id} changed while saving; reload it and decide again")
+        if also is not None:
+            also(session)
+        new = old | {k: values[k] for k in old if k in values}
+        caption_changed = new["caption"] != old["caption"]
+        session.add(HistoryRow(**dict(
+            item_id=row.id, project_id=project.id, at=now, user=user, action=action,
+            item_version=version, old_label=old["label"], new_label=new["label"],
+            old_status=old["status"], new_status=new["status"],
+            old_caption=old["caption"] if caption_changed else None,
+            new_caption=new["caption"] if caption_changed else None) | entry))
+        session.expire(row)
+        return session.get(ItemRow, row.id)
+
+    def decision(self):
+        """One transaction for the steps of one decision (caption, page text, label): pass it as
+        `session=` to set_caption, set_page_text, set_label and skip, and all of them are saved
+        or none (a stale version, an error or a killed process part-way leaves the item as it was)."""
+        return self.db.write()
 
     def set_label(self, project_name: str, item_id: int, label: str, user: str, expected_version: int | None,
-                  shown: Shown | None = None) -> Item:
+                  shown: Shown | None = None, session: Session | None = None) -> Item:
         """A reviewer's decision. `shown` is the suggestion on their screen (default: the item's latest
         prediction): the same label is an accept, another one a correction."""
         labels = self.project(project_name).labels
@@ -446,19 +456,20 @@ class Store:
             return {"action": action(row), "model_version": s.model_version, "shown_label": s.label,
                     "shown_confidence": s.confidence}
 
-        return self._change(project_name, item_id, user, "label", expected_version, changes, history)
+        return self._change(project_name, item_id, user, "label", expected_version, changes, history, session=session)
 
-    def skip(self, project_name: str, item_id: int, user: str, expected_version: int | None) -> Item:
+    def skip(self, project_name: str, item_id: int, user: str, expected_version: int | None,
+             session: Session | None = None) -> Item:
         return self._change(project_name, item_id, user, "skip", expected_version,
-                            lambda row: {"status": "skipped"})
+                            lambda row: {"status": "skipped"}, session=session)
 
     def set_caption(self, project_name: str, item_id: int, caption: str, user: str,
-                    expected_version: int | None) -> Item:
+                    expected_version: int | None, session: Session | None = None) -> Item:
         return self._change(project_name, item_id, user, "caption", expected_version,
-                            lambda row: {"caption": stored_text(caption)})
+                            lambda row: {"caption": stored_text(caption)}, session=session)
 
     def set_page_text(self, project_name: str, item_id: int, text: str, user: str, expected_version: int | None,
-                      words: list | None = None, engine: str | None = None) -> Item:
+                      words: list | None = None, engine: str | None = None, session: Session | None = None) -> Item:
         """A reviewer's edit of the page text: it becomes the item's text (searched, exported, trained
         on), with the text before and after in its history row. The stored OCR words stay: they are
         what the engine read. `words` and `engine`: the reading the edit started from, where the
@@ -473,17 +484,16 @@ class Store:
 
         return self._change(project_name, item_id, user, "text", expected_version, changes,
                             lambda row: {"old_text": row.ocr_text, "new_text": new_text},
-                            also=save_words if words is not None else None)
+                            also=save_words if words is not None else None, session=session)
 
     def set_ocr(self, project_name: str, item_id: int, text: str, words: list, engine: str, user: str,
                 ms: float | None = None, angle: int = 0) -> Item:
         """Machine output: never refused as stale (it doesn't overwrite a human decision)."""
-        item = self._change(project_name, item_id, user, "ocr", None,
+        return self._change(project_name, item_id, user, "ocr", None,
                             lambda row: {"ocr_text": stored_text(text), "ocr_engine": engine},
-                            lambda row: {"source": engine}, human=False)
-        with self.db.write() as session:
-            session.merge(OcrWordsRow(item_id=item_id, words=words, ms=ms, angle=angle))
-        return item
+                            lambda row: {"source": engine}, human=False,
+                            also=lambda session: session.merge(OcrWordsRow(item_id=item_id, words=words, ms=ms,
+                                                                           angle=angle)))
 
     def ocr_words(self, item: Item) -> list:
         return self.ocr_reading(item)[0]

@@ -61,3 +61,60 @@ def test_decide_saves_the_caption_then_the_label_and_refuses_a_stale_screen(stor
     with pytest.raises(StaleEdit, match="changed by bob"):   # cy opened it at version 1
         review.decide(store, "pets", item, 1, "cat", "cy", shown("cat", 0.8))
     assert store.item("pets", item.id).label == "dog"
+
+
+def test_a_refused_decision_saves_none_of_its_caption_page_text_or_label(store):
+    from fusion.ocr import OcrResult
+
+    item = review.add_upload(store, "pets", "a.png", png(3), "ann")
+    review.decide(store, "pets", item, item.version, "cat", "bob", shown("cat", 0.8))   # bob first
+    before = [h.id for h in store.history("pets", item.id)]
+    with pytest.raises(StaleEdit, match="your edit was not saved"):     # cy opened it before bob decided
+        review.decide(store, "pets", item, item.version, "dog", "cy", shown("cat", 0.8), caption="cy's caption",
+                      page_text=OcrResult("cy's page text"))
+    now = store.item("pets", item.id)
+    assert (now.label, now.caption, now.ocr_text, now.updated_by) == ("cat", item.caption, item.ocr_text, "bob")
+    assert [h.id for h in store.history("pets", item.id)] == before
+
+
+def _decide_then_die_at(url, home, item_id, step, done):
+    """In a child: a decision with a caption, page text and label, SIGKILLed as `step` starts."""
+    import os
+    import signal
+
+    from fusion.ocr import OcrResult
+
+    store = Store(load_settings(home=home, database_url=url))
+    real = getattr(store, step)
+
+    def killed(*args, **kwargs):
+        if step == "set_label":           # the earlier steps have run: the transaction holds them
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+    setattr(store, step, killed)
+    item = store.item("pets", item_id)
+    review.decide(store, "pets", item, item.version, "dog", "bob", shown("cat", 0.8), caption="new caption",
+                  page_text=OcrResult("new page text"))
+    done.set()
+
+
+@pytest.mark.parametrize("step", ["set_caption", "set_page_text", "set_label"])
+def test_a_decision_killed_between_its_steps_is_saved_whole_or_not_at_all(store, step):
+    import multiprocessing
+
+    item = review.add_upload(store, "pets", f"{step}.png", png(4), "ann")
+    store.db.engine.dispose()                 # no connection of the parent's crosses the fork
+    context = multiprocessing.get_context("fork")
+    done = context.Event()
+    child = context.Process(target=_decide_then_die_at,
+                            args=(store.settings.database_url, store.settings.home, item.id, step, done))
+    child.start()
+    child.join(120)
+    assert child.exitcode == -9 and not done.is_set()
+    now = store.item("pets", item.id)
+    assert (now.label, now.caption, now.ocr_text, now.version) == (None, item.caption, item.ocr_text, 1)
+    assert [h.action for h in store.history("pets", item.id)] == ["add"]
+    # and a decision that runs to the end saves every step
+    saved = review.decide(store, "pets", now, now.version, "dog", "bob", shown("cat", 0.8), caption="new caption")
+    assert (saved.label, saved.caption, saved.version) == ("dog", "new caption", 3)
