@@ -91,6 +91,7 @@ def decide(store: Store, project_name: str, item, opened_version: int, label: st
     all in one transaction: StaleEdit if someone got there first, and then nothing is saved."""
     version = opened_version
     caption = stored_text(caption)   # as the store keeps it, so an unchanged caption is not saved again
+    store.refuse_if_stale(project_name, item.id, opened_version)
     with store.decision() as session:
         if caption is not None and caption != item.caption:
             version = store.set_caption(project_name, item.id, caption, user, expected_version=version,

@@ -42,6 +42,12 @@ class StaleEdit(FusionError):
     """The item changed after the editor loaded it; their edit was not saved."""
 
 
+def _stale(row: ItemRow) -> StaleEdit:
+    return StaleEdit(f"item {row.id} was changed by {row.updated_by} at {row.updated_at:%Y-%m-%d %H:%M:%S} UTC "
+                     f"after you opened it (now: {row.label or 'no label'}, {row.status}); your edit was not "
+                     "saved. Reload the item and decide again.")
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -401,10 +407,7 @@ class Store:
         if row is None:
             raise FusionError(f"no item {item_id} in project {project_name!r}")
         if expected_version is not None and row.version != expected_version:
-            raise StaleEdit(
-                f"item {item_id} was changed by {row.updated_by} at {row.updated_at:%Y-%m-%d %H:%M:%S} UTC "
-                f"after you opened it (now: {row.label or 'no label'}, {row.status}); your edit was not "
-                "saved. Reload the item and decide again.")
+            raise _stale(row)
         old = {"label": row.label, "status": row.status, "caption": row.caption}
         now, version = utcnow(), row.version + human
         values = changes(row) | ({"version": version, "updated_at": now, "updated_by": user} if human else {})
@@ -426,6 +429,13 @@ class Store:
             new_caption=new["caption"] if caption_changed else None) | entry))
         session.expire(row)
         return session.get(ItemRow, row.id)
+
+    def refuse_if_stale(self, project_name: str, item_id: int, expected_version: int) -> None:
+        """StaleEdit now if the item changed since `expected_version`, read without waiting for
+        SQLite's write lock (the check inside the write still decides; this one saves the wait)."""
+        row = self.item(project_name, item_id)
+        if row.version != expected_version:
+            raise _stale(row)
 
     def decision(self):
         """One transaction for the steps of one decision (caption, page text, label): pass it as

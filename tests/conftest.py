@@ -35,8 +35,8 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres():
-    """One throwaway PostgreSQL cluster per test process (tests/postgres_cluster.py)."""
-    from postgres_cluster import PostgresCluster
+    """One throwaway PostgreSQL cluster per test process (fusion/throwaway_postgres.py)."""
+    from fusion.throwaway_postgres import PostgresCluster
 
     cluster = PostgresCluster().start()
     yield cluster

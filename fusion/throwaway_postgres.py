@@ -1,6 +1,6 @@
-"""A throwaway PostgreSQL cluster for the tests: initdb into a temporary folder, a free port on
+"""A throwaway PostgreSQL cluster for the tests and `bench store`: initdb into a temporary folder, a free port on
 127.0.0.1, the `postgres` superuser trusted and every other user asked for a password, stopped and deleted at the end. Debian's server binaries
-(package `postgresql`, which `make test` installs when missing) run as the `postgres` user when
+(package `postgresql`, which `make test` installs when missing; not a dependency of the app) run as the `postgres` user when
 the tests run as root, since PostgreSQL refuses to run as root."""
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+
+from .errors import FusionError
 
 
 def server_binaries() -> Path | None:
@@ -33,7 +35,7 @@ class PostgresCluster:
     def __init__(self):
         self.bin = server_binaries()
         if self.bin is None:
-            raise RuntimeError("PostgreSQL's server is not installed (Debian: apt-get install postgresql; "
+            raise FusionError("PostgreSQL's server is not installed (Debian: apt-get install postgresql; "
                                "`make test` does it)")
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         self.folder = Path(tempfile.mkdtemp(prefix="fusion-pg-"))
