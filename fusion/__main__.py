@@ -301,7 +301,13 @@ def cmd_promote(args, settings) -> None:
 def cmd_worker(args, settings) -> None:
     from .worker import run_worker
 
-    ran = run_worker(settings, idle_exit_s=args.idle_exit)
+    from .errors import FusionError
+    from .jobs import KINDS
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) or None
+    if unknown := set(kinds or ()) - set(KINDS):
+        raise FusionError(f"unknown job kind {', '.join(sorted(unknown))}; known: {', '.join(KINDS)}")
+    ran = run_worker(settings, idle_exit_s=args.idle_exit, kinds=kinds)
     print(f"worker: ran {ran} jobs, idle for {args.idle_exit:g} s; exiting", flush=True)
 
 
@@ -573,6 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run queued background jobs (the app starts one when needed)")
     p.add_argument("--idle-exit", type=float, default=60.0, help="exit after this many seconds with no job")
+    p.add_argument("--kinds", default="", metavar="K1,K2",
+                   help="run only these job kinds (train, prelabel, zero_shot); default: all")
+    p.add_argument("--device", default=argparse.SUPPRESS,
+                   help="where this worker's models run: auto, cpu, cuda, cuda:N (default: FUSION_DEVICE)")
     p.set_defaults(run=cmd_worker)
 
     p = sub.add_parser("jobs", help="list background jobs; cancel or resume one")

@@ -1,14 +1,18 @@
 """Background jobs, kept in the store so they outlive page reloads and app restarts.
 
-A job is queued by the app or the CLI, claimed by the workspace's one worker process
-(fusion.worker), and ends succeeded, failed or cancelled. While it runs the worker writes its
-progress and a heartbeat every few seconds; each job also has a plain-text log and, for
-training, a checkpoint that a new job can resume from.
+A job is queued by the app or the CLI, claimed by a worker process (fusion.worker; on
+PostgreSQL, several, on several machines: a claim locks the row and skips rows others hold), and
+ends succeeded, failed or cancelled. While it runs the worker writes its progress and a heartbeat
+every few seconds; each job also has a plain-text log and, for training, a checkpoint that a new
+job can resume from. A running job whose worker is gone (its process no longer on its machine, or
+no heartbeat for DEAD_AFTER_S) is failed by whoever looks next: a worker or the app.
 """
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
@@ -19,6 +23,25 @@ from .store import Store, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled")
 KINDS = ("train", "prelabel", "zero_shot")
+DEAD_AFTER_S = 30.0   # a running job without a heartbeat this long has lost its worker (it beats every 2 s)
+HOST = socket.gethostname()
+
+
+def _process_gone(pid: int | None) -> bool:
+    """Whether no process `pid` runs on this machine (a zombie, dead but not yet waited for by the
+    app that started it, is gone too)."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:      # alive, another user's
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class JobCancelled(Exception):
@@ -38,6 +61,7 @@ class Job:
     finished_at: datetime | None
     heartbeat_at: datetime | None
     worker_pid: int | None
+    worker_host: str | None
     device: str | None
     progress: dict | None
     curve: list | None
@@ -142,16 +166,24 @@ class Jobs:
         return self.submit(old.project, old.kind, old.params, user, resume_of=job_id, curve=old.curve)
 
     # -- the worker's side ----------------------------------------------------------------
-    def claim_next(self, pid: int) -> Job | None:
-        """The oldest queued job, now running under this worker (one transaction: no double claim)."""
+    def claim_next(self, pid: int, kinds: tuple[str, ...] | None = None) -> Job | None:
+        """The oldest queued job (of `kinds`, if given), now running under this worker. One
+        transaction: on SQLite the write lock, on PostgreSQL a row lock that other workers skip
+        (FOR UPDATE SKIP LOCKED), so no job is claimed twice and no worker waits for another."""
         with self.db.write() as session:
-            row = session.scalars(select(JobRow).where(JobRow.status == "queued").order_by(JobRow.id).limit(1)).first()
+            query = select(JobRow).where(JobRow.status == "queued")
+            if kinds:
+                query = query.where(JobRow.kind.in_(kinds))
+            query = query.order_by(JobRow.id).limit(1)
+            if session.bind.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = session.scalars(query).first()
             if row is None:
                 return None
             now = utcnow()
-            row.status, row.started_at, row.heartbeat_at, row.worker_pid = "running", now, now, pid
+            row.status, row.started_at, row.heartbeat_at, row.worker_pid, row.worker_host = "running", now, now, pid, HOST
             job_id = row.id
-        self.log(job_id, f"started by worker pid {pid}")
+        self.log(job_id, f"started by worker pid {pid} on {HOST}")
         return self.get(job_id)
 
     def beat(self, job_id: int, progress: dict | None = None, curve_row: dict | None = None,
@@ -166,23 +198,29 @@ class Jobs:
                 row.curve = [*(row.curve or []), curve_row]  # a new list: JSON columns track assignment
             if device is not None:
                 row.device = device
-            return row.cancel_requested
+            return row.cancel_requested or row.status != "running"   # or it was ended as dead
 
     def finish(self, job_id: int, status: str, result: dict | None = None, error: str | None = None) -> None:
         with self.db.write() as session:
             row = session.get(JobRow, job_id)
+            if row.status != "running":      # ended already, as dead (its heartbeat had stopped)
+                return
             row.status, row.finished_at, row.result, row.error = status, utcnow(), result, error
         self.log(job_id, f"{status}" + (f": {error}" if error else ""))
 
-    def fail_orphans(self) -> list[int]:
-        """End every running job, as failed. Only the worker-lock holder calls this, so a running
-        job here belongs to a worker that died (killed, out of memory, machine restarted).
-        A training job whose worker died after registering its model version did its work:
-        it is marked succeeded with that version, so nobody resumes it into a duplicate."""
+    def fail_dead(self) -> list[int]:
+        """End, as failed, every running job whose worker died (killed, out of memory, machine
+        restarted): its process is gone from this machine, or its heartbeat stopped DEAD_AFTER_S
+        ago (a worker on another machine). A training job whose worker died after registering its
+        model version did its work: it is marked succeeded with that version, so nobody resumes
+        it into a duplicate."""
         from .evaluation import ece_support   # here, not at the top: it loads torch
 
+        silent_since = utcnow() - timedelta(seconds=DEAD_AFTER_S)
         with self.db.write() as session:
-            rows = session.scalars(select(JobRow).where(JobRow.status == "running")).all()
+            rows = [row for row in session.scalars(select(JobRow).where(JobRow.status == "running")).all()
+                    if (row.worker_host in (HOST, None) and _process_gone(row.worker_pid))
+                    or row.heartbeat_at is None or row.heartbeat_at < silent_since]
             registered = {job_id: (version, metrics) for job_id, version, metrics in session.execute(
                 select(ModelVersionRow.job_id, ModelVersionRow.version, ModelVersionRow.metrics).where(
                     ModelVersionRow.job_id.in_([r.id for r in rows])))} if rows else {}
@@ -200,7 +238,8 @@ class Jobs:
                                           f"(pid {row.worker_pid}) stopped; not auto-promoted"))
                     continue
                 row.status = "failed"
-                row.error = (f"the worker (pid {row.worker_pid}) stopped while running this job; last heartbeat "
+                row.error = (f"the worker (pid {row.worker_pid} on {row.worker_host}) stopped while running this job; "
+                             f"last heartbeat "
                              f"{beat}. Resume it to continue from its last checkpoint.")
                 ended.append((row.id, f"failed: {row.error}"))
         for job_id, line in ended:

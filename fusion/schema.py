@@ -123,7 +123,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 class JobRow(Base):
-    """A unit of background work (training, pre-labeling) that the worker process runs in order."""
+    """A unit of background work (training, pre-labeling) that a worker process runs, oldest first."""
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -137,6 +137,7 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
     worker_pid: Mapped[int | None] = mapped_column(Integer)
+    worker_host: Mapped[str | None] = mapped_column(String(255))   # the machine the worker runs on
     device: Mapped[str | None] = mapped_column(String(128))
     progress: Mapped[dict | None] = mapped_column(JSON)      # step, epoch, loss, metrics, samples/s, ETA
     curve: Mapped[list | None] = mapped_column(JSON)         # one row per epoch: loss and val metrics

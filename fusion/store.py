@@ -343,12 +343,16 @@ class Store:
         return or_(*(c.ilike(pattern, escape="\\") for c in (ItemRow.filename, ItemRow.caption, ItemRow.ocr_text)))
 
     def optimize(self) -> None:
-        """Refresh SQLite's statistics, so its planner knows how many rows each filter keeps
-        (bounded work: ~20 ms at 100k items). Run when the store opens and after an import."""
-        if self.db.engine.dialect.name == "sqlite":
+        """Refresh the planner's statistics, so it knows how many rows each filter keeps (bounded
+        work: ~20 ms at 100k items on SQLite; PostgreSQL samples). Run when the store opens and
+        after an import (PostgreSQL's autovacuum gets there too, but minutes after a big import:
+        meanwhile a page of 50 took 30-190 ms instead of 14-52)."""
+        dialect = self.db.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
             with self.db.write() as session:
-                session.execute(text("PRAGMA analysis_limit=1000"))
-                session.execute(text("ANALYZE"))
+                if dialect == "sqlite":
+                    session.execute(text("PRAGMA analysis_limit=1000"))
+                session.execute(text("ANALYZE" if dialect == "sqlite" else "ANALYZE items"))
 
     def editors(self, project_name: str) -> list[str]:
         """Everyone who last changed some item of the project (for the list's 'by' filter)."""

@@ -1,9 +1,12 @@
-"""The workspace's one background worker: `python -m fusion worker`.
+"""Background workers: `python -m fusion worker [--kinds train,prelabel] [--device cuda]`.
 
-An exclusive lock on <home>/worker.lock makes it the only one; the app starts it detached when
-it queues a job (ensure_worker) and it exits after a minute with nothing to do. Holding the lock
-also means any job still marked running belongs to a worker that died: those are failed at
-start, with the reason, and can be resumed from their checkpoints.
+On SQLite a workspace has one worker: an exclusive lock on <home>/worker.lock. On PostgreSQL any
+number, on any machine that reaches the database and the workspace folder: each holds the lock
+shared, claims jobs with row locks (fusion.jobs), and can be limited to some job kinds and a
+device, so a GPU box trains while a CPU box pre-labels. The app starts a worker detached when it
+queues a job and no worker holds the lock (ensure_worker); a worker exits after a minute with
+nothing to do. A job whose worker died is failed, with the reason, by the next worker or page
+that looks (Jobs.fail_dead), and can be resumed from its checkpoint.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from .store import Store, open_store
 HEARTBEAT_S = 2.0     # also how often a cancel request is noticed
 IDLE_EXIT_S = 60.0
 POLL_S = 0.5
+REAP_EVERY_S = 10.0   # how often an idle or busy worker looks for jobs whose worker died
 
 
 def lock_path(settings: Settings):
@@ -64,31 +68,33 @@ def resume_job(settings: Settings, store: Store, job_id: int, user: str) -> Job:
 
 
 def reap_dead_jobs(settings: Settings, store: Store) -> list[int]:
-    """Fail the running jobs of a worker that is gone (no lock holder). For the app to call on
-    page load, so a dead worker's job does not look alive until the next worker starts."""
-    if worker_alive(settings):
-        return []
-    return Jobs(store).fail_orphans()
+    """Fail the running jobs whose worker is gone. For the app to call on page load, so a dead
+    worker's job does not look alive until the next worker starts."""
+    return Jobs(store).fail_dead()
 
 
-def run_worker(settings: Settings, idle_exit_s: float = IDLE_EXIT_S) -> int:
-    """Run queued jobs in order until idle for `idle_exit_s`. Returns how many jobs ran."""
+def run_worker(settings: Settings, idle_exit_s: float = IDLE_EXIT_S, kinds: tuple[str, ...] | None = None) -> int:
+    """Run queued jobs (of `kinds`, if given), oldest first, until idle for `idle_exit_s`.
+    Returns how many jobs ran."""
     settings.home.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
+    many = store.db.engine.dialect.name == "postgresql"    # row locks let workers share the queue
     lock = open(lock_path(settings), "a")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock, (fcntl.LOCK_SH if many else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         print("another worker holds the lock; exiting", flush=True)
         return 0
-    store = open_store(settings)
     jobs = Jobs(store)
-    for job_id in jobs.fail_orphans():
-        print(f"job {job_id}: its worker had died; ended ({jobs.get(job_id).status})", flush=True)
     if summary := describe(recover_files(settings, store)):
         print(summary, flush=True)
-    ran, idle_since = 0, time.monotonic()
+    ran, idle_since, reaped_at = 0, time.monotonic(), 0.0
     while True:
-        job = jobs.claim_next(os.getpid())
+        if time.monotonic() - reaped_at > REAP_EVERY_S:
+            for job_id in jobs.fail_dead():
+                print(f"job {job_id}: its worker had died; ended ({jobs.get(job_id).status})", flush=True)
+            reaped_at = time.monotonic()
+        job = jobs.claim_next(os.getpid(), kinds)
         if job is None:
             if time.monotonic() - idle_since > idle_exit_s:
                 return ran
@@ -161,6 +167,8 @@ def _train(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> di
     from .train import TrainConfig, resolve_device, train_version
 
     config = TrainConfig.from_dict(job.params)
+    if config.device == "auto":           # the job leaves it to the worker (`worker --device`)
+        config.device = settings.device
     jobs.beat(job.id, {"stage": "preparing"}, device=describe_device(resolve_device(config.device)))
     resume = jobs.checkpoint_path(job.resume_of) if job.resume_of else None
     version, metrics = train_version(settings, store, job.project, config, user=job.created_by, report=report,
