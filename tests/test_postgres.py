@@ -118,3 +118,78 @@ def test_four_people_adding_the_same_new_image_at_once_add_it_once(postgres, tmp
         assert seen == ["added"] + ["already in the project"] * (writers - 1), (n, seen)
     assert store.list_items("p", limit=0).total == rounds
     assert len(store.history("p", store.list_items("p", limit=1).items[0].id)) == 1
+
+
+def _team_project(settings, store, pages: int = 36):
+    """A project of demo pages, labeled, with their text: enough for a small training job."""
+    import io
+
+    from fusion.demo_data import LABELS, render_item
+    from fusion.images import check_image_file
+    from fusion.store import NewItem
+
+    store.create_project("team", LABELS, user="ann")
+    new = []
+    for i in range(pages):
+        page, item = render_item(i, seed=5)
+        buffer = io.BytesIO()
+        page.save(buffer, "PNG")
+        new.append(NewItem(check_image_file(buffer.getvalue(), settings), f"{i}.png", label=item.label,
+                           ocr_text=item.text))
+    store.add_items("team", new, user="ann")
+
+
+def _worker(settings, idle_exit: float):
+    import os
+
+    env = os.environ | {"FUSION_HOME": str(settings.home), "FUSION_DATABASE_URL": settings.database_url,
+                        "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fusion", "worker", "--idle-exit", str(idle_exit), "--device", "cpu"],
+                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(check, timeout: float, what: str):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_three_workers_drain_twenty_jobs_each_run_once_and_a_killed_ones_job_is_resumable(postgres, tmp_path):
+    import signal
+
+    from fusion.jobs import FINISHED, Jobs
+    from fusion.train import TrainConfig
+
+    settings = load_settings(home=tmp_path, database_url=postgres.new_database(), device="cpu")
+    store = Store(settings)
+    _team_project(settings, store)
+    jobs = Jobs(store)
+    train = jobs.submit("team", "train", TrainConfig(epochs=300, patience=1000, batch_size=2).job_params(), "ann")
+    queued = [train.id] + [jobs.submit("team", "zero_shot", {}, "ann").id for _ in range(19)]
+    workers = [_worker(settings, idle_exit=8) for _ in range(3)]
+    try:
+        running = _wait_for(lambda: (j := jobs.get(train.id)).status == "running" and len(j.curve or []) >= 2 and j,
+                            240, "two epochs of the training job")
+        victim = next(w for w in workers if w.pid == running.worker_pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        # The others reap it (its process is gone from this machine) and drain the queue.
+        _wait_for(lambda: all(jobs.get(i).status in FINISHED for i in queued), 300, "every job to end")
+        killed = jobs.get(train.id)
+        assert killed.status == "failed" and "stopped while running" in killed.error, killed
+        assert [jobs.get(i).status for i in queued[1:]] == ["succeeded"] * 19
+        hosts_pids = {(jobs.get(i).worker_host, jobs.get(i).worker_pid) for i in queued}
+        assert len(hosts_pids) >= 2                                     # the queue was shared
+        for i in queued:                                                 # and no job ran twice
+            assert sum("started by worker" in line for line in jobs.log_tail(i, 200)) == 1, jobs.log_tail(i, 200)
+        resumed = jobs.resume(train.id, "ann")
+        assert resumed.status == "queued" and resumed.resume_of == train.id and len(resumed.curve) >= 2
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait(30)
