@@ -11,21 +11,30 @@ from fusion.demo import DEMO_USER
 from fusion.errors import FusionError
 from fusion.images import check_image_file
 from fusion.prelabel import prelabel_project
-from fusion.store import NewItem, open_store, uncertainty
+from fusion.settings import load_settings
+from fusion.store import NewItem, Store, open_store, uncertainty
 
 from conftest import ANNOTATOR
 
 
-def project_of_demo_pages(settings, demo_project, name: str, count: int):
-    """A project of `count` demo pages with their text, nobody's decision yet."""
-    store = open_store(settings)
+def project_of_demo_pages(settings, demo_project, name: str, count: int, into=None):
+    """A project of `count` demo pages with their text, nobody's decision yet, in the demo's
+    workspace or `into` another store."""
+    demo = open_store(settings)
+    store = into or demo
     if name not in store.project_names():
         store.create_project(name, demo_project.labels, user=ANNOTATOR)
-        pages = [i for i in store.iter_items(demo_project.name) if i.added_by == DEMO_USER][:count]
-        store.add_items(name, [NewItem(check_image_file(store.image_path(i), settings), i.filename,
+        pages = [i for i in demo.iter_items(demo_project.name) if i.added_by == DEMO_USER][:count]
+        store.add_items(name, [NewItem(check_image_file(demo.image_path(i), settings), i.filename,
                                        ocr_text=i.ocr_text, ocr_engine=i.ocr_engine, caption=i.caption)
                                for i in pages], user=ANNOTATOR)
     return store.project(name)
+
+
+@pytest.fixture
+def queue_store(settings, database_url, tmp_path):
+    """The demo workspace's store (SQLite), or a fresh one on PostgreSQL."""
+    return Store(load_settings(home=tmp_path, database_url=database_url)) if database_url else open_store(settings)
 
 
 def test_uncertainty_measures():
@@ -37,9 +46,9 @@ def test_uncertainty_measures():
     assert sure["pred_disagreement"] == pytest.approx(1.0) and uniform["pred_disagreement"] is None
 
 
-def test_each_strategy_serves_its_most_uncertain_item_first(settings, demo_project):
-    project = project_of_demo_pages(settings, demo_project, "queue-order", 4)
-    store = open_store(settings)
+def test_each_strategy_serves_its_most_uncertain_item_first(settings, demo_project, queue_store):
+    store = queue_store
+    project = project_of_demo_pages(settings, demo_project, "queue-order", 4, into=store)
     a, b, c, d = list(store.iter_items(project.name))[:4]
     labels = project.label_names
     spread = lambda *top: dict(zip(labels, [*top] + [(1 - sum(top)) / (len(labels) - len(top))] * (len(labels) - len(top))))  # noqa: E731
@@ -60,11 +69,11 @@ def test_each_strategy_serves_its_most_uncertain_item_first(settings, demo_proje
         review.next_in_queue(store, project.name, strategy="alphabetical")
 
 
-def test_prelabeling_fills_every_undecided_items_prediction(settings, demo_project, engine):
-    project = project_of_demo_pages(settings, demo_project, "prelabel", 30)
-    store = open_store(settings)
+def test_prelabeling_fills_every_undecided_items_prediction(settings, demo_project, engine, queue_store):
+    store = queue_store
+    project = project_of_demo_pages(settings, demo_project, "prelabel", 30, into=store)
     seen = []
-    result = prelabel_project(settings, store, project.name, report=seen.append)
+    result = prelabel_project(store.settings, store, project.name, report=seen.append)
     assert result["predicted"] == 30 and result["version"] == "zero-shot" and seen[-1]["step"] == 30
     items = list(store.iter_items(project.name))
     assert all(i.status == "predicted" and i.pred_label in project.labels and i.pred_model == "zero-shot"
