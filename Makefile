@@ -16,7 +16,7 @@ app: $(VENV)/.installed
 
 # What the tests need from Debian, installed when missing so `make test` passes alone on a fresh
 # machine: Chromium and its driver (tests/test_browser.py) and PostgreSQL's server (the store's
-# tests also run on a throwaway cluster: fusion/throwaway_postgres.py).
+# tests also run on a throwaway cluster: fusion/store/throwaway_postgres.py).
 system-packages:
 	@missing=""; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \

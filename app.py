@@ -5,8 +5,13 @@ import getpass
 
 import streamlit as st
 
-from fusion import accounts, app_session, background, deidentify, demo, streamlit_cache
-from fusion.errors import FusionError
+from fusion.services import accounts
+from fusion.ui import session as app_session
+from fusion.jobs import background
+from fusion.privacy import deidentify
+from fusion.demo import build as demo
+from fusion.ui import resources as streamlit_cache
+from fusion.core.errors import FusionError
 
 st.set_page_config(page_title="FusionLab", page_icon="🔬", layout="wide")
 settings = streamlit_cache.settings()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from fusion import accounts, app_session, streamlit_cache
-from fusion.errors import FusionError
-from fusion.schema import ROLES
+from fusion.services import accounts
+from fusion.ui import session as app_session
+from fusion.ui import resources as streamlit_cache
+from fusion.core.errors import FusionError
+from fusion.store.schema import ROLES
 
 streamlit_cache.require_app_shell()
 app_session.require_page("admin")

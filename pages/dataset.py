@@ -9,16 +9,18 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from fusion import app_session, background, streamlit_cache
-from fusion.display_text import literal
-from fusion.errors import FusionError
-from fusion import deidentified_search
-from fusion.deidentify import NOTICE, as_shown
-from fusion.exporting import FORMATS, export_zip
-from fusion.uploads import start_import
-from fusion.schema import STATUSES
-from fusion.store import ItemFilter
-from fusion.thumbnails import data_url, thumbnail
+from fusion.ui import session as app_session
+from fusion.jobs import background
+from fusion.ui import resources as streamlit_cache
+from fusion.privacy.display_text import literal
+from fusion.core.errors import FusionError
+from fusion.privacy import deidentified_search
+from fusion.privacy.deidentify import NOTICE, as_shown
+from fusion.services.exporting import FORMATS, export_zip
+from fusion.services.uploads import start_import
+from fusion.store.schema import STATUSES
+from fusion.store.labeling import ItemFilter
+from fusion.imaging.thumbnails import data_url, thumbnail
 
 PAGE_SIZE = 50
 SORTS = {"last changed": ("updated", True), "least confident": ("confidence", False),
@@ -160,7 +162,7 @@ with st.expander("Import"):
     upload = st.file_uploader("Images to import", type=["zip", "csv"], key="ds_import",
                               disabled=not app_session.may("import"))
     if upload is not None and st.button("Import", key="start_import", disabled="import_job" in st.session_state):
-        try:   # unpacked under uploads/ and imported by a background process (fusion.uploads)
+        try:   # unpacked under uploads/ and imported by a background process (fusion.services.uploads)
             st.session_state["import_job"] = start_import(settings, project.name, upload.name, upload.getvalue(), user)
         except FusionError as e:
             st.error(str(e))

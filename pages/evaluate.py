@@ -8,17 +8,20 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from fusion import app_session, registry, streamlit_cache, version_report
-from fusion.charts import learning_curve_figure
-from fusion.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
-from fusion.images import load_image
-from fusion.ocr import OcrResult
-from fusion.deidentify import NOTICE
-from fusion.deidentified_view import phi_boxes, shown_reason, top_words
-from fusion.display_text import literal
-from fusion.overlay import black_out, blend_heatmap
-from fusion.pipeline import compose_text
-from fusion.thumbnails import data_url, thumbnail
+from fusion.ui import session as app_session
+from fusion.ml import registry
+from fusion.ui import resources as streamlit_cache
+from fusion.services import version_report
+from fusion.ui.charts import learning_curve_figure
+from fusion.ml.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
+from fusion.imaging.images import load_image
+from fusion.imaging.ocr import OcrResult
+from fusion.privacy.deidentify import NOTICE
+from fusion.privacy.deidentified_view import phi_boxes, shown_reason, top_words
+from fusion.privacy.display_text import literal
+from fusion.imaging.overlay import black_out, blend_heatmap
+from fusion.ml.pipeline import compose_text
+from fusion.imaging.thumbnails import data_url, thumbnail
 
 streamlit_cache.require_app_shell()
 app_session.require_page("evaluate")

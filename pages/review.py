@@ -8,18 +8,21 @@ from concurrent import futures
 import plotly.graph_objects as go
 import streamlit as st
 
-from fusion import app_session, demo, review, streamlit_cache
-from fusion.display_text import literal
-from fusion.errors import FusionError
-from fusion.jobs import Jobs
-from fusion.worker import queue_job
-from fusion.images import load_upload
-from fusion.overlay import black_out, blend_heatmap, colored_words_html, draw_boxes
-from fusion.deidentify import NOTICE, as_shown
-from fusion.deidentified_view import phi_boxes, redact_scored, restore_placeholders, shown_reason
-from fusion.encoders import MAX_CHUNKS
-from fusion.pipeline import compose_text
-from fusion.store import ItemFilter
+from fusion.ui import session as app_session
+from fusion.demo import build as demo
+from fusion.services import review
+from fusion.ui import resources as streamlit_cache
+from fusion.privacy.display_text import literal
+from fusion.core.errors import FusionError
+from fusion.jobs.queue import Jobs
+from fusion.jobs.worker import queue_job
+from fusion.imaging.images import load_upload
+from fusion.imaging.overlay import black_out, blend_heatmap, colored_words_html, draw_boxes
+from fusion.privacy.deidentify import NOTICE, as_shown
+from fusion.privacy.deidentified_view import phi_boxes, redact_scored, restore_placeholders, shown_reason
+from fusion.ml.encoders import MAX_CHUNKS
+from fusion.ml.pipeline import compose_text
+from fusion.store.labeling import ItemFilter
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "dcm", "dicom"]
 SHORTCUTS = "123456789"  # label k of the project: key k

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fusion import accounts, app_session, streamlit_cache
-from fusion.errors import FusionError
+from fusion.services import accounts
+from fusion.ui import session as app_session
+from fusion.ui import resources as streamlit_cache
+from fusion.core.errors import FusionError
 
 streamlit_cache.require_app_shell()
 store = streamlit_cache.store()

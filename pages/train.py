@@ -7,14 +7,18 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from fusion import app_session, registry, streamlit_cache, version_report, zero_shot_measure
-from fusion.charts import learning_curve_figure
-from fusion.errors import FusionError
-from fusion.evaluation import describe_ece
-from fusion.finetune import MODES
-from fusion.jobs import Job, Jobs
-from fusion.train import TrainConfig
-from fusion.worker import queue_job, reap_dead_jobs, resume_job
+from fusion.ui import session as app_session
+from fusion.ml import registry
+from fusion.ui import resources as streamlit_cache
+from fusion.services import version_report
+from fusion.ml import zero_shot_measure
+from fusion.ui.charts import learning_curve_figure
+from fusion.core.errors import FusionError
+from fusion.ml.evaluation import describe_ece
+from fusion.ml.finetune import MODES
+from fusion.jobs.queue import Job, Jobs
+from fusion.ml.train import TrainConfig
+from fusion.jobs.worker import queue_job, reap_dead_jobs, resume_job
 
 MODE_HELP = {"head": "encoders frozen, features cached: a minute on a CPU",
              "partial": "also the top blocks of both encoders: best with a GPU",

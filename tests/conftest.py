@@ -35,8 +35,8 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres():
-    """One throwaway PostgreSQL cluster per test process (fusion/throwaway_postgres.py)."""
-    from fusion.throwaway_postgres import PostgresCluster
+    """One throwaway PostgreSQL cluster per test process (fusion/store/throwaway_postgres.py)."""
+    from fusion.store.throwaway_postgres import PostgresCluster
 
     cluster = PostgresCluster().start()
     yield cluster
@@ -56,14 +56,14 @@ def database_url(request, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def settings(workspace):
-    from fusion.settings import load_settings
+    from fusion.core.settings import load_settings
 
     return load_settings(home=workspace)
 
 
 @pytest.fixture(scope="session")
 def engine(settings):
-    from fusion.pipeline import get_engine
+    from fusion.ml.pipeline import get_engine
 
     return get_engine(settings)
 
@@ -71,7 +71,7 @@ def engine(settings):
 @pytest.fixture(scope="session")
 def demo_project(settings, engine):
     """The demo project with its trained baseline (about a minute on a 2-core CPU)."""
-    from fusion.demo import ensure_demo_project
+    from fusion.demo.build import ensure_demo_project
 
     return ensure_demo_project(settings)
 
@@ -80,15 +80,15 @@ def make_corrected_project(settings, engine, demo_project, name: str, count: int
     """A new project holding the first `count` demo pages (the generator cycles through the
     labels), first predicted by the zero-shot model, then accepted or corrected by an annotator
     to the page's true label."""
-    from fusion.demo import DEMO_USER
-    from fusion.features import cache_features, load_feature_set
-    from fusion.finetune import HeadsOnFeatures
-    from fusion.images import check_image_file
-    from fusion.model import ModelConfig
-    from fusion.pipeline import compose_text
-    from fusion.store import NewItem, Shown, open_store
-    from fusion.train import predict_logits
-    from fusion.zeroshot import build_zero_shot_model
+    from fusion.demo.build import DEMO_USER
+    from fusion.ml.features import cache_features, load_feature_set
+    from fusion.ml.finetune import HeadsOnFeatures
+    from fusion.imaging.images import check_image_file
+    from fusion.ml.model import ModelConfig
+    from fusion.ml.pipeline import compose_text
+    from fusion.store.labeling import NewItem, Shown, open_store
+    from fusion.ml.train import predict_logits
+    from fusion.ml.zeroshot import build_zero_shot_model
 
     store = open_store(settings)
     if name in store.project_names():

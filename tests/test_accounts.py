@@ -1,4 +1,4 @@
-"""fusion.accounts on a real (fresh) SQLite store: salted argon2id hashes, the sign-in rate limit
+"""fusion.services.accounts on a real (fresh) SQLite store: salted argon2id hashes, the sign-in rate limit
 kept in the database, session expiry, the roles' table, the admin's changes and the users CLI."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select, text
 
-from fusion import accounts
-from fusion.accounts import PermissionDenied, SessionExpired, SignedIn, SignInRefused
-from fusion.errors import FusionError
-from fusion.schema import UserRow
-from fusion.settings import load_settings
-from fusion.store import Store, utcnow
+from fusion.services import accounts
+from fusion.services.accounts import PermissionDenied, SessionExpired, SignedIn, SignInRefused
+from fusion.core.errors import FusionError
+from fusion.store.schema import UserRow
+from fusion.core.settings import load_settings
+from fusion.store.labeling import Store, utcnow
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_a_hash_made_with_older_parameters_is_replaced_at_sign_in(store):
 
 
 def test_failed_sign_ins_lock_a_name_for_a_while_also_after_a_restart(store, quick_hashes):
-    from fusion.database import open_database
+    from fusion.store.database import open_database
 
     accounts.add_user(store, "ann", "right password", "annotator", by="setup")
     start = utcnow()
@@ -174,7 +174,7 @@ def test_admin_changes_are_checked_and_recorded(store, quick_hashes):
 
 
 def test_users_cli_adds_lists_sets_roles_and_disables(store, quick_hashes, monkeypatch, capsys):
-    from fusion.__main__ import main
+    from fusion.cli.main import main
 
     home = ["--home", str(store.settings.home)]
     monkeypatch.setattr("sys.stdin", io.StringIO("cli password\n"))

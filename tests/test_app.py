@@ -30,7 +30,7 @@ def page_bytes(fmt: str = "PNG") -> bytes:
 
 
 def demo_project_settings():
-    from fusion.settings import load_settings
+    from fusion.core.settings import load_settings
 
     return load_settings()
 
@@ -82,8 +82,8 @@ def test_review_page_upload_ocr_caption_prediction_and_heatmaps(demo_project):
     assert [c.value for c in app.caption] == captions
 
     # Correct the label: saved at once in the store, with the suggestion shown in the history.
-    from fusion.images import image_sha256
-    from fusion.store import open_store
+    from fusion.imaging.images import image_sha256
+    from fusion.store.labeling import open_store
 
     store = open_store(demo_project_settings())
     item = store.item(demo_project.name, image_sha256(page_bytes())[:12])
@@ -121,7 +121,7 @@ def test_demo_page_button(demo_project):
 def test_first_run_builds_the_demo_in_a_separate_process(tmp_path, monkeypatch):
     """A fresh workspace: the app starts the build in its own process and shows its progress."""
     monkeypatch.setenv("FUSION_HOME", str(tmp_path))
-    from fusion import streamlit_cache
+    from fusion.ui import resources as streamlit_cache
 
     streamlit_cache.settings.clear()
     build = None
@@ -164,7 +164,7 @@ def test_dataset_page_filters_pages_history_and_export(demo_project):
                                      "added_rows": [], "deleted_rows": []}
     app.run()
     assert not app.exception, app.exception
-    from fusion.store import open_store
+    from fusion.store.labeling import open_store
 
     store = open_store(demo_project_settings())
     edited = store.item(demo_project.name, first_id)

@@ -12,10 +12,12 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from streamlit.testing.v1 import AppTest
 
-from fusion import accounts, app_session, streamlit_cache
-from fusion.accounts import SignedIn
-from fusion.images import image_sha256
-from fusion.store import open_store, utcnow
+from fusion.services import accounts
+from fusion.ui import session as app_session
+from fusion.ui import resources as streamlit_cache
+from fusion.services.accounts import SignedIn
+from fusion.imaging.images import image_sha256
+from fusion.store.labeling import open_store, utcnow
 
 from test_app import APP, TIMEOUT
 

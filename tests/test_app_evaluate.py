@@ -2,9 +2,10 @@
 reliability diagram, the error list with Grad-CAM, the learning curve and a comparison."""
 from __future__ import annotations
 
-from fusion import registry, version_report
-from fusion.store import open_store
-from fusion.train import TrainConfig, train_version
+from fusion.ml import registry
+from fusion.services import version_report
+from fusion.store.labeling import open_store
+from fusion.ml.train import TrainConfig, train_version
 
 from conftest import ANNOTATOR
 from test_app import started

@@ -41,9 +41,9 @@ def opened(data: bytes, project: str | None = None) -> AppTest:
 
 
 def test_an_edited_page_text_is_saved_on_accept_and_shown_next_time(demo_project):
-    from fusion.images import image_sha256
-    from fusion.settings import load_settings
-    from fusion.store import ItemFilter, open_store
+    from fusion.imaging.images import image_sha256
+    from fusion.core.settings import load_settings
+    from fusion.store.labeling import ItemFilter, open_store
 
     data = page_bytes()
     app = opened(data)
@@ -78,7 +78,7 @@ def test_an_edited_page_text_is_saved_on_accept_and_shown_next_time(demo_project
 @pytest.fixture
 def deidentifying(monkeypatch):
     """FUSION_DEIDENTIFY on for the app under test: its settings are a process-wide cache."""
-    from fusion import streamlit_cache
+    from fusion.ui import resources as streamlit_cache
 
     monkeypatch.setenv("FUSION_DEIDENTIFY", "1")
     streamlit_cache.settings.clear()
@@ -88,10 +88,10 @@ def deidentifying(monkeypatch):
 
 
 def test_de_identified_the_page_text_is_read_only_and_not_saved(demo_project, deidentifying):
-    from fusion import review
-    from fusion.ocr import ENGINE
-    from fusion.settings import load_settings
-    from fusion.store import open_store
+    from fusion.services import review
+    from fusion.imaging.ocr import ENGINE
+    from fusion.core.settings import load_settings
+    from fusion.store.labeling import open_store
 
     store = open_store(load_settings())
     data = page_bytes()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fusion import registry
-from fusion.jobs import Jobs
-from fusion.store import open_store
+from fusion.ml import registry
+from fusion.jobs.queue import Jobs
+from fusion.store.labeling import open_store
 
 from test_app import started
 

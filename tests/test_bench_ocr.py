@@ -6,8 +6,8 @@ import json
 
 from PIL import Image, ImageDraw, ImageFont
 
-from fusion.__main__ import main
-from fusion.bench_ocr import words_matched
+from fusion.cli.main import main
+from fusion.bench.ocr import words_matched
 
 
 def test_word_recall_counts_each_read_word_once():

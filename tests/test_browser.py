@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from fusion.images import image_sha256
-from fusion.settings import REPO_ROOT
-from fusion.store import open_store
+from fusion.imaging.images import image_sha256
+from fusion.core.settings import REPO_ROOT
+from fusion.store.labeling import open_store
 
 ARTIFACTS = REPO_ROOT / "artifacts" / "browser"
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.evaluation import (ECE_MIN_ITEMS, TEMPERATURE_RANGE, describe_ece, expected_calibration_error,
+from fusion.ml.evaluation import (ECE_MIN_ITEMS, TEMPERATURE_RANGE, describe_ece, expected_calibration_error,
                                fit_temperature, scores)
-from fusion.registry import get_version
-from fusion.store import open_store
+from fusion.ml.registry import get_version
+from fusion.store.labeling import open_store
 
 GRID_STEP = math.exp(0.05)     # fit_temperature's grid: a bound is within a step of its ends
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from fusion.__main__ import main
+from fusion.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """Crash safety: processes SIGKILLed at random (seeded) points while they upload, correct, import
 and train. After every kill the workspace gets the recovery the app and the worker run when they
-start (fusion.recovery), and then must hold: every correction and upload acknowledged to the user,
+start (fusion.jobs.recovery), and then must hold: every correction and upload acknowledged to the user,
 an intact database, and no orphan: no temp or staging file, no image file without its row or row
 without its file, no job or model version folder without its row or the reverse, no half-written
 safetensors.
@@ -35,17 +35,18 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from fusion import recovery, uploads
-from fusion.atomic import pid_alive
-from fusion.images import check_image_file
-from fusion.importing import import_path, unpack_upload
-from fusion.jobs import Jobs
-from fusion.pipeline import Prediction
-from fusion.review import add_upload, decide
-from fusion.settings import REPO_ROOT, load_settings
-from fusion.store import NewItem, StaleEdit, Store
-from fusion.train import TrainConfig, train_version
-from fusion.worker import run_worker, worker_alive
+from fusion.jobs import recovery
+from fusion.services import uploads
+from fusion.core.atomic import pid_alive
+from fusion.imaging.images import check_image_file
+from fusion.services.importing import import_path, unpack_upload
+from fusion.jobs.queue import Jobs
+from fusion.ml.pipeline import Prediction
+from fusion.services.review import add_upload, decide
+from fusion.core.settings import REPO_ROOT, load_settings
+from fusion.store.labeling import NewItem, StaleEdit, Store
+from fusion.ml.train import TrainConfig, train_version
+from fusion.jobs.worker import run_worker, worker_alive
 
 SEED = 6_2024
 LABELS = {"red": "a reddish page", "green": "a greenish page", "blue": "a bluish page"}
@@ -133,7 +134,8 @@ def fork_child(lab: Lab, work) -> tuple[int, int]:
             import torch
 
             torch.set_num_threads(1)                    # 2 cores, and OpenMP pools don't survive fork
-            from fusion import database, store as store_module
+            from fusion.store import database
+            from fusion.store import labeling as store_module
             database.open_database.cache_clear()        # the parent's connections stay the parent's
             store_module.open_store.cache_clear()
             store = Store(lab.settings)

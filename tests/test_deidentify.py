@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from fusion.deidentified_view import phi_boxes, phi_words, redact_scored, redact_words, restore_placeholders
-from fusion.deidentify import find_phi, redact
+from fusion.privacy.deidentified_view import phi_boxes, phi_words, redact_scored, redact_words, restore_placeholders
+from fusion.privacy.deidentify import find_phi, redact
 
 CATCHES = [   # (text, what it must become)
     ("Patient: Jane Q. Doe", "Patient: [NAME]"),
@@ -81,7 +81,7 @@ def test_rules_leave_clinical_text_alone(text):
 
 
 def test_demo_documents_lose_every_identifier_and_keep_every_measurement():
-    from fusion.demo_data import compose_document
+    from fusion.demo.documents import compose_document
 
     for seed in range(200):
         rng = random.Random(seed)
@@ -138,7 +138,7 @@ def phi_page() -> bytes:
 @pytest.fixture
 def deidentifying(monkeypatch):
     """FUSION_DEIDENTIFY on for the app under test: its settings are a process-wide cache."""
-    from fusion import streamlit_cache
+    from fusion.ui import resources as streamlit_cache
 
     monkeypatch.setenv("FUSION_DEIDENTIFY", "1")
     streamlit_cache.settings.clear()
@@ -150,9 +150,9 @@ def deidentifying(monkeypatch):
 def test_review_page_shows_redacted_text_words_and_page(demo_project, deidentifying):
     from streamlit.testing.v1 import AppTest
 
-    from fusion import review
-    from fusion.settings import load_settings
-    from fusion.store import open_store
+    from fusion.services import review
+    from fusion.core.settings import load_settings
+    from fusion.store.labeling import open_store
 
     store = open_store(load_settings())
     if "phi-review" not in store.project_names():
@@ -221,9 +221,9 @@ SECRETS = ("Doe", "00123456", "Hale", "2024-01-05", "Voss", "555-0142")
 def phi_project(settings):
     """Three pages: PHI in the page text with OCR word boxes; PHI only in the caption and the file
     name; PHI in text imported without word boxes."""
-    from fusion.images import check_image_file
-    from fusion.ocr import ENGINE
-    from fusion.store import NewItem, open_store
+    from fusion.imaging.images import check_image_file
+    from fusion.imaging.ocr import ENGINE
+    from fusion.store.labeling import NewItem, open_store
 
     store = open_store(settings)
     name = "phi-export"
@@ -243,7 +243,7 @@ def phi_project(settings):
 
 
 def test_deidentified_csv_export_redacts_text_and_names_and_masks_the_page(phi_project, tmp_path):
-    from fusion.exporting import export_project
+    from fusion.services.exporting import export_project
 
     store, name = phi_project
     summary = export_project(store, name, "csv", tmp_path / "out", deidentify=True)
@@ -277,8 +277,8 @@ def test_deidentified_csv_export_redacts_text_and_names_and_masks_the_page(phi_p
 def test_jsonl_export_is_deidentified_on_request_or_by_the_setting_and_not_otherwise(phi_project, tmp_path):
     from dataclasses import replace
 
-    from fusion.exporting import export_project
-    from fusion.store import Store
+    from fusion.services.exporting import export_project
+    from fusion.store.labeling import Store
 
     store, name = phi_project
     export_project(store, name, "jsonl", tmp_path / "plain")
@@ -294,7 +294,7 @@ def test_jsonl_export_is_deidentified_on_request_or_by_the_setting_and_not_other
 
 
 def test_cli_export_deidentify_and_history_show_no_phi(phi_project, tmp_path, capsys, monkeypatch):
-    from fusion.__main__ import main
+    from fusion.cli.main import main
 
     store, name = phi_project
     home = str(store.settings.home)
@@ -310,8 +310,8 @@ def test_cli_export_deidentify_and_history_show_no_phi(phi_project, tmp_path, ca
 
 
 def test_search_finds_only_what_the_deidentified_screen_shows(phi_project):
-    from fusion.deidentified_search import list_items
-    from fusion.store import ItemFilter
+    from fusion.privacy.deidentified_search import list_items
+    from fusion.store.labeling import ItemFilter
 
     store, name = phi_project
     for query, plain, redacted in (("Hale", 1, 0), ("Voss", 1, 0), ("00123456", 1, 0), ("hemoglob", 2, 2)):
@@ -331,10 +331,10 @@ def test_logs_never_hold_page_text_or_captions(settings, demo_project, tmp_path,
 
     from sqlalchemy import text as sql
 
-    from fusion import background
-    from fusion.jobs import Jobs
-    from fusion.store import open_store
-    from fusion.worker import run_worker
+    from fusion.jobs import background
+    from fusion.jobs.queue import Jobs
+    from fusion.store.labeling import open_store
+    from fusion.jobs.worker import run_worker
 
     caplog.set_level(logging.DEBUG)
     marker = "Qzx" + os.urandom(6).hex()

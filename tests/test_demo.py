@@ -1,15 +1,15 @@
 """The demo project: built on first run, fusion beats each modality alone by >= 10 points."""
 from __future__ import annotations
 
-from fusion.demo import DEMO_USER, TEXT_SOURCE, ensure_demo_project
-from fusion.features import cache_features, load_feature_set
-from fusion.images import load_image
-from fusion.model import FusionModel
-from fusion.pipeline import compose_text
-from fusion.store import ItemFilter, open_store
-from fusion.finetune import HeadsOnFeatures
-from fusion.registry import get_version
-from fusion.train import predict_logits, quick_scores
+from fusion.demo.build import DEMO_USER, TEXT_SOURCE, ensure_demo_project
+from fusion.ml.features import cache_features, load_feature_set
+from fusion.imaging.images import load_image
+from fusion.ml.model import FusionModel
+from fusion.ml.pipeline import compose_text
+from fusion.store.labeling import ItemFilter, open_store
+from fusion.ml.finetune import HeadsOnFeatures
+from fusion.ml.registry import get_version
+from fusion.ml.train import predict_logits, quick_scores
 
 
 def _test_items(settings):

@@ -1,4 +1,4 @@
-"""fusion.demo_data: deterministic fake clinical documents whose layout and topic are confounded."""
+"""fusion.demo.documents: deterministic fake clinical documents whose layout and topic are confounded."""
 from __future__ import annotations
 
 import collections
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusion.demo_data import (LABEL_PARTS, LABELS, LAYOUTS, SPLITS, TOPICS, generate,
+from fusion.demo.documents import (LABEL_PARTS, LABELS, LAYOUTS, SPLITS, TOPICS, generate,
                                load_manifest, render_item)
 
 LAYOUT_WORDS = {"table", "tables", "grid", "form", "forms", "checkbox", "checkboxes", "tick",
@@ -128,7 +128,7 @@ def test_generate_redoes_a_half_written_or_different_folder(demo_60, tmp_path):
 
 def test_full_demo_set_is_balanced_per_split_and_reused(demo_project, settings):
     """The 480 pages the session's demo project generated (see conftest), not a second copy."""
-    from fusion.demo import demo_source
+    from fusion.demo.build import demo_source
 
     tmp_path = demo_source(settings)
     calls = []

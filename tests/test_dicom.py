@@ -1,4 +1,4 @@
-"""fusion.dicom: DICOM files made here with pydicom (and a few of pydicom's bundled test files):
+"""fusion.imaging.dicom: DICOM files made here with pydicom (and a few of pydicom's bundled test files):
 window/level, MONOCHROME1, multi-frame, what is refused and why, and no identifying tag stored."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fusion.dicom import is_dicom, read_dicom
-from fusion.errors import BadImage
-from fusion.images import check_image_file, load_image
+from fusion.imaging.dicom import is_dicom, read_dicom
+from fusion.core.errors import BadImage
+from fusion.imaging.images import check_image_file, load_image
 
 MARKER = "ZQXJ7PATIENT"   # appears in every identifying tag of the test files, and nowhere else
 IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "InstitutionName",
@@ -109,7 +109,7 @@ def test_what_is_not_a_decodable_image_is_refused_with_the_reason():
 
 def test_a_deflated_dicom_that_inflates_past_the_limit_is_refused(tmp_path):
     """A Deflated dataset of 100 MB of zeros is 100 KB on disk; pydicom would inflate it whole."""
-    from fusion.settings import load_settings
+    from fusion.core.settings import load_settings
 
     ds = pydicom.dcmread(io.BytesIO(dicom_file(np.zeros((2, 2), np.uint16))))
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"
@@ -131,10 +131,10 @@ def test_a_deflated_dicom_that_inflates_past_the_limit_is_refused(tmp_path):
 def test_identifying_tags_never_reach_the_workspace(tmp_path):
     """An upload is stored as a PNG of its windowed pixels: the marker in the patient's name, ID,
     birth date, institution... is in no file under the workspace (database, WAL, images)."""
-    from fusion.images import load_upload
-    from fusion.review import add_upload
-    from fusion.settings import load_settings
-    from fusion.store import Store
+    from fusion.imaging.images import load_upload
+    from fusion.services.review import add_upload
+    from fusion.core.settings import load_settings
+    from fusion.store.labeling import Store
 
     settings = load_settings(home=tmp_path / "home")
     store = Store(settings)
@@ -158,9 +158,9 @@ def test_dicom_files_in_a_zip_and_a_folder_import_as_their_windowed_pixels(tmp_p
     their own file names, with no identifying tag anywhere in the workspace."""
     import zipfile
 
-    from fusion.importing import import_path, unpack_upload
-    from fusion.settings import load_settings
-    from fusion.store import Store
+    from fusion.services.importing import import_path, unpack_upload
+    from fusion.core.settings import load_settings
+    from fusion.store.labeling import Store
 
     home = tmp_path / "home"
     store = Store(load_settings(home=home))

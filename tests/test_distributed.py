@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fusion.settings import REPO_ROOT
+from fusion.core.settings import REPO_ROOT
 
 
 def train(settings, project: str, launcher: list[str]) -> dict:

@@ -12,10 +12,10 @@ from PIL import Image
 from skimage import data
 from torch import nn
 
-from fusion.encoders import ImageEncoder
-from fusion.explain import gradcam, peak_of
-from fusion.ocr import OcrResult
-from fusion.store import open_store
+from fusion.ml.encoders import ImageEncoder
+from fusion.ml.explain import gradcam, peak_of
+from fusion.imaging.ocr import OcrResult
+from fusion.store.labeling import open_store
 
 CAT_CLASSES = [281, 282, 283, 284, 285]  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -91,8 +91,8 @@ def test_explanations_come_at_the_image_resolution_with_a_peak_inside(engine, sp
 
 
 def test_cross_attention_models_explain_where_the_text_looks(engine, settings):
-    from fusion.model import ModelConfig
-    from fusion.zeroshot import build_zero_shot_model
+    from fusion.ml.model import ModelConfig
+    from fusion.ml.zeroshot import build_zero_shot_model
 
     labels = {"cat photo": "a photo of a cat", "invoice": "a billing invoice"}
     project = open_store(settings).create_project(f"xattn-{uuid.uuid4().hex[:8]}", labels, user="test")

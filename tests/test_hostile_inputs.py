@@ -27,8 +27,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
-from fusion.errors import FusionError
-from fusion.settings import load_settings
+from fusion.core.errors import FusionError
+from fusion.core.settings import load_settings
 from test_dicom import dicom_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,14 +161,14 @@ READ_AND_PREDICT_PER_SEED = 3
 
 @pytest.mark.filterwarnings("ignore")   # pydicom and Pillow warn about every odd header they meet
 def test_ten_thousand_mutated_uploads_are_stored_whole_or_refused_with_a_reason(engine, demo_project, scratch_home):
-    """Each mutant goes through fusion.review.add_upload, what the Review page's uploader calls
+    """Each mutant goes through fusion.services.review.add_upload, what the Review page's uploader calls
     (decode, then store): it becomes an item whose stored file decodes, or it raises a FusionError
     with a message and leaves nothing (no row, no file, no staging). Any other exception fails.
     OCR and predict cost 0.1-0.5 s an image, so they run on a deterministic sample, the first
     READ_AND_PREDICT_PER_SEED accepted mutants of each seed (tiny images), not on every one."""
-    from fusion.images import load_image, load_upload
-    from fusion.review import add_upload
-    from fusion.store import ItemFilter, Store
+    from fusion.imaging.images import load_image, load_upload
+    from fusion.services.review import add_upload
+    from fusion.store.labeling import ItemFilter, Store
 
     settings = load_settings(home=scratch_home)
     store = Store(settings)
@@ -223,9 +223,9 @@ def test_ten_thousand_mutated_uploads_are_stored_whole_or_refused_with_a_reason(
 
 BOMB_PROBE = r"""
 import json, resource, sys, time
-from fusion.errors import BadImage
-from fusion.images import check_image_file, load_image
-from fusion.settings import load_settings
+from fusion.core.errors import BadImage
+from fusion.imaging.images import check_image_file, load_image
+from fusion.core.settings import load_settings
 
 settings = load_settings(home=sys.argv[1])
 warm, bombs = sys.argv[2].split(","), sys.argv[3:]
@@ -301,9 +301,9 @@ def test_html_script_markdown_and_control_characters_are_shown_as_text(demo_proj
     where it renders markdown), and the store keeps the caption as typed but for the NUL byte."""
     from test_app import started
 
-    from fusion.display_text import literal
-    from fusion.review import decide
-    from fusion.store import open_store
+    from fusion.privacy.display_text import literal
+    from fusion.services.review import decide
+    from fusion.store.labeling import open_store
 
     app = started(demo_project)
     app.file_uploader[0].set_value((HOSTILE_NAME, dicom_page(), "application/dicom")).run()
@@ -358,7 +358,7 @@ def zipped(entries: dict[str, bytes], links: dict[str, str] = {}) -> bytes:
     ({"ok/a.png": b""}, {"ok/up.png": "../../../escaped.png"}, "is a symbolic link"),
 ])
 def test_zip_entries_leaving_the_folder_are_refused_and_nothing_is_unpacked(tmp_path, entries, links, reason):
-    from fusion.importing import unpack_upload
+    from fusion.services.importing import unpack_upload
 
     entries = {name: png(1) for name in entries}
     dest = tmp_path / "upload"
@@ -371,8 +371,8 @@ def test_zip_entries_leaving_the_folder_are_refused_and_nothing_is_unpacked(tmp_
 
 
 def test_csv_jsonl_and_folder_rows_cannot_reach_outside_their_folder(tmp_path):
-    from fusion.importing import import_path
-    from fusion.store import Store
+    from fusion.services.importing import import_path
+    from fusion.store.labeling import Store
 
     store = Store(load_settings(home=tmp_path / "home"))
     store.create_project("p", {"cat": "", "dog": ""}, user="importer")
@@ -400,18 +400,18 @@ def test_csv_jsonl_and_folder_rows_cannot_reach_outside_their_folder(tmp_path):
     assert sorted(where for where, _ in report.problems) == ["cat/link.png", "linked.png"]
     assert all("outside the folder" in reason for _, reason in report.problems)
     shas = {i.sha256 for i in store.iter_items("p")}
-    from fusion.images import image_sha256
+    from fusion.imaging.images import image_sha256
     assert image_sha256(png(9)) not in shas
 
 
 def test_export_file_names_stay_inside_the_export_folder(tmp_path):
     """Stored file names come from uploads and imports: none of them may steer where an export
     writes. The export imports back whole (import checks containment too), hostile captions included."""
-    from fusion.exporting import export_project
-    from fusion.images import check_image_file
-    from fusion.importing import import_path
-    from fusion.project import check_labels
-    from fusion.store import NewItem, Store
+    from fusion.services.exporting import export_project
+    from fusion.imaging.images import check_image_file
+    from fusion.services.importing import import_path
+    from fusion.core.project import check_labels
+    from fusion.store.labeling import NewItem, Store
 
     store = Store(load_settings(home=tmp_path / "home"))
     store.create_project("p", {"cat": "", "dog": ""}, user="u")

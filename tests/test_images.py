@@ -1,4 +1,4 @@
-"""fusion.images: real files made here with PIL, every accepted format and the ways uploads go wrong."""
+"""fusion.imaging.images: real files made here with PIL, every accepted format and the ways uploads go wrong."""
 from __future__ import annotations
 
 import io
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusion.errors import BadImage
-from fusion.images import ACCEPTED_FORMATS, image_sha256, load_image
+from fusion.core.errors import BadImage
+from fusion.imaging.images import ACCEPTED_FORMATS, image_sha256, load_image
 
 
 def encode(img: Image.Image, fmt: str, **params) -> bytes:
@@ -217,7 +217,7 @@ def test_directory_is_not_an_image_file(tmp_path):
 
 
 def test_bad_image_is_a_fusion_error():
-    from fusion.errors import FusionError
+    from fusion.core.errors import FusionError
 
     with pytest.raises(FusionError):
         load_image(b"\x00")
@@ -231,8 +231,8 @@ def test_image_sha256():
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
 def test_import_check_catches_the_same_damage_as_a_full_decode(fmt, tmp_path):
     """check_image_file skips pixel work (PNG: CRCs only, JPEG: 1/8 scale) but not the verdict."""
-    from fusion.images import check_image_file
-    from fusion.settings import load_settings
+    from fusion.imaging.images import check_image_file
+    from fusion.core.settings import load_settings
 
     settings = load_settings(home=tmp_path)
     data = encode(sample_rgb(640, 480), fmt)

@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-from fusion import registry
-from fusion.errors import FusionError
-from fusion.jobs import Jobs
-from fusion.settings import REPO_ROOT
-from fusion.store import open_store
-from fusion.train import TrainConfig
-from fusion.worker import reap_dead_jobs, worker_alive
+from fusion.ml import registry
+from fusion.core.errors import FusionError
+from fusion.jobs.queue import Jobs
+from fusion.core.settings import REPO_ROOT
+from fusion.store.labeling import open_store
+from fusion.ml.train import TrainConfig
+from fusion.jobs.worker import reap_dead_jobs, worker_alive
 
 from conftest import ANNOTATOR
 

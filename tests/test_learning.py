@@ -8,11 +8,11 @@ import random
 
 from PIL import Image, ImageDraw
 
-from fusion.bench_learning import bench_learning
+from fusion.bench.learning import bench_learning
 import torch
 
-from fusion.model import FusionModel, ModelConfig
-from fusion.probe import fit_linear_heads, pooled_features
+from fusion.ml.model import FusionModel, ModelConfig
+from fusion.ml.probe import fit_linear_heads, pooled_features
 
 CLASS_WORDS = {
     "invoice": "invoice amount due tax subtotal payment terms remit vendor balance",
@@ -74,7 +74,7 @@ def test_probe_outvotes_a_misleading_prior():
 def test_zero_shot_votes_follow_the_prior_that_carries_the_labels():
     """Two priors, one right on every item and quiet, one loud and right on a third: the fused
     zero-shot follows the first, and each head keeps its own opinion."""
-    from fusion.probe import PooledFeatures, weigh_zero_shot_votes
+    from fusion.ml.probe import PooledFeatures, weigh_zero_shot_votes
 
     torch.manual_seed(0)
     targets = torch.arange(30) % 3
@@ -94,8 +94,8 @@ def test_zero_shot_votes_follow_the_prior_that_carries_the_labels():
 def test_learning_curve_starts_at_zero_shot_and_puts_the_probe_beside_versions():
     from datetime import datetime
 
-    from fusion.registry import ModelVersion
-    from fusion.version_report import PROBE, TRAINED, ZERO_SHOT, learning_curve
+    from fusion.ml.registry import ModelVersion
+    from fusion.services.version_report import PROBE, TRAINED, ZERO_SHOT, learning_curve
 
     def version(name, train, acc, probe, day):
         return ModelVersion(name, None, datetime(2026, 1, day), "x", None, {"mode": "head"}, {},

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fusion.errors import FusionError
-from fusion.model import FusionModel, ModelConfig
-from fusion.zeroshot import build_zero_shot_model
+from fusion.core.errors import FusionError
+from fusion.ml.model import FusionModel, ModelConfig
+from fusion.ml.zeroshot import build_zero_shot_model
 
 LABELS = {"cardiology": "heart and ECG findings", "dermatology": "skin rash and lesions",
           "radiology": "x-ray and CT imaging report"}
@@ -112,9 +112,9 @@ def test_every_weight_file_reader_refuses_a_pickle(engine, tmp_path):
     that would run code when unpickled is refused with the same message, and never unpickled."""
     from pathlib import Path
 
-    from fusion.checkpoints import load_checkpoint
-    from fusion.encoders import ENCODERS_FILE, load_encoders
-    from fusion.features import load_feature_set
+    from fusion.ml.checkpoints import load_checkpoint
+    from fusion.ml.encoders import ENCODERS_FILE, load_encoders
+    from fusion.ml.features import load_feature_set
 
     class Boom:   # unpickling this would create the marker file
         def __reduce__(self):
@@ -167,7 +167,7 @@ def test_a_version_saved_before_step_7_loads_and_predicts_as_it_did(engine, tmp_
     old = FusionModel.load(tmp_path / "v1")
     patches, tokens, mask = inputs()
     out = old(patches, tokens, mask)
-    from fusion.encoders import mean_pool
+    from fusion.ml.encoders import mean_pool
 
     torch.testing.assert_close(out.text, 20.0 * mean_pool(tokens, mask) @ model.label_embeddings.T)
     torch.testing.assert_close(out.fused, out.image + out.text)

@@ -1,4 +1,4 @@
-"""fusion.ocr with the real EasyOCR weights on pages drawn here with PIL."""
+"""fusion.imaging.ocr with the real EasyOCR weights on pages drawn here with PIL."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fusion.errors import MissingWeights
-from fusion.ocr import OcrResult, Word, get_reader, plain_reader, read_text
+from fusion.core.errors import MissingWeights
+from fusion.imaging.ocr import OcrResult, Word, get_reader, plain_reader, read_text
 
 LINES = [("PATIENT RECORD 12345", (40, 60)), ("glucose level normal", (40, 170))]
 KEY_WORDS = ["patient", "record", "12345", "glucose", "level", "normal"]
@@ -209,7 +209,7 @@ def test_onnx_models_compute_what_easyocrs_torch_models_compute(page):
     import easyocr_en_models
     import numpy as np
 
-    from fusion.ocr_runtime import _detector_input, float_recognizer
+    from fusion.imaging.ocr_runtime import _detector_input, float_recognizer
 
     ours, theirs = get_reader(False), plain_reader(False)
     x = torch.from_numpy(_detector_input(np.asarray(page[0]), 1280, 1.0))
@@ -227,7 +227,7 @@ def test_onnx_models_compute_what_easyocrs_torch_models_compute(page):
 
 
 def test_built_models_are_cached_and_checked_by_hash(tmp_path):
-    from fusion.ocr_runtime import _cached
+    from fusion.imaging.ocr_runtime import _cached
 
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"source")

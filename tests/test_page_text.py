@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, inspect, select, text
 
-from fusion import review
-from fusion.images import check_image_file
-from fusion.ocr import ENGINE, OcrResult, Word
-from fusion.pipeline import Prediction
-from fusion.schema import ItemRow
-from fusion.settings import load_settings
-from fusion.store import ItemFilter, NewItem, StaleEdit, Store, utcnow
+from fusion.services import review
+from fusion.imaging.images import check_image_file
+from fusion.imaging.ocr import ENGINE, OcrResult, Word
+from fusion.ml.pipeline import Prediction
+from fusion.store.schema import ItemRow
+from fusion.core.settings import load_settings
+from fusion.store.labeling import ItemFilter, NewItem, StaleEdit, Store, utcnow
 
 WORDS = [Word("Hemoglobin", 0.98, (10, 10, 120, 30)), Word("13.2", 0.95, (130, 10, 170, 30))]
 
@@ -144,7 +144,7 @@ def test_an_edit_of_demo_text_keeps_the_reading_it_started_from(store, tmp_path)
 
 def test_the_history_columns_come_with_a_migration(tmp_path):
     """A workspace at the previous schema gains the text columns; history stays append-only."""
-    from fusion.database import _migrations_head, create_database_engine, schema_revision, upgrade_schema
+    from fusion.store.database import _migrations_head, create_database_engine, schema_revision, upgrade_schema
 
     url = f"sqlite:///{tmp_path / 'fusion.db'}"
     engine = create_database_engine(url)
@@ -162,7 +162,7 @@ def test_the_history_columns_come_with_a_migration(tmp_path):
 
 
 def test_the_cli_history_shows_a_page_text_edit(store, capsys):
-    from fusion.__main__ import main
+    from fusion.cli.main import main
 
     item = read_item(store, seed=9)
     review.decide(store, "pets", item, item.version, "dog", "bob", shown(), page_text=edited("Hemoglobin 9.1 low"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from fusion.ocr import OcrResult
-from fusion.encoders import CAPTION_MARK
-from fusion.pipeline import compose_text
+from fusion.imaging.ocr import OcrResult
+from fusion.ml.encoders import CAPTION_MARK
+from fusion.ml.pipeline import compose_text
 
 
 def test_compose_text_marks_where_the_caption_begins():
@@ -61,7 +61,7 @@ def test_a_caption_on_a_long_page_counts_and_the_whole_page_is_read(engine, demo
 
 
 def test_a_page_past_the_chunk_limit_says_how_much_was_read(engine):
-    from fusion.encoders import CAPTION_MARK, MAX_CHUNKS
+    from fusion.ml.encoders import CAPTION_MARK, MAX_CHUNKS
 
     text = long_page(4000) + f"\n{CAPTION_MARK} my note"
     batch = engine.text_encoder.tokenize([text])

@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from fusion import review
-from fusion.demo import DEMO_USER
-from fusion.errors import FusionError
-from fusion.images import check_image_file
-from fusion.prelabel import prelabel_project
-from fusion.settings import load_settings
-from fusion.store import NewItem, Store, open_store, uncertainty
+from fusion.services import review
+from fusion.demo.build import DEMO_USER
+from fusion.core.errors import FusionError
+from fusion.imaging.images import check_image_file
+from fusion.services.prelabel import prelabel_project
+from fusion.core.settings import load_settings
+from fusion.store.labeling import NewItem, Store, open_store, uncertainty
 
 from conftest import ANNOTATOR
 
@@ -90,7 +90,7 @@ def test_review_page_queue_order_and_prelabel_job(settings, demo_project):
     item that order puts first."""
     import time
 
-    from fusion.jobs import Jobs
+    from fusion.jobs.queue import Jobs
 
     from test_app import started
 

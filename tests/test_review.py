@@ -1,4 +1,4 @@
-"""fusion.review: uploads become items once, the queue serves the least confident first, decisions
+"""fusion.services.review: uploads become items once, the queue serves the least confident first, decisions
 land against the version the reviewer opened (no models needed: predictions are built here)."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusion import review
-from fusion.errors import BadImage
-from fusion.pipeline import Prediction
-from fusion.settings import load_settings
-from fusion.store import StaleEdit, Store
+from fusion.services import review
+from fusion.core.errors import BadImage
+from fusion.ml.pipeline import Prediction
+from fusion.core.settings import load_settings
+from fusion.store.labeling import StaleEdit, Store
 
 
 def png(seed: int) -> bytes:
@@ -64,7 +64,7 @@ def test_decide_saves_the_caption_then_the_label_and_refuses_a_stale_screen(stor
 
 
 def test_a_refused_decision_saves_none_of_its_caption_page_text_or_label(store):
-    from fusion.ocr import OcrResult
+    from fusion.imaging.ocr import OcrResult
 
     item = review.add_upload(store, "pets", "a.png", png(3), "ann")
     review.decide(store, "pets", item, item.version, "cat", "bob", shown("cat", 0.8))   # bob first
@@ -82,7 +82,7 @@ def _decide_then_die_at(url, home, item_id, step, done):
     import os
     import signal
 
-    from fusion.ocr import OcrResult
+    from fusion.imaging.ocr import OcrResult
 
     store = Store(load_settings(home=home, database_url=url))
     real = getattr(store, step)

@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from fusion import registry
-from fusion.__main__ import main
-from fusion.images import load_upload
-from fusion.store import open_store
-from fusion.train import TrainConfig, train_version
+from fusion.ml import registry
+from fusion.cli.main import main
+from fusion.imaging.images import load_upload
+from fusion.store.labeling import open_store
+from fusion.ml.train import TrainConfig, train_version
 
 from conftest import ANNOTATOR
 

@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, inspect, text
 
-from fusion.database import create_database_engine, schema_revision, upgrade_schema
-from fusion.errors import FusionError
-from fusion.exporting import export_project
-from fusion.images import check_image_file
-from fusion.importing import import_path
-from fusion.settings import REPO_ROOT, load_settings
-from fusion.store import ItemFilter, NewItem, Shown, StaleEdit, Store, split_of
+from fusion.store.database import create_database_engine, schema_revision, upgrade_schema
+from fusion.core.errors import FusionError
+from fusion.services.exporting import export_project
+from fusion.imaging.images import check_image_file
+from fusion.services.importing import import_path
+from fusion.core.settings import REPO_ROOT, load_settings
+from fusion.store.labeling import ItemFilter, NewItem, Shown, StaleEdit, Store, split_of
 
 LABELS = {"cat": "a cat", "dog": "a dog", "bird": ""}
 
@@ -188,7 +188,7 @@ def test_a_newer_database_is_refused_clearly(tmp_path):
     Store(load_settings(home=tmp_path))
     with create_engine(url).begin() as c:
         c.execute(text("UPDATE alembic_version SET version_num = '0099'"))
-    from fusion.database import Database
+    from fusion.store.database import Database
 
     with pytest.raises(FusionError, match="newer FusionLab"):
         Database(url)
@@ -259,8 +259,8 @@ def test_cli_create_import_label_history_export(tmp_path):
 
 
 def test_search_counts_up_to_a_cap_and_still_pages_in_sort_order(store):
-    from fusion.bench_store import fill
-    from fusion.store import SEARCH_COUNT_CAP
+    from fusion.bench.store import fill
+    from fusion.store.labeling import SEARCH_COUNT_CAP
 
     fill(store, "pets", SEARCH_COUNT_CAP + 200)   # rows only, text from a 15-word vocabulary
     store.optimize()
@@ -277,7 +277,7 @@ def test_search_counts_up_to_a_cap_and_still_pages_in_sort_order(store):
 def test_uploaded_zips_unpack_safely_into_what_import_reads(tmp_path):
     import zipfile
 
-    from fusion.importing import unpack_upload
+    from fusion.services.importing import unpack_upload
 
     def zipped(entries: dict[str, bytes]) -> bytes:
         out = io.BytesIO()

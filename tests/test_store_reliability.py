@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusion.errors import FusionError
-from fusion.images import check_image_file
-from fusion.importing import import_path
-from fusion.settings import load_settings
-from fusion.store import NewItem, Store
+from fusion.core.errors import FusionError
+from fusion.imaging.images import check_image_file
+from fusion.services.importing import import_path
+from fusion.core.settings import load_settings
+from fusion.store.labeling import NewItem, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_ACTIONS = ("accept", "correct", "label")
@@ -102,8 +102,8 @@ def assert_files_match_rows(store: Store, home: Path) -> None:
 
 WORKER = r"""
 import json, os, random, sys, time
-from fusion.settings import load_settings
-from fusion.store import Store, StaleEdit
+from fusion.core.settings import load_settings
+from fusion.store.labeling import Store, StaleEdit
 
 home, project, index, saves, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 store = Store(load_settings(home=home))

@@ -10,14 +10,14 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from fusion import registry
-from fusion.errors import FusionError
-from fusion.evaluation import expected_calibration_error, fit_temperature, scores
-from fusion.images import load_image
-from fusion.jobs import JobCancelled
-from fusion.store import open_store
-from fusion.train import TrainConfig, train_version
-from fusion.training_data import labeled_examples
+from fusion.ml import registry
+from fusion.core.errors import FusionError
+from fusion.ml.evaluation import expected_calibration_error, fit_temperature, scores
+from fusion.imaging.images import load_image
+from fusion.jobs.queue import JobCancelled
+from fusion.store.labeling import open_store
+from fusion.ml.train import TrainConfig, train_version
+from fusion.ml.training_data import labeled_examples
 
 from conftest import ANNOTATOR, make_corrected_project
 
@@ -140,7 +140,7 @@ def test_partial_mode_with_lora_and_l2sp_saves_its_own_encoders(settings, engine
 
 
 def _stored_ocr(item):
-    from fusion.ocr import OcrResult
+    from fusion.imaging.ocr import OcrResult
 
     return OcrResult(text=item.ocr_text or "", words=[], ms=0.0, angle=0)
 

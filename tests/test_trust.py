@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fusion import ood
-from fusion.abstain import image_present
-from fusion.ocr import OcrResult
+from fusion.ml import ood
+from fusion.ml.abstain import image_present
+from fusion.imaging.ocr import OcrResult
 
 
 def test_the_ood_score_is_one_at_the_threshold_and_far_pages_score_above():
@@ -75,9 +75,9 @@ def test_no_text_makes_the_fused_head_the_image_head(engine, demo_project):
 
 
 def test_a_demo_page_is_in_distribution_and_its_reason_names_its_words_and_heads(engine, demo_project, settings):
-    from fusion.store import open_store
-    from fusion.review import stored_ocr  # noqa: F401  (the Review page's source of page text)
-    from fusion.images import load_image
+    from fusion.store.labeling import open_store
+    from fusion.services.review import stored_ocr  # noqa: F401  (the Review page's source of page text)
+    from fusion.imaging.images import load_image
 
     store = open_store(settings)
     item = next(i for i in store.iter_items(demo_project.name) if i.split == "test")

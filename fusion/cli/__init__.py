@@ -1,0 +1,1 @@
+"""`python -m fusion ...`: the command line."""

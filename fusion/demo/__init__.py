@@ -1,0 +1,1 @@
+"""The synthetic demo project: its documents, their vocabulary, and its first-run build."""

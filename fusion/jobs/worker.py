@@ -1,0 +1,184 @@
+"""Background workers: `python -m fusion worker [--kinds train,prelabel] [--device cuda]`.
+
+On SQLite a workspace has one worker: an exclusive lock on <home>/worker.lock. On PostgreSQL any
+number, on any machine that reaches the database and the workspace folder: each holds the lock
+shared, claims jobs with row locks (fusion.jobs), and can be limited to some job kinds and a
+device, so a GPU box trains while a CPU box pre-labels. The app starts a worker detached when it
+queues a job and no worker holds the lock (ensure_worker); a worker exits after a minute with
+nothing to do. A job whose worker died is failed, with the reason, by the next worker or page
+that looks (Jobs.fail_dead), and can be resumed from its checkpoint.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import traceback
+
+from fusion.jobs import background
+from fusion.jobs.queue import Job, JobCancelled, Jobs
+from fusion.jobs.recovery import describe, recover_files
+from fusion.core.settings import Settings, describe_device
+from fusion.store.labeling import Store, open_store
+
+HEARTBEAT_S = 2.0     # also how often a cancel request is noticed
+IDLE_EXIT_S = 60.0
+POLL_S = 0.5
+REAP_EVERY_S = 10.0   # how often an idle or busy worker looks for jobs whose worker died
+
+
+def lock_path(settings: Settings):
+    return settings.home / "worker.lock"
+
+
+def worker_alive(settings: Settings) -> bool:
+    """Whether some process holds the worker lock (probing it takes and drops it at once)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(settings), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def ensure_worker(settings: Settings) -> bool:
+    """Start a detached worker unless one runs. Two racing starters are fine: the second
+    worker finds the lock taken and exits."""
+    if worker_alive(settings):
+        return False
+    background.start(settings, ["worker"], settings.home / "logs" / "worker.log")
+    return True
+
+
+def queue_job(settings: Settings, store: Store, project: str, kind: str, params: dict, user: str) -> Job:
+    """Queue a job and make sure a worker will run it: what the pages and the CLI call."""
+    job = Jobs(store).submit(project, kind, params, user)
+    ensure_worker(settings)
+    return job
+
+
+def resume_job(settings: Settings, store: Store, job_id: int, user: str) -> Job:
+    """Queue the continuation of a failed or cancelled job from its checkpoint, and a worker for it."""
+    job = Jobs(store).resume(job_id, user)
+    ensure_worker(settings)
+    return job
+
+
+def reap_dead_jobs(settings: Settings, store: Store) -> list[int]:
+    """Fail the running jobs whose worker is gone. For the app to call on page load, so a dead
+    worker's job does not look alive until the next worker starts."""
+    return Jobs(store).fail_dead()
+
+
+def run_worker(settings: Settings, idle_exit_s: float = IDLE_EXIT_S, kinds: tuple[str, ...] | None = None) -> int:
+    """Run queued jobs (of `kinds`, if given), oldest first, until idle for `idle_exit_s`.
+    Returns how many jobs ran."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings)
+    many = store.db.engine.dialect.name == "postgresql"    # row locks let workers share the queue
+    lock = open(lock_path(settings), "a")
+    try:
+        fcntl.flock(lock, (fcntl.LOCK_SH if many else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another worker holds the lock; exiting", flush=True)
+        return 0
+    jobs = Jobs(store)
+    if summary := describe(recover_files(settings, store)):
+        print(summary, flush=True)
+    ran, idle_since, reaped_at = 0, time.monotonic(), 0.0
+    while True:
+        if time.monotonic() - reaped_at > REAP_EVERY_S:
+            for job_id in jobs.fail_dead():
+                print(f"job {job_id}: its worker had died; ended ({jobs.get(job_id).status})", flush=True)
+            reaped_at = time.monotonic()
+        job = jobs.claim_next(os.getpid(), kinds)
+        if job is None:
+            if time.monotonic() - idle_since > idle_exit_s:
+                return ran
+            time.sleep(POLL_S)
+            continue
+        run_job(settings, store, jobs, job)
+        ran, idle_since = ran + 1, time.monotonic()
+
+
+def run_job(settings: Settings, store: Store, jobs: Jobs, job: Job) -> None:
+    """Run one claimed job to its end state. A heartbeat thread keeps the job's row fresh (and
+    notices cancel requests) even while one step runs long, e.g. encoding a batch."""
+    latest: dict = {}
+    cancel = threading.Event()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            if jobs.beat(job.id, dict(latest) or None):
+                cancel.set()
+
+    def report(progress: dict) -> None:
+        row = progress.pop("row", None)
+        latest.clear()
+        latest.update(progress)
+        if row is not None:                 # an epoch ended: its curve point is written now
+            jobs.log(job.id, f"epoch {row['epoch']}: loss {row['loss']}, val macro-F1 "
+                             f"{row['val']['fused']['macro_f1']}, {row['samples_per_s']} samples/s")
+            if jobs.beat(job.id, dict(progress), curve_row=row):
+                cancel.set()
+        if cancel.is_set():
+            raise JobCancelled()
+
+    beat_thread = threading.Thread(target=heartbeat, name=f"job-{job.id}-heartbeat", daemon=True)
+    beat_thread.start()
+    try:
+        result = _run(settings, store, jobs, job, report)
+        jobs.finish(job.id, "succeeded", result=result)
+    except JobCancelled:
+        jobs.finish(job.id, "cancelled", error="cancelled on request")
+    except Exception as e:  # noqa: BLE001 -- whatever went wrong belongs in the job's record
+        jobs.log(job.id, traceback.format_exc())
+        jobs.finish(job.id, "failed", error=f"{type(e).__name__}: {e}")
+    finally:
+        done.set()
+        beat_thread.join()
+
+
+def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
+    if job.kind == "train":
+        return _train(settings, store, jobs, job, report)
+    if job.kind == "prelabel":
+        from fusion.services.prelabel import prelabel_project
+
+        result = prelabel_project(settings, store, job.project, report)
+        jobs.log(job.id, f"predicted {result['predicted']} undecided items with {result['version']}")
+        return result
+    if job.kind == "zero_shot":
+        from fusion.ml.zero_shot_measure import measure_zero_shot
+
+        result = measure_zero_shot(settings, store, job.project, job.created_by, report)
+        jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}")
+        return {k: result[k] for k in ("items", "votes", "accuracy", "accuracy_unweighted") if k in result}
+    raise ValueError(f"unknown job kind {job.kind!r}")
+
+
+def _train(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
+    from fusion.ml import registry
+    from fusion.ml.evaluation import ece_support
+    from fusion.ml.train import TrainConfig, resolve_device, train_version
+
+    config = TrainConfig.from_dict(job.params)
+    if config.device == "auto":           # the job leaves it to the worker (`worker --device`)
+        config.device = settings.device
+    jobs.beat(job.id, {"stage": "preparing"}, device=describe_device(resolve_device(config.device)))
+    resume = jobs.checkpoint_path(job.resume_of) if job.resume_of else None
+    version, metrics = train_version(settings, store, job.project, config, user=job.created_by, report=report,
+                                     job_id=job.id, checkpoint=jobs.checkpoint_path(job.id), resume=resume)
+    promoted = bool(job.params.get("auto_promote")) and registry.beats_active(metrics)
+    if promoted:
+        registry.promote(store, job.project, version, user=job.created_by, action="auto-promote")
+    jobs.log(job.id, f"version {version}: test macro-F1 {metrics['test']['fused']['macro_f1']}"
+                     + (", promoted (beat the active version)" if promoted else ""))
+    return {"version": version, "promoted": promoted,
+            "test": {h: {**{k: s[k] for k in ("accuracy", "macro_f1", "ece")}, **ece_support(s)}  # with what the ECE rests on
+                     for h, s in metrics["test"].items()}}
+

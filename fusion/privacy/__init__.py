@@ -1,0 +1,1 @@
+"""De-identification: the PHI rules and what a person may see of a page, a prediction or a search."""
