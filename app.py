@@ -7,7 +7,7 @@ import streamlit as st
 
 from fusion.services import accounts
 from fusion.ui import session as app_session
-from fusion.jobs import background
+from fusion.core import background
 from fusion.privacy import deidentify
 from fusion.demo import build as demo
 from fusion.ui import resources as streamlit_cache

@@ -20,7 +20,7 @@ def act(change, done: str) -> None:
     """Run one account change as the signed-in admin. Done: rerun, so every list on the page has
     it, and say so there; refused: say why here."""
     try:
-        change(streamlit_cache.current_user())
+        change(app_session.current_user())
     except FusionError as e:
         st.error(str(e))
     else:

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from fusion.ui import session as app_session
-from fusion.jobs import background
+from fusion.core import background
 from fusion.ui import resources as streamlit_cache
 from fusion.privacy.display_text import literal
 from fusion.core.errors import FusionError
@@ -33,7 +33,7 @@ app_session.require_page("dataset")
 settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
-user = streamlit_cache.current_user()
+user = app_session.current_user()
 
 
 @st.cache_data(max_entries=5000, show_spinner=False)
@@ -56,7 +56,7 @@ def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
         if new["label"] != old["label"] and new["label"]:
             try:
                 app_session.check_may_change(store.item(project.name, int(old["id"])))
-                saved = store.set_label(project.name, int(old["id"]), new["label"], streamlit_cache.current_user(),
+                saved = store.set_label(project.name, int(old["id"]), new["label"], app_session.current_user(),
                                         expected_version=int(old["version"]))
                 st.toast(f"{literal(saved.filename)}: {saved.label} ({saved.status}), saved", icon=":material/check_circle:")
             except FusionError as e:

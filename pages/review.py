@@ -33,7 +33,7 @@ settings = streamlit_cache.settings()
 engine = streamlit_cache.engine()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
-user = streamlit_cache.current_user()
+user = app_session.current_user()
 
 
 def open_item(item, name: str, data: bytes) -> None:
@@ -159,7 +159,7 @@ def save_decision(label: str | None) -> None:
     item = store.item(project.name, page["item_id"])
     try:
         app_session.check_may_change(item)   # also ends here if the session expired meanwhile
-        saved = review.decide(store, project.name, item, page["version"], label, streamlit_cache.current_user(),
+        saved = review.decide(store, project.name, item, page["version"], label, app_session.current_user(),
                               st.session_state["prediction"], model_caption(), edited_page_text())
     except FusionError as e:  # StaleEdit: show who changed it; the next decision is made against that
         st.session_state["problem"] = str(e)

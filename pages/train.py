@@ -18,7 +18,7 @@ from fusion.ml.evaluation import describe_ece
 from fusion.ml.finetune import MODES
 from fusion.jobs.queue import Job, Jobs
 from fusion.ml.train import TrainConfig
-from fusion.jobs.worker import queue_job, reap_dead_jobs, resume_job
+from fusion.jobs.worker import describe_labels, queue_job, reap_dead_jobs, resume_job
 
 MODE_HELP = {"head": "encoders frozen, features cached: a minute on a CPU",
              "partial": "also the top blocks of both encoders: best with a GPU",
@@ -31,7 +31,7 @@ settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 jobs = Jobs(store)
 project = store.project(st.session_state.get("project", settings.demo_project))
-user = streamlit_cache.current_user()
+user = app_session.current_user()
 reap_dead_jobs(settings, store)   # a job whose worker died shows as failed, not as running forever
 
 
@@ -124,11 +124,11 @@ def current_job() -> None:
         st.error(job.error)
     cols = st.columns(4)
     if job.status in ("queued", "running") and cols[0].button("Cancel", icon=":material/stop:", key="cancel_job"):
-        jobs.cancel(job.id, streamlit_cache.current_user())
+        jobs.cancel(job.id, app_session.current_user())
         st.rerun(scope="fragment")
     if job.status in ("failed", "cancelled") and jobs.checkpoint_path(job.id).is_file() and \
             cols[0].button("Resume from checkpoint", icon=":material/replay:", key="resume_job"):
-        resume_job(settings, store, job.id, streamlit_cache.current_user())
+        resume_job(settings, store, job.id, app_session.current_user())
         st.rerun(scope="fragment")
     curves(job)
     with st.expander("Log"):
@@ -176,7 +176,7 @@ def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
 def save_descriptions(values: dict[str, str]) -> None:
     """New label descriptions, then their zero-shot measured in the background on the labeled items."""
     try:
-        job = zero_shot_measure.describe_labels(settings, store, project.name, values, streamlit_cache.current_user())
+        job = describe_labels(settings, store, project.name, values, app_session.current_user())
         st.session_state["zero_shot_flash"] = ("success", f"Descriptions saved; measuring zero-shot (job {job.id})")
     except FusionError as e:
         st.session_state["zero_shot_flash"] = ("error", str(e))
@@ -223,9 +223,9 @@ def change_active(version: str | None) -> None:
     callback, so the page then renders once with the new state."""
     try:
         if version is None:
-            changed = registry.rollback(store, project.name, streamlit_cache.current_user())
+            changed = registry.rollback(store, project.name, app_session.current_user())
         else:
-            changed = registry.promote(store, project.name, version, streamlit_cache.current_user())
+            changed = registry.promote(store, project.name, version, app_session.current_user())
         streamlit_cache.engine().forget_models()  # every session predicts with the new version from now
         st.session_state["train_flash"] = ("success", f"{changed.active_model} is now the active model")
     except FusionError as e:

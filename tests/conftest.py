@@ -87,7 +87,7 @@ def make_corrected_project(settings, engine, demo_project, name: str, count: int
     from fusion.ml.model import ModelConfig
     from fusion.ml.pipeline import compose_text
     from fusion.store.labeling import NewItem, Shown, open_store
-    from fusion.ml.train import predict_logits
+    from fusion.ml.inference import predict_logits
     from fusion.ml.zeroshot import build_zero_shot_model
 
     store = open_store(settings)

@@ -331,7 +331,7 @@ def test_logs_never_hold_page_text_or_captions(settings, demo_project, tmp_path,
 
     from sqlalchemy import text as sql
 
-    from fusion.jobs import background
+    from fusion.core import background
     from fusion.jobs.queue import Jobs
     from fusion.store.labeling import open_store
     from fusion.jobs.worker import run_worker

@@ -9,7 +9,8 @@ from fusion.ml.pipeline import compose_text
 from fusion.store.labeling import ItemFilter, open_store
 from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.registry import get_version
-from fusion.ml.train import predict_logits, quick_scores
+from fusion.ml.inference import predict_logits
+from fusion.ml.train import quick_scores
 
 
 def _test_items(settings):

@@ -86,7 +86,7 @@ def _bench_mask() -> dict:
 
 
 def bench_deidentify(settings: Settings) -> dict:
-    from fusion.bench.predict import timed
+    from fusion.bench.timing import timed
     from fusion.privacy.deidentify import redact
 
     texts = _documents(5000)

@@ -122,7 +122,8 @@ def _partial_mode(engine, config, paths: list[Path], texts: list[str], targets: 
     """`partial` mode (the top encoder blocks train too) on seed 0's split, through training's
     own fit: the CPU costs ~20 s an epoch here, so one split and few epochs."""
     from fusion.ml.finetune import EndToEnd, encoders_for_training
-    from fusion.ml.train import TrainConfig, fit, predict_logits
+    from fusion.ml.inference import predict_logits
+    from fusion.ml.train import TrainConfig, fit
     from fusion.ml.training_data import pixel_set
     from fusion.ml.zeroshot import build_zero_shot_model
 
@@ -155,7 +156,7 @@ def _mean(values: list[dict]) -> dict:
 
 def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) -> dict:
     from fusion.ml.finetune import HeadsOnFeatures
-    from fusion.ml.train import predict_logits
+    from fusion.ml.inference import predict_logits
     from fusion.ml.zeroshot import build_zero_shot_model
 
     targets = features.targets.numpy()

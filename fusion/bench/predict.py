@@ -15,10 +15,10 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 from PIL import Image
 
+from fusion.bench.timing import timed
 from fusion.core.settings import REPO_ROOT, Settings
 
 COLD_START = (
@@ -27,18 +27,6 @@ COLD_START = (
     "s = load_settings(); e = get_engine(s); ocr.get_reader(e.device.startswith('cuda'), s.ocr_cache_dir);"
     "print(json.dumps({'seconds': time.perf_counter() - t}))"
 )
-
-
-def timed(fn, repeat: int) -> dict:
-    """Milliseconds per call of fn over `repeat` calls: median, 95th percentile, max."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    return {"median_ms": round(statistics.median(times), 2), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 2),
-            "max_ms": round(times[-1], 2)}
 
 
 def _median_ms(fn, repeat: int) -> float:
@@ -138,14 +126,3 @@ def bench_predict(settings: Settings) -> dict:
         "targets": {"predict_explain_over_ocr": 1.2, "edit_caption_ms": 100, "edit_caption_explain_ms": 400,
                     "cold_start_s": 15, "peak_rss_mb": 3072, "long_page_edit_caption_400_words_ms": 150},
     }
-
-
-def run(what: str, settings: Settings) -> dict:
-    from fusion.bench.deidentify import bench_deidentify
-    from fusion.bench.evaluate import bench_evaluate
-    from fusion.bench.store import bench_store
-    from fusion.bench.train import bench_train
-
-    benches = {"predict": bench_predict, "store": bench_store, "train": bench_train, "evaluate": bench_evaluate,
-               "deidentify": bench_deidentify}
-    return benches[what](settings)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from fusion.bench.predict import timed
+from fusion.bench.timing import timed
 from fusion.core.errors import FusionError
 from fusion.store.schema import STATUSES, HistoryRow, ItemRow, ProjectRow
 from fusion.core.settings import Settings, load_settings

@@ -86,7 +86,7 @@ def bench_trust(settings: Settings, data: Path) -> dict:
     from fusion.core.errors import FusionError
     from fusion.ml.model import FusionModel
     from fusion.ml.pipeline import compose_text, get_engine
-    from fusion.ml.scoring import item_predictions
+    from fusion.ml.inference import item_predictions
     from fusion.store.labeling import open_store
     from fusion.ml.training_data import labeled_examples
 

@@ -334,7 +334,7 @@ def cmd_jobs(args, settings) -> None:
 
 def cmd_evaluate(args, settings) -> None:
     from fusion.ml.evaluation import describe_ece
-    from fusion.ml.scoring import score_version
+    from fusion.services.evaluate import score_version
     from fusion.store.labeling import open_store
 
     result = score_version(settings, open_store(settings), args.project, args.version, args.data, _progress)
@@ -374,6 +374,12 @@ def cmd_zero_shot(args, settings) -> None:
     from fusion.store.labeling import open_store
 
     store = open_store(settings)
+    if args.queue and args.descriptions:
+        from fusion.jobs.worker import describe_labels
+
+        job = describe_labels(settings, store, args.project, _descriptions(args.descriptions), args.user)
+        _emit({"job": job.id, "status": job.status}, args.json, f"queued job {job.id}; the worker runs it")
+        return
     if args.descriptions:
         store.set_descriptions(args.project, _descriptions(args.descriptions))
     if args.queue:
@@ -432,8 +438,6 @@ def cmd_users(args, settings) -> None:
 
 
 def cmd_bench(args, settings) -> None:
-    from fusion.bench import predict as bench
-
     if args.what == "learning":
         from pathlib import Path
 
@@ -460,7 +464,15 @@ def cmd_bench(args, settings) -> None:
         data = bench_ocr(settings, Path(args.data) if args.data else REPO_ROOT.parent / "shared" / "eval" / "ocr",
                          limit=args.limit)
     else:
-        data = bench.run(args.what, settings)
+        from fusion.bench.deidentify import bench_deidentify
+        from fusion.bench.evaluate import bench_evaluate
+        from fusion.bench.predict import bench_predict
+        from fusion.bench.store import bench_store
+        from fusion.bench.train import bench_train
+
+        benches = {"predict": bench_predict, "store": bench_store, "train": bench_train, "evaluate": bench_evaluate,
+                   "deidentify": bench_deidentify}
+        data = benches[args.what](settings)
     _emit(data, args.json, json.dumps(data, indent=2))
 
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from fusion.jobs import background
+from fusion.core import background
 from fusion.demo import documents as demo_data
 from fusion.ml import registry
 from fusion.core.errors import UnknownProject

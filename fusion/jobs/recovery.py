@@ -24,6 +24,7 @@ from fusion.core.atomic import abandoned, remove_dead_temps, temp_owner
 from fusion.ml.registry import promote_staged
 from fusion.store.schema import ModelVersionRow, ProjectRow
 from fusion.core.settings import Settings
+from fusion.jobs.queue import Jobs
 from fusion.store.labeling import Store
 from fusion.services.uploads import remove_finished
 
@@ -89,9 +90,7 @@ def recover_files(settings: Settings, store: Store) -> dict[str, int]:
 
 def recover_workspace(settings: Settings, store: Store) -> dict[str, int]:
     """What the app runs when it starts: dead workers' jobs ended, then recover_files."""
-    from fusion.jobs.worker import reap_dead_jobs   # the worker imports this module
-
-    jobs = reap_dead_jobs(settings, store)
+    jobs = Jobs(store).fail_dead()
     return {"jobs_ended": len(jobs), **recover_files(settings, store)}
 
 

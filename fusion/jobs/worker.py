@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 
-from fusion.jobs import background
+from fusion.core import background
 from fusion.jobs.queue import Job, JobCancelled, Jobs
 from fusion.jobs.recovery import describe, recover_files
 from fusion.core.settings import Settings, describe_device
@@ -65,6 +65,16 @@ def resume_job(settings: Settings, store: Store, job_id: int, user: str) -> Job:
     job = Jobs(store).resume(job_id, user)
     ensure_worker(settings)
     return job
+
+
+def describe_labels(settings, store, project_name: str, descriptions: dict[str, str], user: str):
+    """New label descriptions, then their zero-shot measured by the worker (what the Train page's
+    form and `zero-shot NAME --descriptions F --queue` do). Returns the queued job."""
+    from fusion.ml.pipeline import get_engine   # here: listing or queueing jobs never loads torch
+
+    store.set_descriptions(project_name, descriptions)
+    get_engine(settings).forget_models()     # zero-shot predictions read the new prompts now
+    return queue_job(settings, store, project_name, "zero_shot", {}, user)
 
 
 def reap_dead_jobs(settings: Settings, store: Store) -> list[int]:
@@ -147,13 +157,13 @@ def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict
     if job.kind == "train":
         return _train(settings, store, jobs, job, report)
     if job.kind == "prelabel":
-        from fusion.services.prelabel import prelabel_project
+        from fusion.services.prelabel import prelabel_project   # each job kind loads what it needs
 
         result = prelabel_project(settings, store, job.project, report)
         jobs.log(job.id, f"predicted {result['predicted']} undecided items with {result['version']}")
         return result
     if job.kind == "zero_shot":
-        from fusion.ml.zero_shot_measure import measure_zero_shot
+        from fusion.ml.zero_shot_measure import measure_zero_shot   # each job kind loads what it needs
 
         result = measure_zero_shot(settings, store, job.project, job.created_by, report)
         jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}")
@@ -162,7 +172,7 @@ def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict
 
 
 def _train(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
-    from fusion.ml import registry
+    from fusion.ml import registry   # here: a worker that only pre-labels never loads training
     from fusion.ml.evaluation import ece_support
     from fusion.ml.train import TrainConfig, resolve_device, train_version
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from fusion.core.atomic import write_atomic
 from fusion.core.errors import FusionError
+from fusion.ml.safe_weights import load_safetensors, safetensors_metadata
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -36,8 +37,6 @@ def save_checkpoint(path: Path, trainable, optimizer, best: dict, meta: dict) ->
 
 def load_checkpoint(path: Path, trainable, optimizer) -> tuple[dict, dict]:
     """Restore weights and optimizer in place; returns (best weights, loop state)."""
-    from fusion.ml.safe_weights import load_safetensors, safetensors_metadata
-
     if not path.is_file():
         raise FusionError(f"no checkpoint at {path}: the job ended before its first epoch; start a new one")
     header = safetensors_metadata(path)   # a pickle is refused, never loaded

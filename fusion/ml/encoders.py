@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from fusion.core.errors import MissingWeights
+from fusion.ml.safe_weights import load_safetensors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never try a hub; weights are local files
 
@@ -325,8 +326,6 @@ def save_encoders(directory, image_encoder: ImageEncoder, text_encoder: TextEnco
 def load_encoders(directory, image_encoder: ImageEncoder, text_encoder: TextEncoder,
                   device: str = "cpu") -> tuple[ImageEncoder, TextEncoder]:
     """Copies of the pretrained encoders carrying a version's fine-tuned weights."""
-    from fusion.ml.safe_weights import load_safetensors
-
     state = load_safetensors(directory / ENCODERS_FILE, device)   # a pickle is refused, never loaded
     image_encoder, text_encoder = copy.deepcopy(image_encoder), text_encoder.copy()
     image_encoder.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("image.")})

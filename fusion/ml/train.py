@@ -33,12 +33,14 @@ from fusion.ml.features import FeatureSet, cache_features, load_feature_set
 from fusion.ml.finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
                        parameter_groups, pretrained_anchor)
 from fusion.ml.encoders import mean_pool, save_encoders
+from fusion.ml.inference import HEADS, autocast, predict_logits, version_logits
 from fusion.ml.model import ModelConfig
 from fusion.ml.probe import PooledFeatures, fit_linear_heads, logistic_probes, pooled_features
 from fusion.ml.training_data import Examples, labeled_examples, pixel_set
 from fusion.ml.zeroshot import build_zero_shot_model, project_zero_shot_model
+from fusion.ml import registry
+from fusion.ml.pipeline import get_engine
 
-HEADS = ("fused", "image", "text")
 SIGNIFICANCE = 2.0        # standard errors by which fine-tuning must beat the probed start on validation
 MIN_VALIDATION = 30       # validation items below which the probed start is kept
 MIN_STEPS_PER_EPOCH = 8   # small projects: an epoch repeats its items up to this many batches
@@ -106,32 +108,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-# -- batches through the model -------------------------------------------------------------
-def _autocast(device: str, mode: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda") and mode != "head")
-
-
-@torch.no_grad()
-def predict_outputs(trainable, data, device: str, mode: str = "head", batch_size: int = 256) -> dict:
-    """Each head's logits (N, K), which heads had something to read ("text_present",
-    "image_present": (N,) bool) and the OOD scores ("ood": (N, 3), None without a bank); on the CPU."""
-    trainable.eval()
-    parts: dict[str, list] = {h: [] for h in (*HEADS, "text_present", "image_present", "ood")}
-    for i in range(0, len(data), batch_size):
-        with _autocast(device, mode), torch.no_grad():
-            out = trainable(*data.subset(torch.arange(i, min(i + batch_size, len(data)))).inputs(device))
-        for name in parts:
-            value = getattr(out, name)
-            parts[name].append(None if value is None else value.float().cpu() if name in HEADS else value.cpu())
-    return {name: None if p[0] is None else torch.cat(p) for name, p in parts.items()}
-
-
-def predict_logits(trainable, data, device: str, mode: str = "head", batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Each head's logits (N, K) on the CPU, in fp32."""
-    outputs = predict_outputs(trainable, data, device, mode, batch_size)
-    return {h: outputs[h] for h in HEADS}
-
-
 def _macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return round(float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro", zero_division=0)), 4)
 
@@ -162,7 +138,7 @@ def _pooled(trainable, data, device: str, mode: str, batch_size: int = 256) -> P
 
     def batches():
         for i in range(0, len(data), batch_size):
-            with _autocast(device, mode), torch.no_grad():
+            with autocast(device, mode), torch.no_grad():
                 yield trainable.encode(*data.subset(torch.arange(i, min(i + batch_size, len(data)))).inputs(device))
 
     return pooled_features(trainable.fusion, batches())
@@ -256,7 +232,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
             if len(index) < world:
                 continue                                  # every rank needs a share of the batch
             batch = train.subset(index[rank::world])
-            with _autocast(device, config.mode):
+            with autocast(device, config.mode):
                 out = model(*batch.inputs(device))
                 loss = trainable.fusion.loss(out, batch.targets.to(device), class_weights)
                 if anchor is not None:
@@ -329,9 +305,6 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
                   checkpoint: Path | None = None, resume: Path | None = None) -> tuple[str | None, dict]:
     """Train, calibrate, evaluate on the test split and register a new model version (not made
     active: see registry.promote). Returns (version, metrics); version is None on ranks > 0."""
-    from fusion.ml import registry
-    from fusion.ml.pipeline import get_engine
-
     rank, world = distributed()
     device = resolve_device(config.device)
     project = store.project(project_name)
@@ -431,8 +404,6 @@ def _probe_scores(data: FeatureSet, test: FeatureSet, split: dict[str, torch.Ten
 def _parent_scores(engine, project, parent: str | None, test_features: FeatureSet, examples: Examples,
                    test_index: torch.Tensor, device: str) -> dict | None:
     """The active version's scores on the same test items, for auto-promotion and comparison."""
-    from fusion.ml.scoring import version_logits
-
     if parent is None:
         return None
     rows = test_index.tolist()

@@ -22,6 +22,7 @@ from fusion.core.errors import FusionError
 from fusion.imaging.images import load_image
 from fusion.ml.pipeline import compose_text
 from fusion.store.schema import SPLITS
+from fusion.store.labeling import HUMAN_STATUSES
 
 
 @dataclass
@@ -51,8 +52,6 @@ class Examples:
 
 def labeled_examples(store, project_name: str) -> Examples:
     """Items a person labeled (accepted or corrected), with their stored text: no OCR at training."""
-    from fusion.store.labeling import HUMAN_STATUSES
-
     examples = Examples([], [], [], [], [])
     for item in store.iter_items(project_name):
         if item.status in HUMAN_STATUSES and item.label is not None:

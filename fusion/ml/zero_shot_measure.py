@@ -23,7 +23,7 @@ from fusion.ml.features import cache_features, load_feature_set
 from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.pipeline import get_engine
 from fusion.ml.probe import weigh_zero_shot_votes, pooled_features
-from fusion.ml.train import HEADS, predict_logits
+from fusion.ml.inference import HEADS, predict_logits
 from fusion.ml.training_data import labeled_examples
 from fusion.ml.zeroshot import MEASURED_FILE, build_zero_shot_model
 from fusion.ml.model import ModelConfig
@@ -71,16 +71,6 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
     write_atomic(project.directory / MEASURED_FILE, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
     engine.forget_models()                     # the next zero-shot prediction reads the new weights
     return result
-
-
-def describe_labels(settings, store, project_name: str, descriptions: dict[str, str], user: str):
-    """New label descriptions, then their zero-shot measured by the worker (what the Train page's
-    form and `zero-shot NAME --descriptions F --queue` do). Returns the queued job."""
-    from fusion.jobs.worker import queue_job
-
-    store.set_descriptions(project_name, descriptions)
-    get_engine(settings).forget_models()     # zero-shot predictions read the new prompts now
-    return queue_job(settings, store, project_name, "zero_shot", {}, user)
 
 
 def measured(project) -> dict | None:

@@ -77,8 +77,7 @@ def redact_prediction(data: dict, explanation=None) -> dict:
     """A prediction's to_dict() as shown de-identified: its page text and caption redacted, its
     top words taken from the redacted words (a placeholder where a name was), and its reason in
     words said from those."""
-    from fusion.ml.pipeline import compose_text
-
+    from fusion.ml.pipeline import compose_text   # here: the privacy rules load without torch
     from fusion.ml.reasons import explanation_text
 
     out = dict(data, ocr_text=redact(data.get("ocr_text")), caption=redact(data.get("caption")))

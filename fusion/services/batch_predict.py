@@ -20,7 +20,7 @@ from fusion.core.errors import FusionError
 from fusion.imaging.images import load_upload
 from fusion.services.importing import IMAGE_SUFFIXES
 from fusion.ml.pipeline import compose_text, get_engine
-from fusion.ml.scoring import item_predictions
+from fusion.ml.inference import item_predictions
 
 HEADS = (("fused", "probs"), ("image", "probs_image"), ("text", "probs_text"))
 BATCH = 32

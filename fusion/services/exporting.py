@@ -27,6 +27,8 @@ from fusion.privacy import deidentify as deid
 from fusion.privacy.deidentified_view import phi_boxes
 from fusion.core.errors import FusionError
 from fusion.store.labeling import Item, Store
+from fusion.imaging.images import load_image
+from fusion.imaging.overlay import black_out
 
 FORMATS = ("csv", "jsonl", "imagefolder", "hf")
 COLUMNS = ("image", "label", "caption", "filename", "ocr_text", "ocr_engine", "status", "split", "sha256")
@@ -62,9 +64,6 @@ _FORMAT_OF = {".png": "PNG", ".jpg": "JPEG", ".tif": "TIFF", ".bmp": "BMP", ".we
 
 def masked_image(store: Store, item: Item, words: list) -> bytes:
     """The item's image with the OCR words that hold PHI blacked out, in its own format."""
-    from fusion.imaging.images import load_image
-    from fusion.imaging.overlay import black_out
-
     image = black_out(load_image(store.image_path(item)), phi_boxes(item.ocr_text, words))
     buffer = io.BytesIO()
     image.save(buffer, _FORMAT_OF[item.extension], **({"quality": 95} if item.extension in (".jpg", ".webp") else {}))

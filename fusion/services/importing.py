@@ -275,7 +275,7 @@ def import_rows(store: Store, project_name: str, rows: list[Row], user: str, rep
 def _new_item(row: Row, file: ImageFile, ocr: Callable | None) -> NewItem:
     fields = dict(row.fields)
     if ocr is not None and "ocr_text" not in fields:
-        from fusion.imaging.ocr import ENGINE
+        from fusion.imaging.ocr import ENGINE   # here: an import without OCR never loads torch
 
         result = ocr(load_image(file.data))
         fields |= {"ocr_text": result.text, "ocr_engine": ENGINE, "ocr_words": [w.to_dict() for w in result.words],

@@ -12,7 +12,7 @@ from typing import Callable
 from fusion.imaging.images import load_image
 from fusion.ml.pipeline import compose_text, get_engine
 from fusion.services.review import QUEUE_STATUSES, store_ocr
-from fusion.ml.scoring import item_predictions
+from fusion.ml.inference import item_predictions
 from fusion.store.labeling import ItemFilter, Store
 
 BATCH = 64

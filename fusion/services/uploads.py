@@ -15,7 +15,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from fusion.jobs import background
+from fusion.core import background
 from fusion.core.atomic import pid_alive
 from fusion.store.blobs import try_lock
 from fusion.services.importing import unpack_upload

@@ -7,6 +7,7 @@ from fusion.imaging import ocr
 from fusion.ml.pipeline import Engine, get_engine
 from fusion.core.settings import Settings, load_settings
 from fusion.store.labeling import Store, open_store
+from fusion.jobs.recovery import recover_workspace
 
 
 @st.cache_resource(show_spinner=False)
@@ -25,8 +26,6 @@ def engine() -> Engine:
 def store() -> Store:
     """The workspace's store. A server's first call also finishes or undoes what a crash of the
     app, the worker or an import left behind (fusion.jobs.recovery), before any page reads."""
-    from fusion.jobs.recovery import recover_workspace
-
     built = open_store(settings())
     recover_workspace(settings(), built)
     return built
@@ -42,11 +41,3 @@ def require_app_shell() -> None:
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
         st.rerun()
-
-
-def current_user() -> str:
-    """Who this session's writes are recorded as (the signed-in account with FUSION_AUTH on);
-    see fusion.ui.session."""
-    from fusion.ui.session import current_user as signed_in_user   # app_session imports this module
-
-    return signed_in_user()
