@@ -171,7 +171,7 @@ def test_three_workers_drain_twenty_jobs_each_run_once_and_a_killed_ones_job_is_
     jobs = Jobs(store)
     train = jobs.submit("team", "train", TrainConfig(epochs=300, patience=1000, batch_size=2).job_params(), "ann")
     queued = [train.id] + [jobs.submit("team", "zero_shot", {}, "ann").id for _ in range(19)]
-    workers = [_worker(settings, idle_exit=8) for _ in range(3)]
+    workers = [_worker(settings, idle_exit=600) for _ in range(3)]   # still there when the kill comes
     try:
         running = _wait_for(lambda: (j := jobs.get(train.id)).status == "running" and len(j.curve or []) >= 2 and j,
                             240, "two epochs of the training job")
