@@ -254,8 +254,11 @@ else:
     with st.container(horizontal=True):
         st.button(f"Promote {pick}", disabled=chosen.active, icon=":material/upgrade:", key="promote",
                   on_click=change_active, args=(pick,))
-        st.button("Roll back", disabled=active is None, icon=":material/undo:", key="rollback",
-                  help="Make the previously active version active again", on_click=change_active, args=(None,))
+        previous = registry.rollback_target(store, project.name)
+        st.button(f"Roll back to {previous}" if previous else "Roll back", disabled=previous is None,
+                  icon=":material/undo:", key="rollback", on_click=change_active, args=(None,),
+                  help=f"Make {previous}, active before {active.version}, active again" if previous
+                  else "No version was active before this one: promote the one you want instead")
     if "train_flash" in st.session_state:
         kind, message = st.session_state.pop("train_flash")
         getattr(st, kind)(message)

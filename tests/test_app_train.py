@@ -45,8 +45,13 @@ def test_train_page_runs_a_job_then_promotes_and_rolls_back(settings, demo_proje
     assert not app.exception, app.exception
     assert store.project(corrected.name).active_model == done.result["version"]
     assert registry.events(store, corrected.name)[0].user == "reviewer"
-    if before is not None:
-        app.button(key="rollback").click().run()
+    rollback = app.button(key="rollback")
+    assert registry.rollback_target(store, corrected.name) == before
+    if before is None:       # nothing was active before: nothing to roll back to (issue 19)
+        assert rollback.disabled and rollback.label == "Roll back"
+    else:
+        assert not rollback.disabled and rollback.label == f"Roll back to {before}"
+        rollback.click().run()
         assert store.project(corrected.name).active_model == before
 
 

@@ -160,15 +160,19 @@ def promote(store: Store, project_name: str, version: str, user: str, action: st
     return store.project(project_name)
 
 
+def rollback_target(store: Store, project_name: str) -> str | None:
+    """The version that was active before the current one, if there was one."""
+    current = store.project(project_name).active_model
+    earlier = [e.from_version for e in events(store, project_name) if e.to_version == current and e.from_version]
+    return earlier[0] if current is not None and earlier else None
+
+
 def rollback(store: Store, project_name: str, user: str, to: str | None = None) -> Project:
     """Return to `to`, or to the version that was active before the current one."""
+    to = to or rollback_target(store, project_name)
     if to is None:
-        current = store.project(project_name).active_model
-        earlier = [e.from_version for e in events(store, project_name) if e.to_version == current and e.from_version]
-        if not earlier:
-            raise FusionError(f"project {project_name!r} has no earlier active version to roll back to; "
-                              "name one with --to")
-        to = earlier[0]
+        raise FusionError(f"project {project_name!r} has no earlier active version to roll back to; "
+                          "name one with --to")
     return promote(store, project_name, to, user, action="rollback")
 
 
