@@ -92,12 +92,18 @@ def open_upload(name: str, data: bytes) -> None:
 
 
 def open_next() -> None:
-    item = review.next_in_queue(store, project.name, strategy=st.session_state.get("queue_strategy", "least confident"))
-    if item is None:
+    """The queue's next item other than the one on screen (an undecided page stays first in its
+    order, so Next would otherwise open it again)."""
+    on_screen = (st.session_state.get("page") or {}).get("item_id")
+    item = review.next_in_queue(store, project.name, skip_ids={on_screen} - {None},
+                                strategy=st.session_state.get("queue_strategy", "least confident"))
+    if item is not None:
+        open_item(item, item.filename, store.image_path(item).read_bytes())
+    elif on_screen is not None and store.item(project.name, on_screen).status in review.QUEUE_STATUSES:
+        st.session_state["notice"] = "This page is the only undecided item left in the queue."
+    else:
         st.session_state.pop("page", None)
         st.session_state["notice"] = "The queue is empty: every item has a decision. Upload a page to go on."
-    else:
-        open_item(item, item.filename, store.image_path(item).read_bytes())
 
 
 def open_demo_page() -> None:

@@ -110,3 +110,6 @@ def test_review_page_queue_order_and_prelabel_job(settings, demo_project):
     app.button(key="next_item").click().run()
     assert not app.exception, app.exception
     assert app.session_state["page"]["item_id"] == expected.id
+    app.button(key="next_item").click().run()          # undecided, it stays first: Next must move on
+    assert not app.exception, app.exception
+    assert app.session_state["page"]["item_id"] not in (expected.id, None)
