@@ -110,7 +110,7 @@ edited = st.data_editor(
         "when": st.column_config.DatetimeColumn("when (UTC)", format="YYYY-MM-DD HH:mm"),
     })
 matched = f"{page.total:,}{'+' if page.total_is_capped else ''}"
-st.caption(f"{matched} items match · page {number} of {pages} · {(time.perf_counter() - started) * 1000:.0f} ms")
+st.caption(f"{matched} {'item matches' if page.total == 1 else 'items match'} · page {number} of {pages} · {(time.perf_counter() - started) * 1000:.0f} ms")
 if not edited["label"].equals(shown["label"]):
     save_label_edits(shown, edited)
     st.rerun()

@@ -297,7 +297,8 @@ def review_panel(page: dict) -> None:
                       on_click=save_decision, args=(prediction.label,))
         skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,))
         st.caption("Or correct it to:")
-        cells = st.columns(min(len(project.labels), 3))
+        # Long label names get a row each: three to a row cut "lab_results_table" to "lab_r…" at 1280 px.
+        cells = st.columns(1 if max(map(len, project.labels)) > 12 else min(len(project.labels), 3))
         for k, label in enumerate(project.labels):
             key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
             cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch",
