@@ -40,8 +40,7 @@ def open_item(item, name: str, data: bytes) -> None:
     """Show a stored item: decode it, and read its text unless EasyOCR read it before."""
     try:
         image = load_upload(data, settings)
-    except FusionError as e:
-        st.session_state.pop("page", None)
+    except FusionError as e:   # the page under review stays on screen: nothing of it is lost
         st.error(f"{literal(name)}: {literal(e)}")
         return
     result = review.stored_ocr(store, item)
@@ -84,8 +83,7 @@ def open_upload(name: str, data: bytes) -> None:
     """An upload is stored first (the same file again is the same item), then shown."""
     try:
         item = review.add_upload(store, project.name, name, data, user)
-    except FusionError as e:
-        st.session_state.pop("page", None)
+    except FusionError as e:   # the page under review stays on screen: nothing of it is lost
         st.error(f"{literal(name)}: {literal(e)}")
         return
     open_item(item, name, data)
@@ -194,7 +192,8 @@ def prelabel_status() -> None:
     recent = Jobs(store).list(project.name, limit=1, kind="prelabel")
     if recent and not recent[0].finished:
         p = recent[0].progress or {}
-        st.progress(p.get("step", 0) / max(p.get("steps", 1), 1), text=f"Pre-labeling: {p.get('step', 0)}/"
+        doing = {"reading": "reading pages", "predicting": "predicting"}.get(p.get("stage"), "starting")
+        st.progress(p.get("step", 0) / max(p.get("steps", 1), 1), text=f"Pre-labeling: {doing} {p.get('step', 0)}/"
                     f"{p.get('steps', '…')} ({recent[0].status})")
     elif recent and recent[0].result:
         st.caption(f"Last pre-labeled {recent[0].finished_at:%Y-%m-%d %H:%M} UTC: "
@@ -338,7 +337,9 @@ def review_panel(page: dict) -> None:
         if explanation.text_to_image is not None:
             maps["Text → image attention"] = explanation.text_to_image
         c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="bottom")
-        which = c1.radio("Heatmap", list(maps), horizontal=True)
+        which = c1.radio("Heatmap", list(maps), horizontal=True) if len(maps) > 1 else next(iter(maps))
+        if len(maps) == 1:
+            c1.caption(f"Heatmap: {which} (red: what drove the prediction most)")
         opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
         show_boxes = c3.toggle("OCR boxes", value=True)
         shown = blend_heatmap(page["image"], maps[which], opacity)

@@ -103,11 +103,14 @@ def test_review_page_upload_ocr_caption_prediction_and_heatmaps(demo_project):
 
 def test_bad_upload_shows_a_clear_error_and_keeps_the_app_alive(demo_project):
     app = started(demo_project)
+    app.button(key="demo_page").click().run()                 # a page under review...
+    reviewing = app.session_state["page"]["item_id"]
     app.file_uploader[0].set_value(("scan.png", b"\x89PNG\r\n\x1a\n not really a png", "image/png")).run()
     assert not app.exception, app.exception
     errors = [e.value for e in app.error]
     assert errors and errors[0].startswith("scan.png:")
     assert "PNG, JPEG, TIFF, BMP or WebP" in errors[0] or "corrupt" in errors[0].lower() or "truncated" in errors[0].lower()
+    assert app.session_state["page"]["item_id"] == reviewing   # ...stays on screen after a bad upload
 
 
 def test_demo_page_button(demo_project):

@@ -75,6 +75,7 @@ def test_prelabeling_fills_every_undecided_items_prediction(settings, demo_proje
     seen = []
     result = prelabel_project(store.settings, store, project.name, report=seen.append)
     assert result["predicted"] == 30 and result["version"] == "zero-shot" and seen[-1]["step"] == 30
+    assert seen[0] == {"stage": "predicting", "step": 0, "steps": 30}   # the total is known from the start
     items = list(store.iter_items(project.name))
     assert all(i.status == "predicted" and i.pred_label in project.labels and i.pred_model == "zero-shot"
                for i in items)

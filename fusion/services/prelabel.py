@@ -24,7 +24,10 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
     engine = get_engine(settings)
     version = project.active_model or "zero-shot"
     items = [i for i in store.iter_items(project_name) if i.status in QUEUE_STATUSES]
+    unread = sum(i.ocr_text is None for i in items)
     done = read = 0
+    if report:           # the page shows the total at once, not "0/…" for the whole first batch
+        report({"stage": "reading" if unread else "predicting", "step": 0, "steps": unread or len(items)})
     for start in range(0, len(items), BATCH):
         batch = items[start:start + BATCH]
         for n, item in enumerate(batch):
@@ -32,6 +35,8 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
                 ocr = engine.read_text(load_image(store.image_path(item)))
                 batch[n] = store_ocr(store, project_name, item.id, ocr, user)
                 read += 1
+                if report:   # OCR takes seconds a page: say each one
+                    report({"stage": "reading", "step": read, "steps": unread})
         paths = [store.image_path(i) for i in batch]
         texts = [compose_text(i.ocr_text or "", i.caption) for i in batch]
         found = item_predictions(engine, project, paths, texts, project.directory / "features")
