@@ -155,11 +155,13 @@ def import_status() -> None:
 
 with st.expander("Import"):
     st.write("A .zip of a folder (label/file.png for labeled images, files at the top for unlabeled ones), "
-             "a .zip holding one CSV (image,label[,caption]) with its images, or a CSV whose image paths "
-             "are absolute. Bad rows are listed; good rows are kept; importing again adds only what is new.")
+             "or a .zip holding one CSV (image,label[,caption]) with its images, their paths relative to the CSV. "
+             "Bad rows are listed; good rows are kept; importing again adds only what is new.")
+    st.caption("An upload reads only the files it brings, never other files on the server. To import "
+               "files already on the server, run `python -m fusion import PROJECT FOLDER_OR_CSV` there.")
     if not app_session.may("import"):
         st.caption("Importing needs the reviewer role or higher.")
-    upload = st.file_uploader("Images to import", type=["zip", "csv"], key="ds_import",
+    upload = st.file_uploader("Images to import", type=["zip"], key="ds_import",
                               disabled=not app_session.may("import"))
     if upload is not None and st.button("Import", key="start_import", disabled="import_job" in st.session_state):
         try:   # unpacked under uploads/ and imported by a background process (fusion.services.uploads)

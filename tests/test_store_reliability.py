@@ -437,6 +437,7 @@ def test_bad_rows_are_listed_by_line_and_good_rows_are_imported(project):
         for phrase in phrases:
             assert phrase in problems[f"rows.csv line {n}"], (n, problems[f"rows.csv line {n}"])
     assert (report.total, report.added, report.already) == (10, 4, 0)
+    assert not any(str(folder) in reason for reason in problems.values())   # paths as listed, not the server's
 
     items = {item.filename: item for item in store.iter_items("p")}
     assert set(items) == {"good1.png", "good3.png", "good4.png", "good6.png"}

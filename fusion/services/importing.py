@@ -235,6 +235,8 @@ def read_source(path: Path, problems: list) -> list[Row]:
 def _check(row: Row, settings, labels: dict) -> tuple[Row, ImageFile | None, str | None]:
     if row.label is not None and row.label not in labels:
         return row, None, f"unknown label {row.label!r}; the project has {', '.join(labels)}"
+    if isinstance(row.image, Path) and not row.image.is_file():   # named as listed, not by the server's path
+        return row, None, f"no such image file: {row.filename}"
     try:
         return row, check_image_file(row.image, settings), None
     except BadImage as e:
