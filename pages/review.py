@@ -291,16 +291,20 @@ def review_panel(page: dict) -> None:
         now = f"now **{item.label}** ({item.status}" + (f" by {literal(item.updated_by)})" if item.version > 1 else ")") \
             if item.label else f"{item.status}"
         st.markdown(f"**Your decision** on {literal(item.filename)} · {now}")
+        refused = app_session.why_may_not_change(item)   # e.g. an annotator on a page someone decided
+        if refused:
+            st.caption(f":material/block: {literal(refused)}")
         accept, skip = st.columns(2)
         accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
-                      on_click=save_decision, args=(prediction.label,))
-        skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,))
+                      on_click=save_decision, args=(prediction.label,), disabled=bool(refused))
+        skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,),
+                    disabled=bool(refused))
         st.caption("Or correct it to:")
         # Long label names get a row each: three to a row cut "lab_results_table" to "lab_r…" at 1280 px.
         cells = st.columns(1 if max(map(len, project.labels)) > 12 else min(len(project.labels), 3))
         for k, label in enumerate(project.labels):
             key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
-            cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch",
+            cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch", disabled=bool(refused),
                                          help=project.labels[label] or None, on_click=save_decision, args=(label,))
 
     if prediction.explanation is None:

@@ -98,6 +98,13 @@ def test_sign_in_then_only_the_roles_pages_and_writes_under_that_name(auth_on, d
     assert (history[0].action, history[0].user) == ("add", ANNOTATOR)
     assert (history[-1].action, history[-1].user, history[-1].shown_label) == ("correct", ANNOTATOR, shown)
 
+    # A demo page the generator decided: an annotator may not change it, sees why, and can't press.
+    app.selectbox(key="project").set_value(demo_project.name).run()
+    app.button(key="demo_page").click().run()
+    assert not app.exception, app.exception
+    assert app.button(key="accept").disabled and app.button(key="skip").disabled and app.button(key="label_0").disabled
+    assert any("already decided this item" in c.value for c in app.caption)
+
     app.button(key="sign_out").click().run()
     assert app.subheader[0].value == "Sign in" and app_session.KEY not in app.session_state
 

@@ -111,3 +111,12 @@ def require_page(page: str) -> None:
 def check_may_change(item) -> None:
     """Before a decision on `item`: PermissionDenied if this role may not change it (see accounts)."""
     accounts.check_may_change(current_role(), current_user(), item)
+
+
+def why_may_not_change(item) -> str | None:
+    """Why this session may not decide `item` (for disabling the buttons up front), or None."""
+    try:
+        check_may_change(item)
+    except FusionError as e:
+        return str(e)
+    return None
