@@ -67,6 +67,13 @@ except FusionError as e:
     st.error(str(e), icon=":material/database:")
     st.stop()
 
+# Streamlit forgets a widget's value once a run doesn't draw it: re-saving the Dataset page's
+# filters here, on every page's run, keeps them while the reviewer looks at another page.
+KEPT_ACROSS_PAGES = ("ds_search", "ds_label", "ds_status", "ds_user", "ds_confidence", "ds_ood", "ds_sort", "ds_page")
+for key in KEPT_ACROSS_PAGES:
+    if key in st.session_state:
+        st.session_state[key] = st.session_state[key]
+
 # Material icons ship with Streamlit; emoji need fonts a server or kiosk browser may lack.
 ICONS = {"review": ":material/fact_check:", "dataset": ":material/table_view:", "train": ":material/model_training:",
          "evaluate": ":material/analytics:", "admin": ":material/admin_panel_settings:"}

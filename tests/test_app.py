@@ -159,6 +159,10 @@ def test_dataset_page_filters_pages_history_and_export(demo_project):
     assert not app.exception, app.exception
     searched = app.dataframe[0].value
     assert 0 < len(searched) <= 50 and set(searched["label"]) == {"lab_trend_chart"}
+    app.switch_page("pages/review.py").run()                   # a look at another page...
+    app.switch_page("pages/dataset.py").run()
+    assert (app.text_input(key="ds_search").value, app.selectbox(key="ds_label").value) == ("potassium", "lab_trend_chart")
+    assert app.dataframe[0].value["id"].tolist() == searched["id"].tolist()   # ...keeps the filters
 
     # An inline label edit goes through the store: history, who, and the version check.
     editor = app.data_editor[0]
