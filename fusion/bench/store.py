@@ -21,6 +21,7 @@ import struct
 import tempfile
 import time
 import zlib
+from typing import Callable
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -132,7 +133,7 @@ def _listing_and_saving(home: Path, url: str, items: int) -> dict:
     listing = {name: timed(lambda w=where, o=offset: store.list_items("bench", w, offset=o, limit=50), 20)
                for name, (where, offset) in queries.items()}
     rng = random.Random(1)
-    shown = [store.item("bench", rng.randint(1, items)) for _ in range(200)]  # what reviewers have open
+    shown = [store.item("bench", i) for i in rng.sample(range(1, items + 1), 200)]  # what reviewers have open, 200 different items
     labels = list(LABELS)
 
     def correct() -> None:
@@ -211,32 +212,27 @@ def bench_writers(home: Path, url: str, writers: int = 8, decisions: int = 200, 
     }
 
 
-def _postgresql():
-    from fusion.store.throwaway_postgres import PostgresCluster
-
-    try:
-        return PostgresCluster().start()
-    except FusionError as e:
-        return str(e)
+def _on(home: Path, url: Callable[[], str], items: int) -> dict:
+    """Listing, saving and 8 writers on one database (`url()`: a fresh one each time)."""
+    with tempfile.TemporaryDirectory(dir=home) as tmp:
+        figures = _listing_and_saving(Path(tmp) / "list", url(), items)
+        figures["writers"] = bench_writers(Path(tmp) / "write", url())
+    return figures
 
 
 def bench_store(settings: Settings, items: int = 100_000) -> dict:
+    from fusion.store.throwaway_postgres import PostgresCluster
+
     settings.home.mkdir(parents=True, exist_ok=True)
-    result = {"items": items}
-    cluster = _postgresql()
+    result = {"items": items, "sqlite": _on(settings.home, lambda: "", items)}
     try:
-        for name in ("sqlite", "postgresql"):
-            if name == "postgresql" and isinstance(cluster, str):
-                result[name] = {"skipped": cluster}
-                continue
-            with tempfile.TemporaryDirectory(dir=settings.home) as tmp:
-                figures = _listing_and_saving(Path(tmp) / "list", cluster.new_database() if name == "postgresql" else "",
-                                              items)
-                figures["writers"] = bench_writers(Path(tmp) / "write",
-                                                   cluster.new_database() if name == "postgresql" else "")
-            result[name] = figures
-    finally:
-        if not isinstance(cluster, str):
+        cluster = PostgresCluster().start()
+    except FusionError as e:     # no PostgreSQL server installed here
+        result["postgresql"] = {"skipped": str(e)}
+    else:
+        try:
+            result["postgresql"] = _on(settings.home, cluster.new_database, items)
+        finally:
             cluster.stop()
     result["import_without_ocr"] = [bench_import(settings, 1000, "PNG"), bench_import(settings, 1000, "JPEG")]
     result["targets"] = {"list_page_worst_median_ms": 200, "save_correction_median_ms": 20, "import_images_per_s": 200,

@@ -9,7 +9,6 @@ no heartbeat for DEAD_AFTER_S) is failed by whoever looks next: a worker or the 
 """
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from fusion.core.atomic import pid_alive
 from fusion.core.errors import FusionError
 from fusion.store.schema import JobRow, ModelVersionRow, ProjectRow
 from fusion.store.labeling import Store, utcnow
@@ -25,23 +25,6 @@ FINISHED = ("succeeded", "failed", "cancelled")
 KINDS = ("train", "prelabel", "zero_shot")
 DEAD_AFTER_S = 30.0   # a running job without a heartbeat this long has lost its worker (it beats every 2 s)
 HOST = socket.gethostname()
-
-
-def _process_gone(pid: int | None) -> bool:
-    """Whether no process `pid` runs on this machine (a zombie, dead but not yet waited for by the
-    app that started it, is gone too)."""
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:      # alive, another user's
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class JobCancelled(Exception):
@@ -217,10 +200,17 @@ class Jobs:
         from fusion.ml.evaluation import ece_support   # here, not at the top: it loads torch
 
         silent_since = utcnow() - timedelta(seconds=DEAD_AFTER_S)
+
+        def dead(row: JobRow) -> bool:
+            return ((row.worker_host in (HOST, None) and not (row.worker_pid and pid_alive(row.worker_pid)))
+                    or row.heartbeat_at is None or row.heartbeat_at < silent_since)
+
+        running = select(JobRow).where(JobRow.status == "running")
+        with self.db.read() as session:   # the pages call this on every run: no write lock unless one died
+            if not any(dead(row) for row in session.scalars(running)):
+                return []
         with self.db.write() as session:
-            rows = [row for row in session.scalars(select(JobRow).where(JobRow.status == "running")).all()
-                    if (row.worker_host in (HOST, None) and _process_gone(row.worker_pid))
-                    or row.heartbeat_at is None or row.heartbeat_at < silent_since]
+            rows = [row for row in session.scalars(running).all() if dead(row)]
             registered = {job_id: (version, metrics) for job_id, version, metrics in session.execute(
                 select(ModelVersionRow.job_id, ModelVersionRow.version, ModelVersionRow.metrics).where(
                     ModelVersionRow.job_id.in_([r.id for r in rows])))} if rows else {}
@@ -239,8 +229,7 @@ class Jobs:
                     continue
                 row.status = "failed"
                 row.error = (f"the worker (pid {row.worker_pid} on {row.worker_host}) stopped while running this job; "
-                             f"last heartbeat "
-                             f"{beat}. Resume it to continue from its last checkpoint.")
+                             f"last heartbeat {beat}. Resume it to continue from its last checkpoint.")
                 ended.append((row.id, f"failed: {row.error}"))
         for job_id, line in ended:
             self.log(job_id, line)

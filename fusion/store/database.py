@@ -44,12 +44,17 @@ def _begin(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL, or None (another database, or in memory)."""
+    path = url.split(":///", 1)[-1] if url.startswith("sqlite") else ""
+    return path if path and path != ":memory:" else None
+
+
 def create_database_engine(url: str) -> Engine:
     # hide_parameters: a failed statement's message (in tracebacks, job logs, a job's error) would
     # otherwise quote the values it wrote: page text and captions.
     if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
-        if path and path != ":memory:":
+        if path := _sqlite_file(url):
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -112,7 +117,7 @@ def unavailable(error: Exception, url: str) -> DatabaseUnavailable:
     where = shown_url(url)
     detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else ""
     low = detail.lower()
-    if "password authentication failed" in low or "authentication failed" in low:
+    if "authentication failed" in low:
         why = "it refused the user name or password"
     elif "does not exist" in low and "database" in low:
         why = f"there is no such database on that server (create it first: createdb {make_url(url).database})"
@@ -140,8 +145,8 @@ class Database:
             raise FusionError(f"no driver for {make_url(url).drivername} is installed ({e.name}); FusionLab "
                               "stores its data in SQLite or PostgreSQL (postgresql://...)") from None
         self._writer = self.engine.execution_options(write=True)
-        path = url.split(":///", 1)[-1] if url.startswith("sqlite") else ""
-        self._turns = f"{path}.writers" if path and path != ":memory:" else None
+        path = _sqlite_file(url)
+        self._turns = f"{path}.writers" if path else None
         self._held = threading.local()
         try:
             upgrade_schema(self.engine)
