@@ -65,7 +65,7 @@ def test_probe_outvotes_a_misleading_prior():
         model.label_embeddings.copy_(torch.nn.functional.normalize(centres.roll(1, 0) * 3 + centres, dim=-1))
     before = model(patches, tokens, mask).text.argmax(-1)
     assert (before == targets).float().mean() < 0.2
-    fit_linear_heads(model, pooled_features(model, [(patches, tokens, mask)]), targets)
+    fit_linear_heads(model, pooled_features(model, [(patches, tokens, mask, None, None)]), targets)
     after = model(patches, tokens, mask).text.argmax(-1)
     assert (after == targets).all()
     assert model.prior_weights[1] < 1.0            # the misleading prior lost votes

@@ -87,6 +87,22 @@ MAX_CHUNKS = 32          # chunks of max_tokens word pieces read per text: ~4,00
 CAPTION_CHUNKS = 4       # of them at most for the caption; it always has its own
 
 
+MAX_LINES = 128          # lines of a text embedded one by one for the zero-shot text prior
+LINE_WORDS = 12          # a longer line (a caption, a paragraph) is read in even pieces this long at most
+
+
+def text_lines(text: str) -> list[list[str]]:
+    """The words of each line of a text as a reader meets them: its page's lines, then its
+    caption's, each non-empty, long ones in even pieces of at most LINE_WORDS words, at most MAX_LINES. In
+    order, so the lines' words are the text's words (TextEncoder.tokenize) from the first on."""
+    lines = []
+    for line in text.replace(CAPTION_MARK, "\n").splitlines():
+        words = line.split()
+        size = -(-len(words) // -(-len(words) // LINE_WORDS)) if words else 1   # even pieces: 17 -> 9 + 8
+        lines += [words[i:i + size] for i in range(0, len(words), size)]
+    return lines[:MAX_LINES]
+
+
 @dataclass
 class TextBatch:
     """Texts as chunks of word pieces: each text is its page's word pieces in runs of
@@ -278,6 +294,46 @@ class TextEncoder(nn.Module):
     def sentence_embeddings(self, texts: list[str]) -> torch.Tensor:
         tokens, mask = self.encode(texts)
         return mean_pool(tokens, mask)
+
+    LINE_BATCH = 256   # lines through MiniLM at once
+
+    def line_batch(self, lines: list[list[str]]):
+        """Word pieces of lines (lists of words), one row each: the tokenizer's BatchEncoding."""
+        return self.tokenizer(lines, is_split_into_words=True, padding=True, truncation=True,
+                              max_length=self.max_tokens, return_tensors="pt", verbose=False)
+
+    def line_vectors(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
+                     inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 384): the sentence embedding of each row of a line_batch (or of its word-piece
+        embeddings, for integrated gradients)."""
+        states = self.bert_sdpa(input_ids=input_ids, inputs_embeds=inputs_embeds,
+                                attention_mask=attention_mask).last_hidden_state
+        return mean_pool(states, attention_mask)
+
+    def line_embeddings(self, texts: list[str], cache: ChunkCache | None = None) -> torch.Tensor:
+        """Each line of each text (text_lines) embedded on its own, no grad: (B, N, 384), rows of
+        zeros past a text's last line. A line read alone keeps what it says ("TOTAL 12.50"); the
+        page's token states carry their whole chunk, and a telling line is averaged away. With a
+        `cache`, lines read before (a page whose caption was edited) are not read again."""
+        per_text = [text_lines(t) for t in texts]
+        device = self.bert.embeddings.word_embeddings.weight.device
+        key = lambda words: ("line", id(self.bert_sdpa), " ".join(words))  # noqa: E731
+        found = {key(words): cache.get(key(words)) if cache else None for lines in per_text for words in lines}
+        missing = list(dict.fromkeys(tuple(words) for lines in per_text for words in lines
+                                     if found[key(words)] is None))
+        with torch.no_grad():
+            for i in range(0, len(missing), self.LINE_BATCH):
+                part = [list(words) for words in missing[i:i + self.LINE_BATCH]]
+                enc = self.line_batch(part).to(device)
+                for words, vector in zip(part, self.line_vectors(enc["attention_mask"], enc["input_ids"])):
+                    found[key(words)] = vector
+                    if cache:
+                        cache.put(key(words), vector)
+        out = torch.zeros(len(texts), max(1, max(map(len, per_text), default=0)), TEXT_DIM, device=device)
+        for i, lines in enumerate(per_text):
+            for j, words in enumerate(lines):
+                out[i, j] = found[key(words)]
+        return out
 
 
 def mean_pool(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@
     log-probability over the word-piece embeddings, from an all-zero baseline (signed: a negative
     word argues against the class; plain gradient x input ranked filler words first in our
     checks), and attention rollout through MiniLM (Abnar & Zuidema 2020); word pieces are summed
-    back into the words the user typed.
+    back into the words the user typed. For a model whose text prior is its lines' vote, a word
+    also scores what the class loses when its line is read without it (line_word_scores).
 (c) For cross_attention models, the text's attention onto the 7x7 image patches.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from fusion.ml.encoders import ImageEncoder, TextBatch, TextEncoder, compact_chunks, patches_of
+from fusion.ml.encoders import ImageEncoder, TextBatch, TextEncoder, compact_chunks, patches_of, text_lines
 from fusion.ml.model import FusionModel, FusionOutput
 
 IG_STEPS = 5  # integrated-gradients steps (see explain())
@@ -48,17 +49,21 @@ class FusedLogitsOfImage(nn.Module):
     """The fused model as a function of the image alone (text held fixed): Grad-CAM's input."""
 
     def __init__(self, image_encoder: ImageEncoder, model: FusionModel, tokens: torch.Tensor, mask: torch.Tensor,
-                 image_present: torch.Tensor, features: torch.Tensor | None = None):
+                 image_present: torch.Tensor, lines: torch.Tensor | None, features: torch.Tensor | None = None):
         super().__init__()
         self.image_encoder, self.model, self.tokens, self.mask = image_encoder, model, tokens, mask
-        self.image_present = image_present
+        self.image_present, self.lines = image_present, lines
         self.features = features  # the trunk's output for the pixels to come, when already known
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         patches = patches_of(self.image_encoder.forward_for_cam(pixels, self.features))
         n = pixels.shape[0]
         return self.model(patches, self.tokens.expand(n, -1, -1), self.mask.expand(n, -1),
-                          self.image_present.expand(n)).fused
+                          self.image_present.expand(n), _repeat(self.lines, n)).fused
+
+
+def _repeat(lines: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if lines is None else lines.expand(n, -1, -1)
 
 
 def gradcam(image_model: nn.Module, target_layer: nn.Module, pixels: torch.Tensor,
@@ -75,10 +80,11 @@ def peak_of(heatmap: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def _per_word(batch: TextBatch, token_scores: torch.Tensor) -> list[tuple[str, float]]:
-    """Sum word-piece scores into the whitespace words they came from ([CLS]/[SEP] dropped)."""
+def _per_word(batch: TextBatch, token_scores: torch.Tensor, word_scores: np.ndarray | None = None) -> list[tuple[str, float]]:
+    """Sum word-piece scores into the whitespace words they came from ([CLS]/[SEP] dropped), plus
+    `word_scores` (one per word) if given."""
     words = batch.words[0]
-    totals = np.zeros(len(words), dtype=np.float64)
+    totals = np.zeros(len(words), dtype=np.float64) if word_scores is None else word_scores.astype(np.float64)
     for token_index, word_index in enumerate(batch.word_ids[0]):
         if word_index is not None:
             totals[word_index] += float(token_scores[token_index])
@@ -120,6 +126,49 @@ class ForwardPass:
     mask: torch.Tensor                        # (1, L)
     attentions: tuple[torch.Tensor, ...]      # per layer (R, H, T, T), R: the text's chunks
     output: FusionOutput
+    lines: torch.Tensor | None = None         # (1, N, 384): the text's lines, for a line-vote prior
+    text: str = ""                            # the text itself, whose lines those are
+
+
+OCCLUSION_BATCH = 32   # variants of the text's lines through the fusion model at once
+
+
+@torch.no_grad()
+def line_word_scores(text_encoder: TextEncoder, model: FusionModel, fwd: ForwardPass, class_index: int) -> np.ndarray:
+    """(words,): for a model whose text prior is its lines' vote, what the class's fused
+    log-probability loses when each word is left out of its line (the line embedded again
+    without it). Occlusion, not gradients: integrated gradients through a line's embedding from
+    zero put "reviewed" above "ECG" in "the ECG was reviewed", and lines are at most
+    encoders.LINE_WORDS words, so a page's variants are cheap (<= 1,024 short lines)."""
+    words = len(fwd.batch.words[0])
+    lines = text_lines(fwd.text)
+    if fwd.lines is None or not model.config.line_vote or not lines:
+        return np.zeros(words)
+    variants = [(j, i) for j, line in enumerate(lines) for i in range(len(line))]
+    device = fwd.lines.device
+    vectors = torch.zeros(len(variants), fwd.lines.shape[-1], device=device)   # a line of one word, left out: silent
+    shorter = [(v, line[:i] + line[i + 1:]) for v, (j, i) in enumerate(variants) if len(line := lines[j]) > 1]
+    for start in range(0, len(shorter), text_encoder.LINE_BATCH):
+        part = shorter[start:start + text_encoder.LINE_BATCH]
+        enc = text_encoder.line_batch([line for _, line in part]).to(device)
+        vectors[[v for v, _ in part]] = text_encoder.line_vectors(enc["attention_mask"], enc["input_ids"])
+
+    def log_p(line_sets: torch.Tensor) -> torch.Tensor:
+        n = len(line_sets)
+        out = model(fwd.patches.expand(n, -1, -1), fwd.tokens.expand(n, -1, -1), fwd.mask.expand(n, -1),
+                    fwd.output.image_present.expand(n), line_sets)
+        return out.fused.float().log_softmax(-1)[:, class_index]
+
+    base = log_p(fwd.lines)[0]
+    losses = []
+    for start in range(0, len(variants), OCCLUSION_BATCH):
+        rows = torch.arange(start, min(start + OCCLUSION_BATCH, len(variants)))
+        line_sets = fwd.lines.expand(len(rows), -1, -1).clone()
+        line_sets[torch.arange(len(rows)), torch.tensor([variants[r][0] for r in rows])] = vectors[rows]
+        losses.append(base - log_p(line_sets))
+    scores = np.zeros(words)          # words past MAX_LINES lines: no line of theirs votes
+    scores[:len(variants)] = torch.cat(losses).double().cpu().numpy()
+    return scores
 
 
 def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: FusionModel,
@@ -143,7 +192,8 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
             path = (step_alphas * embeds).requires_grad_(True)          # baseline: zero embeddings
             n = len(step_alphas)
             tokens, mask, _ = text_encoder(fwd.batch.repeat(n), inputs_embeds=path)
-            out = model(fwd.patches.expand(n, -1, -1), tokens, mask, fwd.output.image_present.expand(n))
+            out = model(fwd.patches.expand(n, -1, -1), tokens, mask, fwd.output.image_present.expand(n),
+                        _repeat(fwd.lines, n))
             out.fused.log_softmax(-1)[:, class_index].sum().backward()
             gradient += path.grad.sum(0, keepdim=True)
         per_piece = (embeds * gradient / IG_STEPS).sum(-1).cpu()       # (1, C, T)
@@ -152,10 +202,10 @@ def explain(image_encoder: ImageEncoder, text_encoder: TextEncoder, model: Fusio
         # (a) Grad-CAM with the text held fixed.
         feature_map = fwd.patches.transpose(1, 2).reshape(1, -1, 7, 7)  # patches_of, undone
         image_model = FusedLogitsOfImage(image_encoder, model, fwd.tokens, fwd.mask, fwd.output.image_present,
-                                         feature_map)
+                                         fwd.lines, feature_map)
         heatmap = gradcam(image_model, image_encoder.feature_map, fwd.pixels, class_index, size)
 
-    attribution = _scaled(_per_word(fwd.batch, integrated))
+    attribution = _scaled(_per_word(fwd.batch, integrated, line_word_scores(text_encoder, model, fwd, class_index)))
     attention = _scaled(_per_word(fwd.batch, attention_rollout(fwd.attentions, fwd.batch.chunk_mask)))
 
     # (c) cross-attention: tokens -> 7x7 patches, averaged over the real (non-special) tokens.

@@ -31,21 +31,24 @@ class FeatureSet:
     mask: torch.Tensor      # (N, L)
     image_present: torch.Tensor  # (N,) bool: False for a blank image (fusion.ml.abstain)
     targets: torch.Tensor   # (N,) label indices
+    lines: torch.Tensor     # (N, M, 384): each line of the text embedded alone, zero rows past its last
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, index: torch.Tensor) -> "FeatureSet":
         return FeatureSet(self.patches[index], self.tokens[index], self.mask[index], self.image_present[index],
-                          self.targets[index])
+                          self.targets[index], self.lines[index])
 
     def inputs(self, device: str) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(device) for t in (self.patches, self.tokens, self.mask, self.image_present))
+        """The fusion model's inputs, in its forward's order."""
+        return tuple(t.to(device) for t in (self.patches, self.tokens, self.mask, self.image_present, self.lines))
 
 
 # What a cached file holds changed (step 8: the whole text in chunks, not its first 128 word pieces;
-# the image_present flag): files of an older format are never read as if they were current.
-FORMAT = b"whole-text-in-chunks"
+# the image_present flag; step 12: the text's lines): files of an older format are never read as
+# if they were current.
+FORMAT = b"whole-text-in-chunks+lines"
 
 
 def feature_key(image_bytes: bytes, text: str) -> str:
@@ -58,11 +61,13 @@ def _encode_batch(engine, images: list[Image.Image], texts: list[str]) -> list[d
         patches = patches_of(engine.image_encoder(pixels)).half().cpu()
         present = image_present(pixels).cpu()
         tokens, mask = engine.text_encoder.encode(texts)
+        lines = engine.text_encoder.line_embeddings(texts)
     out = []
     for i in range(len(images)):
-        n = int(mask[i].sum())
+        n, m = int(mask[i].sum()), int((lines[i].abs().sum(-1) > 0).sum())
         out.append({"patches": patches[i].contiguous(), "tokens": tokens[i, :n].half().cpu().contiguous(),
-                    "image_present": present[i:i + 1].to(torch.uint8)})
+                    "image_present": present[i:i + 1].to(torch.uint8),
+                    "lines": lines[i, :max(1, m)].half().cpu().contiguous()})
     return out
 
 
@@ -96,7 +101,10 @@ def load_feature_set(files: list[Path], targets: list[int]) -> FeatureSet:
         n = t["tokens"].shape[0]
         tokens[i, :n] = t["tokens"].float()
         mask[i, :n] = 1
+    lines = torch.zeros(len(loaded), max(t["lines"].shape[0] for t in loaded), tokens.shape[-1])
+    for i, t in enumerate(loaded):
+        lines[i, :t["lines"].shape[0]] = t["lines"].float()
     patches = torch.stack([t["patches"].float() for t in loaded])
     # files cached before step 8 have no flag: their images were taken to carry something
     present = torch.tensor([bool(t["image_present"]) if "image_present" in t else True for t in loaded])
-    return FeatureSet(patches, tokens, mask, present, torch.tensor(targets, dtype=torch.long))
+    return FeatureSet(patches, tokens, mask, present, torch.tensor(targets, dtype=torch.long), lines)

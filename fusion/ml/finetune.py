@@ -27,18 +27,19 @@ LORA_RANK = 8
 
 
 class HeadsOnFeatures(nn.Module):
-    """`head` mode: the fusion model over cached (patches, tokens, mask)."""
+    """`head` mode: the fusion model over cached (patches, tokens, mask, image_present, lines)."""
 
     def __init__(self, fusion: FusionModel):
         super().__init__()
         self.fusion = fusion
 
-    def encode(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, image_present: torch.Tensor):
-        return patches, tokens, mask, image_present
+    def encode(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, image_present: torch.Tensor,
+               lines: torch.Tensor):
+        return patches, tokens, mask, image_present, lines
 
     def forward(self, patches: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                image_present: torch.Tensor) -> FusionOutput:
-        return self.fusion(patches, tokens, mask, image_present)
+                image_present: torch.Tensor, lines: torch.Tensor) -> FusionOutput:
+        return self.fusion(patches, tokens, mask, image_present, lines)
 
 
 class EndToEnd(nn.Module):
@@ -52,19 +53,22 @@ class EndToEnd(nn.Module):
         if channels_last:
             self.image_encoder.to(memory_format=torch.channels_last)
 
-    def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor):
-        """(patches (B, 49, 1280), tokens (B, L, 384), mask (B, L), image_present (B,)) through both
-        encoders, from pixels (B, 3, 224, 224) and chunked word pieces (B, C, T) (encoders.TextBatch)."""
+    def encode(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor, lines: torch.Tensor):
+        """(patches (B, 49, 1280), tokens (B, L, 384), mask (B, L), image_present (B,), lines) through
+        both encoders, from pixels (B, 3, 224, 224) and chunked word pieces (B, C, T)
+        (encoders.TextBatch). The lines (B, N, 384) pass as they are: the text prior they feed is
+        frozen, read by the bare encoder its prompts were embedded with."""
         x = (pixels.float() - 127.0) / 128.0      # EfficientNet-Lite's input scaling
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         patches = patches_of(self.image_encoder(x)).float()
         # SDPA copy of MiniLM: same weights as the eager one, faster, no attentions needed here.
         tokens, mask, _ = self.text_encoder.states(input_ids, chunk_mask, bert=self.text_encoder.bert_sdpa)
-        return patches, tokens.float(), mask, image_present(pixels)
+        return patches, tokens.float(), mask, image_present(pixels), lines.float()
 
-    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor) -> FusionOutput:
-        return self.fusion(*self.encode(pixels, input_ids, chunk_mask))
+    def forward(self, pixels: torch.Tensor, input_ids: torch.Tensor, chunk_mask: torch.Tensor,
+                lines: torch.Tensor) -> FusionOutput:
+        return self.fusion(*self.encode(pixels, input_ids, chunk_mask, lines))
 
     def train(self, mode: bool = True) -> "EndToEnd":
         super().train(mode)

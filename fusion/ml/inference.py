@@ -54,7 +54,7 @@ def version_outputs(engine, project: Project, version: str, features: FeatureSet
     fusion = FusionModel.load(directory, device)
     if fusion.config.finetuned_encoders:
         image_encoder, text_encoder = load_encoders(directory, engine.image_encoder, engine.text_encoder, device)
-        data = pixel_set(paths, texts, features.targets.tolist(), text_encoder)
+        data = pixel_set(paths, texts, features.targets.tolist(), text_encoder, lines=features.lines)
         return predict_outputs(EndToEnd(image_encoder, text_encoder, fusion).to(device), data, device, "full")
     return predict_outputs(HeadsOnFeatures(fusion), features, device)
 

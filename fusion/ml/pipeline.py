@@ -123,6 +123,7 @@ class Engine:
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._features: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.chunk_states = ChunkCache()     # a caption edit on a long page reads the caption alone
+        self.line_states = ChunkCache(4096)  # the bare encoder's lines, for the zero-shot text prior: 6 MB
         self._lock = threading.Lock()  # Streamlit sessions share one engine
         # Explanations cost 3-4x a prediction: one at a time, on a thread of lower priority.
         self.explainer = ThreadPoolExecutor(1, thread_name_prefix="explainer", initializer=_explainer_thread)
@@ -211,15 +212,17 @@ class Engine:
         with torch.no_grad():
             tokens, mask, attentions = loaded.text_encoder(batch, attentions=with_explanation,
                                                            cache=None if with_explanation else self.chunk_states)
+            # the prior's lines are read by the bare encoder its prompts were embedded with
+            lines = self.text_encoder.line_embeddings([text], self.line_states) if model.config.line_vote else None
             t = lap("encode", t)
-            out = model(patches, tokens, mask, image_present(pixels))
+            out = model(patches, tokens, mask, image_present(pixels), lines)
         labels = model.config.labels
         probs = _probs(labels, out.fused)
         label = max(probs, key=probs.get)
         t = lap("fuse", t)
         explanation = None
         if with_explanation:
-            fwd = ForwardPass(pixels, patches, batch, tokens, mask, attentions, out)
+            fwd = ForwardPass(pixels, patches, batch, tokens, mask, attentions, out, lines, text)
             args = (loaded.image_encoder, loaded.text_encoder, model, fwd, labels.index(label), image.size)
             explanation = explain(*args) if getattr(_explaining, "here", False) else \
                 self.explainer.submit(explain, *args).result()

@@ -72,12 +72,13 @@ class PooledFeatures:
 
 @torch.no_grad()
 def pooled_features(fusion: FusionModel, batches) -> PooledFeatures:
-    """From (patches, tokens, mask) batches: only pooled vectors and priors are kept, so a large
-    training set never holds its token states all at once."""
+    """From (patches, tokens, mask, image_present, lines) batches: only pooled vectors and priors
+    are kept, so a large training set never holds its token states all at once."""
     parts = []
-    for patches, tokens, mask, *_ in batches:
+    for patches, tokens, mask, _, lines in batches:
         image = patches.float().mean(1)
-        parts.append((image, mean_pool(tokens.float(), mask), fusion.image_prior(image), fusion.text_prior(tokens.float(), mask)))
+        parts.append((image, mean_pool(tokens.float(), mask), fusion.image_prior(image),
+                      fusion.text_prior(tokens.float(), mask, None if lines is None else lines.float())))
     return PooledFeatures(*(torch.cat(column) for column in zip(*parts)))
 
 

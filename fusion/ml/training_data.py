@@ -69,19 +69,22 @@ class PixelSet:
     input_ids: torch.Tensor  # (N, C, T) chunks of word pieces (encoders.TextBatch)
     mask: torch.Tensor       # (N, C, T) 1 for real word pieces
     targets: torch.Tensor    # (N,)
+    lines: torch.Tensor      # (N, M, 384) fp16: each line of the text embedded alone (the text prior's input)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, index: torch.Tensor) -> "PixelSet":
-        return PixelSet(self.pixels[index], self.input_ids[index], self.mask[index], self.targets[index])
+        return PixelSet(self.pixels[index], self.input_ids[index], self.mask[index], self.targets[index],
+                        self.lines[index])
 
     def inputs(self, device: str) -> tuple[torch.Tensor, ...]:
         nb = device.startswith("cuda")
-        return tuple(t.to(device, non_blocking=nb) for t in (self.pixels, self.input_ids, self.mask))
+        return tuple(t.to(device, non_blocking=nb) for t in (self.pixels, self.input_ids, self.mask, self.lines))
 
     def to(self, device: str) -> "PixelSet":
-        return PixelSet(*(t.to(device) for t in (self.pixels, self.input_ids, self.mask)), self.targets)
+        return PixelSet(*(t.to(device) for t in (self.pixels, self.input_ids, self.mask)), self.targets,
+                        self.lines.to(device))
 
     def on_gpu_if_it_fits(self, device: str, share: float = 0.25) -> "PixelSet":
         """The whole set in GPU memory when it takes under `share` of it (150 KB an item: 100k
@@ -96,11 +99,14 @@ def _pixels(path: Path) -> np.ndarray:
     return np.asarray(image).transpose(2, 0, 1)
 
 
-def pixel_set(paths: list[Path], texts: list[str], targets: list[int], text_encoder, workers: int = 8) -> PixelSet:
-    """Decode and resize every image once (PIL releases the GIL: threads decode in parallel) and
-    tokenize every text once."""
+def pixel_set(paths: list[Path], texts: list[str], targets: list[int], text_encoder, workers: int = 8,
+              lines: torch.Tensor | None = None) -> PixelSet:
+    """Decode and resize every image once (PIL releases the GIL: threads decode in parallel),
+    tokenize every text once and embed its lines once, unless `lines` are given (the text
+    prior reads them as the bare encoder embeds them: a fine-tuned `text_encoder` gives them)."""
     with ThreadPoolExecutor(workers) as pool:
         arrays = list(pool.map(_pixels, paths))
     batch = text_encoder.tokenize(texts)
     return PixelSet(torch.from_numpy(np.stack(arrays)), batch.input_ids, batch.chunk_mask,
-                    torch.tensor(targets, dtype=torch.long))
+                    torch.tensor(targets, dtype=torch.long),
+                    (text_encoder.line_embeddings(texts) if lines is None else lines).half().cpu())

@@ -1,9 +1,9 @@
 """Zero-shot priors from label names: what a project predicts before anyone labels anything.
 
 No CLIP-like weights exist offline, so both priors go through MiniLM:
-  text   per label, the best similarity of any window (~a line) of (OCR text + caption) to any of
-         the label's short prompts: its name, and the phrases of its description
-         ("receipt: items, prices, total" -> "receipt", "items", "prices", "total")
+  text   each line of (OCR text + caption), embedded alone, votes for the label with a prompt
+         most like it; a label's prompts are short: its name, and its description whole and in
+         its phrases ("receipt: items, prices, total" -> "receipt", "items", "prices", "total")
   image  the backbone's ImageNet prediction, each ImageNet class mapped to labels by the
          similarity of its name to the label text
 The priors become frozen buffers of a FusionModel whose residual heads are zero (see model.py).
@@ -78,6 +78,7 @@ def build_zero_shot_model(config: ModelConfig, image_encoder: ImageEncoder, text
     """A FusionModel whose predictions are exactly the zero-shot priors (each with weight one)."""
     prompts = [(k, p) for k, n in enumerate(config.labels) for p in label_prompts(n, config.descriptions.get(n))]
     config.prompt_count = len(prompts)
+    config.line_vote = True
     model = FusionModel(config)
     labels = text_encoder.sentence_embeddings([label_prompt(n, config.descriptions.get(n)) for n in config.labels])
     similarity = _imagenet_name_embeddings(text_encoder) @ labels.T          # (1000, K)
