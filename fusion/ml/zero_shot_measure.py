@@ -25,7 +25,7 @@ from fusion.ml.pipeline import get_engine
 from fusion.ml.probe import weigh_zero_shot_votes, pooled_features
 from fusion.ml.inference import HEADS, predict_logits
 from fusion.ml.training_data import labeled_examples
-from fusion.ml.zeroshot import MEASURED_FILE, build_zero_shot_model
+from fusion.ml.zeroshot import MEASURED_FILE, TEXT_PRIOR, build_zero_shot_model
 from fusion.ml.model import ModelConfig
 
 MAX_ITEMS = 2000      # a seeded sample of a larger project: features of 2,000 pages take ~0.5 GB
@@ -44,7 +44,7 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
     rows = list(range(len(examples.ids)))
     if len(rows) > MAX_ITEMS:
         rows = sorted(random.Random(0).sample(rows, MAX_ITEMS))
-    result = {"descriptions": project.labels, "items": len(rows), "labeled_items": len(examples.ids),
+    result = {"descriptions": project.labels, "prior": TEXT_PRIOR, "items": len(rows), "labeled_items": len(examples.ids),
               "measured_by": user, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     model = build_zero_shot_model(ModelConfig(project.label_names, project.labels, settings.fusion),
                                   engine.image_encoder, engine.text_encoder).to(engine.device)
@@ -74,8 +74,10 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
 
 
 def measured(project) -> dict | None:
-    """What the last measurement found (for the page), whatever descriptions it measured."""
+    """What the last measurement found (for the page), whatever descriptions it measured; None
+    when it measured a text prior zero-shot no longer uses."""
     try:
-        return json.loads((project.directory / MEASURED_FILE).read_text())
+        found = json.loads((project.directory / MEASURED_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return found if found.get("prior") == TEXT_PRIOR else None

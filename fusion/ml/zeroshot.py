@@ -49,6 +49,7 @@ def _imagenet_name_embeddings(text_encoder: TextEncoder) -> torch.Tensor:
 
 
 MEASURED_FILE = "zero_shot.json"   # in the project's folder: fusion.ml.zero_shot_measure writes it
+TEXT_PRIOR = "line vote"           # what the text prior is: votes measured for another one don't apply
 
 
 def measured_votes(project: Project) -> list[float] | None:
@@ -59,7 +60,8 @@ def measured_votes(project: Project) -> list[float] | None:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return stored.get("votes") if stored.get("descriptions") == project.labels else None
+    current = stored.get("descriptions") == project.labels and stored.get("prior") == TEXT_PRIOR
+    return stored.get("votes") if current else None
 
 
 def project_zero_shot_model(project: Project, strategy: str, image_encoder: ImageEncoder,
