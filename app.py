@@ -7,40 +7,38 @@ import streamlit as st
 
 from fusion.services import accounts
 from fusion.ui import session as app_session
-from fusion.core import background
 from fusion.privacy import deidentify
 from fusion.demo import build as demo
 from fusion.ui import resources as streamlit_cache
 from fusion.core.errors import FusionError
+from fusion.jobs.queue import Jobs
+from fusion.jobs.worker import queue_demo_build
+from fusion.ui import job_view
+from fusion.ui.job_view import job_progress
 
 st.set_page_config(page_title="FusionLab", page_icon="🔬", layout="wide")
 settings = streamlit_cache.settings()
-STAGES = {"generating": "Generating documents", "encoding": "Encoding them", "training": "Training the baseline"}
+STAGES = job_view.STAGES | {"encoding": "Encoding them", "training": "Training the baseline"}
 
 
 def first_run() -> None:
     st.title("FusionLab")
     st.info("First run: generating the demo project (480 synthetic clinical documents, fake data only) "
             "and training its baseline model. This happens once and takes a minute or two on a CPU.")
-    if "demo_build" not in st.session_state:
-        st.session_state["demo_build"] = demo.start_demo_build(settings)
+    if "demo_build" not in st.session_state:    # a job of the worker, like training (fusion.jobs.kinds)
+        st.session_state["demo_build"] = queue_demo_build(settings, streamlit_cache.store()).id
     build_status()
 
 
 @st.fragment(run_every=2)
 def build_status() -> None:
-    """Poll the separate build process; rerun the app when the demo project is ready."""
+    """The build job's progress; the whole app reruns when the demo project is ready."""
     if demo.demo_ready(settings):
         st.rerun(scope="app")
-    if st.session_state["demo_build"].poll() not in (None, 0):
-        st.error(f"Building the demo project failed; see {demo.build_log(settings)}")
-        return
-    progress = background.progress(demo.build_log(settings))
-    if progress is None:
-        st.progress(0.0, text="Starting…")
-    else:
-        stage, done, total = progress
-        st.progress(done / total, text=f"{STAGES.get(stage, stage)}: {done}/{total}")
+    job = Jobs(streamlit_cache.store()).get(st.session_state["demo_build"])
+    job_progress(job, STAGES)
+    if job.status == "failed":
+        st.caption(f"Its log: {Jobs(streamlit_cache.store()).log_path(job.id)}")
 
 
 def sidebar() -> None:

@@ -2,7 +2,6 @@
 optimistic locking); an item's full history; import and export."""
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -10,14 +9,15 @@ import pandas as pd
 import streamlit as st
 
 from fusion.ui import session as app_session
-from fusion.core import background
 from fusion.ui import resources as streamlit_cache
 from fusion.privacy.display_text import literal
 from fusion.core.errors import FusionError
 from fusion.privacy import deidentified_search
 from fusion.privacy.deidentify import NOTICE, as_shown
-from fusion.services.exporting import FORMATS, export_zip
-from fusion.services.uploads import start_import
+from fusion.jobs.queue import Jobs
+from fusion.jobs.worker import queue_import, queue_job
+from fusion.services.exporting import FORMATS
+from fusion.ui.job_view import job_progress
 from fusion.store.schema import STATUSES
 from fusion.store.labeling import ItemFilter
 from fusion.imaging.thumbnails import data_url, thumbnail
@@ -34,6 +34,7 @@ settings = streamlit_cache.settings()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
 user = app_session.current_user()
+jobs = Jobs(store)
 
 
 @st.cache_data(max_entries=5000, show_spinner=False)
@@ -131,26 +132,51 @@ with st.expander("An item's history"):
         st.write("No items on this page.")
 
 
+def session_job(key: str):
+    """The job this session queued for this project under `key` (the Import or Export button),
+    read from the store."""
+    job = jobs.get(st.session_state[key]) if key in st.session_state else None
+    return job if job is not None and job.project == project.name else None
+
+
 @st.fragment(run_every=1.5)
 def import_status() -> None:
-    job = st.session_state.get("import_job")
+    job = session_job("import_job")
     if job is None:
         return
-    process, log = job
-    stage = background.progress(log)
-    if process.poll() is None:
-        done, total = (stage[1], stage[2]) if stage else (0, 1)
-        st.progress(done / total, text=f"Importing: {done}/{total}")
-        return
-    lines = log.read_text(errors="replace").splitlines()
-    summary = next((line for line in reversed(lines) if line.startswith(("imported", "error:"))), "finished")
-    problems = [line for line in lines if line.startswith("skipped ")]
-    (st.error if summary.startswith("error:") else st.success)(literal(summary))
-    if problems:   # file names and paths from the upload: shown as text
-        st.warning(f"{len(problems)} rows were not imported:\n\n" + "\n".join(f"- {literal(p[8:])}" for p in problems[:20]))
-    if st.button("Done", key="import_done"):
+    job_progress(job)
+    if job.status == "succeeded":
+        r = job.result
+        st.success(f"Imported {r['added']} new items ({r['already_in_project']} already there, "
+                   f"{len(r['problems'])} problems).")
+        if r["problems"]:   # file names and paths from the upload: shown as text
+            st.warning(f"{len(r['problems'])} rows were not imported:\n\n" + "\n".join(
+                f"- {literal(p['where'])}: {literal(p['reason'])}" for p in r["problems"][:20]))
+    if not job.finished and st.button("Cancel the import", key="import_cancel"):
+        jobs.cancel(job.id, user)
+    if job.finished and st.button("Done", key="import_done"):
         st.session_state.pop("import_job")
         st.rerun(scope="app")
+
+
+@st.fragment(run_every=1.5)
+def export_status() -> None:
+    job = session_job("export_job")
+    if job is None:
+        return
+    job_progress(job)
+    if job.status != "succeeded":
+        return
+    if unmasked := job.result.get("images_unmasked"):
+        st.warning(f"{unmasked} {'page has' if unmasked == 1 else 'pages have'} names, dates or numbers in the "
+                   "text but no OCR word boxes (the text was imported, not read here): exported as scanned, "
+                   "not blacked out.")
+    archive = Path(job.result["file"])
+    if archive.is_file():    # read when the button is pressed, not on every rerun
+        st.download_button(f"Download {archive.name} ({archive.stat().st_size / 1e6:.1f} MB)", archive.read_bytes,
+                           file_name=archive.name, mime="application/zip", key="download_export")
+    else:
+        st.error(f"The export's file is gone ({literal(archive.name)}); prepare it again.")
 
 
 with st.expander("Import"):
@@ -164,8 +190,9 @@ with st.expander("Import"):
     upload = st.file_uploader("Images to import", type=["zip"], key="ds_import",
                               disabled=not app_session.may("import"))
     if upload is not None and st.button("Import", key="start_import", disabled="import_job" in st.session_state):
-        try:   # unpacked under uploads/ and imported by a background process (fusion.services.uploads)
-            st.session_state["import_job"] = start_import(settings, project.name, upload.name, upload.getvalue(), user)
+        try:   # unpacked under uploads/ and imported by the worker (fusion.jobs.worker.queue_import)
+            st.session_state["import_job"] = queue_import(settings, store, project.name, upload.name,
+                                                          upload.getvalue(), user).id
         except FusionError as e:
             st.error(str(e))
     import_status()
@@ -180,15 +207,8 @@ with st.expander("Export"):
                                   "page text and file names, and black out those words on the pages where OCR "
                                   "recorded their boxes" + (" (always on while the app de-identifies)"
                                                             if settings.redact_text else ""))
-    if st.button("Prepare the download", key="export"):
-        with st.spinner("Exporting…"):
-            name, data, summary = export_zip(store, project.name, fmt, deidentify=deidentify or settings.redact_text)
-            st.session_state["export_zip"], st.session_state["export_summary"] = (name, data), summary
-    if unmasked := st.session_state.get("export_summary", {}).get("images_unmasked"):
-        st.warning(f"{unmasked} {'page has' if unmasked == 1 else 'pages have'} names, dates or numbers in the "
-                   "text but no OCR word boxes (the text was imported, not read here): exported as scanned, "
-                   "not blacked out.")
-    if "export_zip" in st.session_state:
-        name, data = st.session_state["export_zip"]
-        st.download_button(f"Download {name} ({len(data) / 1e6:.1f} MB)", io.BytesIO(data), file_name=name,
-                           mime="application/zip", key="download_export")
+    exporting = (job := session_job("export_job")) is not None and not job.finished
+    if st.button("Prepare the download", key="export", disabled=exporting):
+        st.session_state["export_job"] = queue_job(settings, store, project.name, "export", {
+            "format": fmt, "deidentify": deidentify or settings.redact_text}, user).id
+    export_status()

@@ -5,10 +5,15 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
+import time
+import zipfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from streamlit.testing.v1 import AppTest
+
+from fusion.jobs.queue import Jobs
 
 TIMEOUT = 300  # the first run loads the encoders and EasyOCR
 APP = Path(__file__).resolve().parent.parent / "app.py"
@@ -121,25 +126,40 @@ def test_demo_page_button(demo_project):
     assert any(m.value.startswith("### ") for m in app.markdown)
 
 
-def test_first_run_builds_the_demo_in_a_separate_process(tmp_path, monkeypatch):
-    """A fresh workspace: the app starts the build in its own process and shows its progress."""
+def test_first_run_builds_the_demo_as_a_job_of_the_worker(tmp_path, monkeypatch):
+    """A fresh workspace: the app queues the demo build for the worker, which runs it in its own
+    process, and shows the job's progress."""
     monkeypatch.setenv("FUSION_HOME", str(tmp_path))
+    from fusion.jobs.queue import Jobs
+    from fusion.store.labeling import open_store
     from fusion.ui import resources as streamlit_cache
 
     streamlit_cache.settings.clear()
-    build = None
+    streamlit_cache.store.clear()
+    worker_pid = None
     try:
         app = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
         app.run()
         assert not app.exception, app.exception
-        build = app.session_state["demo_build"]
-        assert build.pid != os.getpid() and build.poll() is None  # running, and not in this process
         assert app.title[0].value == "FusionLab" and "First run" in app.info[0].value
+        jobs = Jobs(open_store(streamlit_cache.settings()))
+        job = jobs.get(app.session_state["demo_build"])
+        assert job.kind == "demo" and job.project == "demo"
+        deadline = time.monotonic() + 120
+        while (job := jobs.get(job.id)).progress is None or "steps" not in job.progress:
+            assert time.monotonic() < deadline and not job.finished, (job.status, job.error, jobs.log_tail(job.id))
+            time.sleep(0.2)
+        worker_pid = job.worker_pid
+        assert worker_pid != os.getpid() and job.status == "running"     # the worker's process, not this one
+        app.run()
+        assert not app.exception, app.exception
+        assert app.get("progress") and "Generating documents" in app.get("progress")[0].proto.text
+        assert app.session_state["demo_build"] == job.id               # the next run reads the same job
     finally:
-        if build is not None:
-            build.kill()
-            build.wait()
+        if worker_pid is not None:
+            os.kill(worker_pid, signal.SIGKILL)
         streamlit_cache.settings.clear()
+        streamlit_cache.store.clear()
 
 
 def test_dataset_page_filters_pages_history_and_export(demo_project):
@@ -199,5 +219,18 @@ def test_dataset_page_filters_pages_history_and_export(demo_project):
     app.selectbox(key="ds_format").set_value("jsonl").run()
     app.button(key="export").click().run()
     assert not app.exception, app.exception
-    name, data = app.session_state["export_zip"]
-    assert name.endswith(".zip") and len(data) > 100_000
+    jobs = Jobs(store)
+    job = jobs.get(app.session_state["export_job"])      # the export is a job of the worker
+    assert job.kind == "export" and job.params == {"format": "jsonl", "deidentify": False}
+    deadline = time.monotonic() + 120
+    while not (job := jobs.get(job.id)).finished:
+        assert time.monotonic() < deadline, jobs.log_tail(job.id)
+        time.sleep(0.2)
+    assert job.status == "succeeded", (job.error, jobs.log_tail(job.id))
+    archive = Path(job.result["file"])
+    assert archive.name.endswith("-jsonl.zip") and archive.stat().st_size > 100_000
+    with zipfile.ZipFile(archive) as opened:
+        assert "items.jsonl" in opened.namelist() and job.result["items"] >= 480
+    app.run()
+    assert not app.exception, app.exception
+    assert not app.button(key="export").disabled

@@ -36,8 +36,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fusion.jobs import recovery
+from fusion.jobs import worker as worker_module
 from fusion.services import uploads
-from fusion.core.atomic import pid_alive
 from fusion.imaging.images import check_image_file
 from fusion.services.importing import import_path, unpack_upload
 from fusion.jobs.queue import Jobs
@@ -552,14 +552,18 @@ def test_sigkill_at_random_points_loses_no_acknowledged_write_and_leaves_no_orph
     assert lab.decisions and lab.uploaded, "every kill came before the first acknowledgement"
 
 
-def test_sigkill_of_the_real_worker_and_the_pages_background_import(lab, real_worker):
+def test_sigkill_of_the_real_worker_and_the_pages_background_import(lab, real_worker, monkeypatch):
     rng = random.Random(SEED + 1)
     settings, store = lab.settings, lab.store
     home = settings.home
     staging_files = staged_images(home)
 
-    # The Dataset page's import: the upload unpacked under uploads/, `python -m fusion import` on it,
-    # killed while it stages files, just after its rows commit, and at a random moment.
+    # The Dataset page's import: the upload unpacked under uploads/ and queued, `python -m fusion
+    # worker` importing it, killed while it stages files, just after its rows commit, and at a
+    # random moment (n == 2: mostly before it claims the job, which then waits for the next worker).
+    workers = []
+    monkeypatch.setattr(worker_module, "ensure_worker",
+                        lambda s: workers.append(_start(home, "worker", "--idle-exit", "600", log=home.parent / "import-worker.log")))
     for n in range(REAL_IMPORT_KILLS):
         source = import_source(lab, 100 + n, random.Random(1))           # 1: a folder; zipped below
         lab.sources.append(source)
@@ -568,11 +572,12 @@ def test_sigkill_of_the_real_worker_and_the_pages_background_import(lab, real_wo
             for path in sorted(source.rglob("*.png")):
                 archive.write(path, path.relative_to(source.parent))
         before = store.project_info(REVIEW)["items"]
-        process, log = uploads.start_import(settings, REVIEW, f"batch{n}.zip", buffer.getvalue(), "importer")
-        assert any((home / "uploads").iterdir())
-        started, delay = time.monotonic(), rng.uniform(0.0, 1.0)      # n == 2: mostly still starting up
-        while process.poll() is None:
-            assert time.monotonic() - started < 60, log.read_text()
+        job = worker_module.queue_import(settings, store, REVIEW, f"batch{n}.zip", buffer.getvalue(), "importer")
+        process = workers[-1]
+        assert job.kind == "import" and any((home / "uploads").iterdir())
+        started, delay = time.monotonic(), rng.uniform(0.0, 1.0)
+        while process.poll() is None and not Jobs(store).get(job.id).finished:
+            assert time.monotonic() - started < 60, (home.parent / "import-worker.log").read_text()
             if (n == 0 and staging_files()) or (n == 1 and store.project_info(REVIEW)["items"] > before) or \
                     (n == 2 and time.monotonic() - started > delay):
                 break
@@ -581,7 +586,11 @@ def test_sigkill_of_the_real_worker_and_the_pages_background_import(lab, real_wo
             process.send_signal(signal.SIGKILL)
             lab.kills["real import"] += 1
         process.wait(30)
-        recover(lab)
+        recover(lab)                          # a job the dead worker ran is failed; its upload removed
+        if Jobs(store).get(job.id).status == "queued":   # never claimed: the next worker imports it
+            assert any((home / "uploads").iterdir())
+            run_worker(settings, idle_exit_s=0, kinds=("import",))
+            assert Jobs(store).get(job.id).status == "succeeded"
         check_workspace(lab)
         assert not (home / "uploads").is_dir() or not any((home / "uploads").iterdir())
     for source in lab.sources[-REAL_IMPORT_KILLS:]:                      # and importing again finishes it

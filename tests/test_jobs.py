@@ -21,16 +21,7 @@ from fusion.ml.train import TrainConfig
 from fusion.jobs.worker import reap_dead_jobs, worker_alive
 
 from conftest import ANNOTATOR
-
-
-def wait_for(check, timeout: float, what: str, every: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+from helpers import png_bytes, wait_for
 
 
 def start_worker(settings, idle_exit: float = 2.0) -> subprocess.Popen:
@@ -118,3 +109,50 @@ def test_cancel_stops_a_running_job_within_seconds(settings, jobs, corrected):
     finally:
         worker.kill()
     assert any("cancel requested by reviewer rae" in line for line in jobs.log_tail(job.id))
+
+
+def test_every_job_kind_has_its_runner():
+    from fusion.jobs import kinds, queue
+
+    assert set(kinds.KINDS) == set(queue.KINDS)
+
+
+def test_an_upload_and_an_export_are_jobs_of_the_worker(settings, jobs, corrected, monkeypatch, tmp_path):
+    """The Dataset page's Import and Export: queued in the store, run by a worker (here, in this
+    process), progress in the job's row, the upload folder kept while its job waits and removed
+    when it ends, the zip kept in the job's folder."""
+    import io
+    import zipfile
+
+    from fusion.jobs import worker
+    from fusion.jobs.recovery import active_uploads
+    from fusion.services.uploads import remove_finished, uploads_dir
+
+    monkeypatch.setattr(worker, "ensure_worker", lambda s: None)      # this test runs the worker itself
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(5):
+            archive.writestr(f"batch/{corrected.label_names[i % 2]}/new{i}.png", png_bytes(7_000 + i))
+        archive.writestr("batch/broken.png", b"not a png")
+    job = worker.queue_import(settings, jobs.store, corrected.name, "batch.zip", buffer.getvalue(), ANNOTATOR)
+    folder = job.params["upload"]
+    assert job.kind == "import" and job.status == "queued" and os.path.isdir(folder)
+    assert remove_finished(settings, active_uploads(jobs.store)) == 0 and os.path.isdir(folder)  # its job waits
+    worker.run_worker(settings, idle_exit_s=0, kinds=("import", "export"))
+    done = jobs.get(job.id)
+    assert done.status == "succeeded", (done.error, jobs.log_tail(job.id))
+    assert done.result["added"] == 5 and [p["where"] for p in done.result["problems"]] == ["broken.png"]
+    assert not os.path.exists(folder) and not any(uploads_dir(settings).iterdir())
+    assert any("skipped broken.png" in line for line in jobs.log_tail(job.id))
+    with pytest.raises(FusionError):                                  # a bad upload: nothing queued, nothing kept
+        worker.queue_import(settings, jobs.store, corrected.name, "x.zip", b"not a zip", ANNOTATOR)
+    assert not any(uploads_dir(settings).iterdir()) and jobs.list(corrected.name, limit=1)[0].id == job.id
+
+    export = worker.queue_job(settings, jobs.store, corrected.name, "export", {"format": "csv", "deidentify": True},
+                              ANNOTATOR)
+    worker.run_worker(settings, idle_exit_s=0, kinds=("export",))
+    done = jobs.get(export.id)
+    assert done.status == "succeeded", (done.error, jobs.log_tail(export.id))
+    with zipfile.ZipFile(done.result["file"]) as opened:
+        assert "items.csv" in opened.namelist() and done.result["deidentified"]
+    assert done.result["file"].endswith(f"{corrected.name}-csv-deidentified.zip")

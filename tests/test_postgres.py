@@ -12,6 +12,8 @@ from fusion.core.errors import FusionError
 from fusion.core.settings import REPO_ROOT, load_settings
 from fusion.store.labeling import Store
 
+from helpers import png_bytes, wait_for
+
 
 def cli(home, url, *args):
     return subprocess.run([sys.executable, "-m", "fusion", "--home", str(home), *args], capture_output=True, text=True,
@@ -86,16 +88,6 @@ def _add_in_rounds(url, home, rounds, barrier, results):
         results.put((n, outcome))
 
 
-def png_bytes(n: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (n, 255 - n, 7)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def test_four_people_adding_the_same_new_image_at_once_add_it_once(postgres, tmp_path):
     import multiprocessing
 
@@ -148,17 +140,6 @@ def _worker(settings, idle_exit: float):
                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(check, timeout: float, what: str):
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if value := check():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_three_workers_drain_twenty_jobs_each_run_once_and_a_killed_ones_job_is_resumable(postgres, tmp_path):
     import signal
 
@@ -173,13 +154,13 @@ def test_three_workers_drain_twenty_jobs_each_run_once_and_a_killed_ones_job_is_
     queued = [train.id] + [jobs.submit("team", "zero_shot", {}, "ann").id for _ in range(19)]
     workers = [_worker(settings, idle_exit=600) for _ in range(3)]   # still there when the kill comes
     try:
-        running = _wait_for(lambda: (j := jobs.get(train.id)).status == "running" and len(j.curve or []) >= 2 and j,
+        running = wait_for(lambda: (j := jobs.get(train.id)).status == "running" and len(j.curve or []) >= 2 and j,
                             240, "two epochs of the training job")
         victim = next(w for w in workers if w.pid == running.worker_pid)
         victim.send_signal(signal.SIGKILL)
         victim.wait(30)
         # The others reap it (its process is gone from this machine) and drain the queue.
-        _wait_for(lambda: all(jobs.get(i).status in FINISHED for i in queued), 300, "every job to end")
+        wait_for(lambda: all(jobs.get(i).status in FINISHED for i in queued), 300, "every job to end")
         killed = jobs.get(train.id)
         assert killed.status == "failed" and "stopped while running" in killed.error, killed
         assert [jobs.get(i).status for i in queued[1:]] == ["succeeded"] * 19

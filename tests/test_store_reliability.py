@@ -24,6 +24,8 @@ from fusion.services.importing import import_path
 from fusion.core.settings import load_settings
 from fusion.store.labeling import NewItem, Store
 
+from helpers import png_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 LABEL_ACTIONS = ("accept", "correct", "label")
 
@@ -41,16 +43,6 @@ def child_env() -> dict:
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def png_bytes(seed: int, size: int = 48) -> bytes:
-    """A small PNG that no other seed produces: random noise on a seed-dependent tint."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    pixels[0, 0] = [seed % 256, (seed // 256) % 256, (seed // 65536) % 256]
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def sha256_of(path: Path) -> str:

@@ -8,11 +8,9 @@ always go through real OCR, and a test checks that OCR of demo pages recovers th
 from __future__ import annotations
 
 import fcntl
-import subprocess
 from pathlib import Path
 from typing import Callable
 
-from fusion.core import background
 from fusion.demo import documents as demo_data
 from fusion.ml import registry
 from fusion.core.errors import UnknownProject
@@ -25,6 +23,7 @@ from fusion.ml.train import TrainConfig, train_version
 DEMO_ITEMS = 480
 DEMO_SEED = 0
 DEMO_USER = "demo generator"
+DEMO_LABELS = demo_data.LABELS
 TEXT_SOURCE = "demo generator text"  # the items' ocr_engine: this text was rendered, not read
 
 
@@ -42,7 +41,7 @@ def ensure_demo_project(settings: Settings, progress: Callable[[str, int, int], 
         try:
             project = store.project(settings.demo_project)
         except UnknownProject:
-            project = store.create_project(settings.demo_project, demo_data.LABELS, user=DEMO_USER)
+            project = store.create_project(settings.demo_project, DEMO_LABELS, user=DEMO_USER)
         if store.project_info(settings.demo_project)["items"] == 0:  # also: a pre-database workspace
             import_demo_items(settings, store, progress)
         if project.active_model is None or _baseline_predates_ood(store, project):
@@ -99,14 +98,3 @@ def demo_ready(settings: Settings) -> bool:
         return open_store(settings).project(settings.demo_project).active_model is not None
     except UnknownProject:
         return False
-
-
-def build_log(settings: Settings) -> Path:
-    return settings.home / "logs" / "demo-build.log"
-
-
-def start_demo_build(settings: Settings) -> subprocess.Popen:
-    """Build the demo project in its own process; it writes `stage: done/total` lines to
-    build_log(settings). A second build started while one runs waits on the first one's lock
-    and then finds the project ready."""
-    return background.start(settings, ["demo"], build_log(settings))

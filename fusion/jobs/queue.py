@@ -22,7 +22,7 @@ from fusion.store.schema import JobRow, ModelVersionRow, ProjectRow
 from fusion.store.labeling import Store, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled")
-KINDS = ("train", "prelabel", "zero_shot")
+KINDS = ("train", "prelabel", "zero_shot", "import", "export", "demo")   # fusion.jobs.kinds runs them
 DEAD_AFTER_S = 30.0   # a running job without a heartbeat this long has lost its worker (it beats every 2 s)
 HOST = socket.gethostname()
 
@@ -108,6 +108,13 @@ class Jobs:
             query = query.where(JobRow.kind == kind)
         with self.db.read() as session:
             return [self._job(*r) for r in session.execute(query.order_by(JobRow.id.desc()).limit(limit)).all()]
+
+    def unfinished(self, kind: str) -> list[Job]:
+        """Queued and running jobs of one kind, in every project, oldest first."""
+        query = (select(JobRow, ProjectRow.name).join(ProjectRow, ProjectRow.id == JobRow.project_id)
+                 .where(JobRow.kind == kind, JobRow.status.in_(("queued", "running"))).order_by(JobRow.id))
+        with self.db.read() as session:
+            return [self._job(*r) for r in session.execute(query).all()]
 
     # -- the app's side -------------------------------------------------------------------
     def submit(self, project: str, kind: str, params: dict, user: str, resume_of: int | None = None,

@@ -85,7 +85,13 @@ def recover_files(settings: Settings, store: Store) -> dict[str, int]:
     temps = sum(remove_dead_temps(folder) for folder in _temp_folders(settings, store.project_names()))
     return {"blobs_promoted": blobs_promoted, "blobs_deleted": blobs_deleted,
             "versions_promoted": versions_promoted, "versions_deleted": versions_deleted,
-            "temp_files_deleted": temps, "uploads_deleted": remove_finished(settings)}
+            "temp_files_deleted": temps,
+            "uploads_deleted": remove_finished(settings, active_uploads(store))}
+
+
+def active_uploads(store: Store) -> set[str]:
+    """The upload folders that queued or running import jobs will read."""
+    return {job.params.get("upload") for job in Jobs(store).unfinished("import")} - {None}
 
 
 def recover_workspace(settings: Settings, store: Store) -> dict[str, int]:

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 import traceback
 
-from fusion.core import background
+from fusion.core.errors import FusionError, UnknownProject
+from fusion.jobs.kinds import KINDS
 from fusion.jobs.queue import Job, JobCancelled, Jobs
-from fusion.jobs.recovery import describe, recover_files
-from fusion.core.settings import Settings, describe_device
+from fusion.jobs.recovery import active_uploads, describe, recover_files
+from fusion.core.settings import REPO_ROOT, Settings
+from fusion.services.importing import unpack_upload
+from fusion.services.uploads import new_upload_folder, remove_finished
 from fusion.store.labeling import Store, open_store
 
 HEARTBEAT_S = 2.0     # also how often a cancel request is noticed
@@ -49,7 +55,11 @@ def ensure_worker(settings: Settings) -> bool:
     worker finds the lock taken and exits."""
     if worker_alive(settings):
         return False
-    background.start(settings, ["worker"], settings.home / "logs" / "worker.log")
+    log = settings.home / "logs" / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        subprocess.Popen([sys.executable, "-m", "fusion", "worker"], stdout=out, stderr=out, cwd=REPO_ROOT,
+                         env=os.environ | {"FUSION_HOME": str(settings.home)}, start_new_session=True)
     return True
 
 
@@ -58,6 +68,38 @@ def queue_job(settings: Settings, store: Store, project: str, kind: str, params:
     job = Jobs(store).submit(project, kind, params, user)
     ensure_worker(settings)
     return job
+
+
+def queue_import(settings: Settings, store: Store, project: str, filename: str, data: bytes, user: str) -> Job:
+    """An uploaded .zip unpacked under uploads/ and imported by the worker (the Dataset page's
+    Import). The folder's lock is held until the job that names it is in the store, so it is never
+    an orphan to remove_finished. FusionError, keeping nothing, if the upload can't be unpacked."""
+    remove_finished(settings, active_uploads(store))
+    folder, lock = new_upload_folder(settings)
+    try:
+        target = unpack_upload(filename, data, folder)
+        return queue_job(settings, store, project, "import", {"path": str(target), "upload": str(folder)}, user)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        os.close(lock)
+
+
+def queue_demo_build(settings: Settings, store: Store) -> Job:
+    """The demo project, built by the worker (what the app does on a first run): its project is
+    created now, so the job has a home; a build already queued or running is returned instead."""
+    from fusion.demo.build import DEMO_USER, DEMO_LABELS   # here: queueing other jobs never loads torch
+
+    try:
+        store.project(settings.demo_project)
+    except UnknownProject:
+        try:
+            store.create_project(settings.demo_project, DEMO_LABELS, user=DEMO_USER)
+        except FusionError:
+            store.project(settings.demo_project)       # another session created it meanwhile
+    running = [job for job in Jobs(store).unfinished("demo") if job.project == settings.demo_project]
+    return running[0] if running else queue_job(settings, store, settings.demo_project, "demo", {}, DEMO_USER)
 
 
 def resume_job(settings: Settings, store: Store, job_id: int, user: str) -> Job:
@@ -154,41 +196,6 @@ def run_job(settings: Settings, store: Store, jobs: Jobs, job: Job) -> None:
 
 
 def _run(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
-    if job.kind == "train":
-        return _train(settings, store, jobs, job, report)
-    if job.kind == "prelabel":
-        from fusion.services.prelabel import prelabel_project   # each job kind loads what it needs
-
-        result = prelabel_project(settings, store, job.project, report)
-        jobs.log(job.id, f"predicted {result['predicted']} undecided items with {result['version']}")
-        return result
-    if job.kind == "zero_shot":
-        from fusion.ml.zero_shot_measure import measure_zero_shot   # each job kind loads what it needs
-
-        result = measure_zero_shot(settings, store, job.project, job.created_by, report)
-        jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}")
-        return {k: result[k] for k in ("items", "votes", "accuracy", "accuracy_unweighted") if k in result}
-    raise ValueError(f"unknown job kind {job.kind!r}")
-
-
-def _train(settings: Settings, store: Store, jobs: Jobs, job: Job, report) -> dict:
-    from fusion.ml import registry   # here: a worker that only pre-labels never loads training
-    from fusion.ml.evaluation import ece_support
-    from fusion.ml.train import TrainConfig, resolve_device, train_version
-
-    config = TrainConfig.from_dict(job.params)
-    if config.device == "auto":           # the job leaves it to the worker (`worker --device`)
-        config.device = settings.device
-    jobs.beat(job.id, {"stage": "preparing"}, device=describe_device(resolve_device(config.device)))
-    resume = jobs.checkpoint_path(job.resume_of) if job.resume_of else None
-    version, metrics = train_version(settings, store, job.project, config, user=job.created_by, report=report,
-                                     job_id=job.id, checkpoint=jobs.checkpoint_path(job.id), resume=resume)
-    promoted = bool(job.params.get("auto_promote")) and registry.beats_active(metrics)
-    if promoted:
-        registry.promote(store, job.project, version, user=job.created_by, action="auto-promote")
-    jobs.log(job.id, f"version {version}: test macro-F1 {metrics['test']['fused']['macro_f1']}"
-                     + (", promoted (beat the active version)" if promoted else ""))
-    return {"version": version, "promoted": promoted,
-            "test": {h: {**{k: s[k] for k in ("accuracy", "macro_f1", "ece")}, **ece_support(s)}  # with what the ECE rests on
-                     for h, s in metrics["test"].items()}}
-
+    if job.kind not in KINDS:
+        raise ValueError(f"unknown job kind {job.kind!r}")
+    return KINDS[job.kind].run(settings, store, jobs, job, report)

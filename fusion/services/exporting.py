@@ -191,10 +191,13 @@ def export_project(store: Store, project_name: str, fmt: str, out: Path,
     return {"project": project_name, "format": fmt, "items": len(items), "path": str(out), **masking.summary()}
 
 
-def export_zip(store: Store, project_name: str, fmt: str, deidentify: bool | None = None) -> tuple[str, bytes, dict]:
-    """The export as one zip file for a download: (file name, bytes, export_project's summary)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = export_project(store, project_name, fmt, Path(tmp) / "export", deidentify=deidentify)
+def export_archive(store: Store, project_name: str, fmt: str, folder: Path, deidentify: bool | None = None,
+                   progress: Progress | None = None) -> tuple[Path, dict]:
+    """The export as one zip file in `folder`, for a download: (its path, export_project's summary)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as tmp:   # on the zip's own disk
+        summary = export_project(store, project_name, fmt, Path(tmp) / "export", progress=progress, deidentify=deidentify)
         suffix = "-deidentified" if summary["deidentified"] else ""
         archive = shutil.make_archive(str(Path(tmp) / f"{project_name}-{fmt}{suffix}"), "zip", Path(tmp) / "export")
-        return Path(archive).name, Path(archive).read_bytes(), summary
+        return Path(shutil.move(archive, folder / Path(archive).name)), summary

@@ -1,24 +1,22 @@
 """Uploaded archives waiting for their import: <home>/uploads/<pid>-<id>/.
 
-The Dataset page unpacks an upload there and imports it in a background process
-(`python -m fusion import`). The folder's lock is taken before the folder gets its real name
-and handed down to that process, so it is held from the first byte unpacked to the import's
-end. Recovery (and the next upload) removes exactly the folders whose lock nobody holds:
-imported ones, and those of a server killed while unpacking or an import killed half-way (an
-import adds only what is missing, so uploading the same file again finishes it).
+The Dataset page unpacks an upload there and queues an import job for the worker
+(fusion.jobs.worker.queue_import). The folder's lock is taken before the folder gets its real
+name and held until the job is in the store; the job removes the folder when it ends. Recovery
+(and the next upload) removes exactly the folders whose lock nobody holds and that no queued or
+running import job names: imported ones, and those of a server killed while unpacking or an
+import killed half-way (an import adds only what is missing, so uploading the same file again
+finishes it).
 """
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
-from fusion.core import background
 from fusion.core.atomic import pid_alive
 from fusion.store.blobs import try_lock
-from fusion.services.importing import unpack_upload
 from fusion.core.settings import Settings
 
 LOCK = ".lock"   # dot-named: importing skips it
@@ -38,28 +36,9 @@ def new_upload_folder(settings: Settings) -> tuple[Path, int]:
     return partial.rename(root / name), lock
 
 
-def start_import(settings: Settings, project: str, filename: str, data: bytes,
-                 user: str) -> tuple[subprocess.Popen, Path]:
-    """Unpack an uploaded .zip or .csv and import it into `project` in a background process.
-    Returns (process, log) for background.progress. FusionError, keeping nothing, if the upload
-    can't be unpacked."""
-    remove_finished(settings)
-    folder, lock = new_upload_folder(settings)
-    try:
-        target = unpack_upload(filename, data, folder)
-        log = settings.home / "logs" / f"import-{folder.name}.log"
-        process = background.start(settings, ["import", project, str(target), "--user", user], log,
-                                   pass_fds=(lock,))
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    finally:
-        os.close(lock)                              # the import process holds it now
-    return process, log
-
-
-def remove_finished(settings: Settings) -> int:
-    """Delete the upload folders nobody works on: imported, or left by a killed process."""
+def remove_finished(settings: Settings, keep: set[str] = frozenset()) -> int:
+    """Delete the upload folders nobody works on: imported, or left by a killed process. `keep`:
+    the folders of import jobs still queued or running (fusion.jobs.worker.active_uploads)."""
     root = uploads_dir(settings)
     if not root.is_dir():
         return 0
@@ -71,7 +50,7 @@ def remove_finished(settings: Settings) -> int:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
             continue
-        if not folder.is_dir():
+        if not folder.is_dir() or str(folder) in keep:
             continue
         lock = try_lock(folder / LOCK)
         if lock is None:
