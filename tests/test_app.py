@@ -2,7 +2,6 @@
 the fused prediction and both explanations."""
 from __future__ import annotations
 
-import io
 import os
 import re
 import signal
@@ -10,42 +9,17 @@ import time
 import zipfile
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fusion.jobs.queue import Jobs
 
-TIMEOUT = 300  # the first run loads the encoders and EasyOCR
-APP = Path(__file__).resolve().parent.parent / "app.py"
-
-
-UNIQUE = os.urandom(3)  # a dot in the corner: this run's page is a new item even in a reused workspace
-
-
-def page_bytes(fmt: str = "PNG") -> bytes:
-    image = Image.new("RGB", (900, 300), "white")
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, 2, 2), fill=tuple(UNIQUE))
-    font = ImageFont.load_default(size=40)
-    draw.text((30, 40), "Hemoglobin 13.2 g/dL", fill="black", font=font)
-    draw.text((30, 160), "Glucose fasting 5.1 mmol/L", fill="black", font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
-
+from helpers import APP, TIMEOUT, page_bytes, started
 
 def demo_project_settings():
     from fusion.core.settings import load_settings
 
     return load_settings()
-
-
-def started(demo_project) -> AppTest:
-    app = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    app.session_state["user"] = "reviewer"
-    app.run()
-    assert not app.exception, app.exception
-    return app
 
 
 def test_review_page_upload_ocr_caption_prediction_and_heatmaps(demo_project):

@@ -19,7 +19,7 @@ from fusion.services.accounts import SignedIn
 from fusion.imaging.images import image_sha256
 from fusion.store.labeling import open_store, utcnow
 
-from test_app import APP, TIMEOUT
+from helpers import APP, TIMEOUT
 
 RUN = os.urandom(3).hex()   # this run's account names and page: the workspace may be reused
 ADMIN, ANNOTATOR = f"admin-{RUN}", f"ann-{RUN}"

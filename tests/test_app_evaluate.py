@@ -8,7 +8,7 @@ from fusion.store.labeling import open_store
 from fusion.ml.train import TrainConfig, train_version
 
 from conftest import ANNOTATOR
-from test_app import started
+from helpers import started
 
 
 def test_evaluate_page_shows_scores_errors_and_a_comparison(settings, demo_project, corrected):

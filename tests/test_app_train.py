@@ -8,7 +8,7 @@ from fusion.ml import registry
 from fusion.jobs.queue import Jobs
 from fusion.store.labeling import open_store
 
-from test_app import started
+from helpers import started
 
 
 def test_train_page_runs_a_job_then_promotes_and_rolls_back(settings, demo_project, corrected):

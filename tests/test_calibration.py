@@ -114,7 +114,7 @@ def test_a_head_trained_on_a_separable_set_is_not_certain(settings, demo_project
 def test_the_pages_show_what_an_ece_rests_on(settings, demo_project):
     """Evaluate and Train show the demo's ECE with its item and bin counts and, under
     ECE_MIN_ITEMS items, say it is too few to trust; the reliability bars carry their counts."""
-    from test_app import started
+    from helpers import started
 
     fused = get_version(open_store(settings), demo_project.name, "v1").metrics["test"]["fused"]
     shown = describe_ece(fused, prefix="")

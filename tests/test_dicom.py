@@ -8,47 +8,17 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from fusion.imaging.dicom import is_dicom, read_dicom
 from fusion.core.errors import BadImage
 from fusion.imaging.images import check_image_file, load_image
 
-MARKER = "ZQXJ7PATIENT"   # appears in every identifying tag of the test files, and nowhere else
-IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "InstitutionName",
-               "ReferringPhysicianName", "AccessionNumber", "StudyID", "PatientAddress")
+from helpers import IDENTIFYING, MARKER, dicom_file
 
 
-def dicom_file(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", window: tuple | None = None,
-               rescale: tuple | None = None, modality: str = "CT", marker: str = MARKER) -> bytes:
-    """A Part 10 DICOM file (explicit VR little endian) of `pixels`: (rows, cols) or (frames, rows, cols)
-    uint16, with the marker in every identifying tag."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"   # Secondary Capture
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    for tag in IDENTIFYING:
-        short = tag in ("PatientID", "AccessionNumber", "StudyID")   # VRs of at most 16 characters
-        setattr(ds, tag, marker if short else f"{marker}^{tag}")
-    ds.PatientBirthDate = "19700101"
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    if rescale:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+
+
+
 
 
 def grey(image) -> np.ndarray:

@@ -29,7 +29,7 @@ from pydicom.uid import JPEGBaseline8Bit, RLELossless
 
 from fusion.core.errors import FusionError
 from fusion.core.settings import load_settings
-from test_dicom import dicom_file
+from helpers import dicom_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -289,7 +289,7 @@ HOSTILE_NAME = "<img src=x onerror=alert(2)>[x](http://evil.example)\u202egnp.dc
 
 def dicom_page() -> bytes:
     """test_app's lab page (a new item each run) as a DICOM file: 8-bit values in 16-bit samples."""
-    from test_app import page_bytes
+    from helpers import page_bytes
 
     grey = np.asarray(Image.open(io.BytesIO(page_bytes())).convert("L")).astype(np.uint16)
     return dicom_file(grey, window=(128, 256), modality="OT")
@@ -299,7 +299,7 @@ def test_html_script_markdown_and_control_characters_are_shown_as_text(demo_proj
     """A DICOM page uploaded under a hostile file name, then a hostile 100,000-character caption:
     the app shows both as text (HTML escaped where the word colouring is HTML, markdown escaped
     where it renders markdown), and the store keeps the caption as typed but for the NUL byte."""
-    from test_app import started
+    from helpers import started
 
     from fusion.privacy.display_text import literal
     from fusion.services.review import decide

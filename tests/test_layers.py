@@ -44,3 +44,13 @@ def test_an_import_inside_a_function_says_why():
             if n - 1 not in inside and "#" not in lines[n - 1]:   # the first of a run says why for all
                 unexplained.append(f"{path.relative_to(REPO_ROOT)}:{n}")
     assert unexplained == []
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers.py (and the fixtures in conftest.py)."""
+    tests = REPO_ROOT / "tests"
+    found = [f"{path.name}: {node.module or node.names[0].name}" for path in sorted(tests.glob("test_*.py"))
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, (ast.Import, ast.ImportFrom))
+             and ((node.module or "") if isinstance(node, ast.ImportFrom) else node.names[0].name).startswith("test_")]
+    assert found == []

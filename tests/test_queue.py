@@ -93,7 +93,7 @@ def test_review_page_queue_order_and_prelabel_job(settings, demo_project):
 
     from fusion.jobs.queue import Jobs
 
-    from test_app import started
+    from helpers import started
 
     project = project_of_demo_pages(settings, demo_project, "review-queue", 12)
     app = started(demo_project)
