@@ -324,14 +324,13 @@ def test_search_finds_only_what_the_deidentified_screen_shows(phi_project):
 # ---- logs ---------------------------------------------------------------------------------------
 
 def test_logs_never_hold_page_text_or_captions(settings, demo_project, tmp_path, caplog, capsys):
-    """An import in a background process (as the Dataset page starts it, with a bad row) and a
-    pre-labeling job run by the worker, over items whose text and captions hold a unique marker:
+    """An import job (as the Dataset page queues it, with a bad row) and a pre-labeling job run by
+    the worker, over items whose text and captions hold a unique marker:
     the marker is in no file under <home>/logs or <home>/jobs, no log record and no output."""
     import logging
 
     from sqlalchemy import text as sql
 
-    from fusion.core import background
     from fusion.jobs.queue import Jobs
     from fusion.store.labeling import open_store
     from fusion.jobs.worker import run_worker
@@ -351,18 +350,17 @@ def test_logs_never_hold_page_text_or_captions(settings, demo_project, tmp_path,
     lines.append(f'missing.png,,"caption {marker}","text {marker}"')     # a bad row: listed in the log
     (folder / "items.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    log = settings.home / "logs" / f"import-{marker[-6:]}.log"
-    process = background.start(settings, ["import", project, str(folder / "items.csv"), "--user", "tester"], log)
-    assert process.wait(timeout=120) == 1                      # 1: a row was not imported
-    assert "missing.png" in log.read_text() and store.list_items(project, limit=0).total == 3
-
     import time
 
-    job = Jobs(store).submit(project, "prelabel", {}, "tester")
+    jobs = Jobs(store)
+    imported = jobs.submit(project, "import", {"path": str(folder / "items.csv")}, "tester")
+    job = jobs.submit(project, "prelabel", {}, "tester")
     run_worker(settings, idle_exit_s=0)   # the worker's own loop, here (unless a worker process holds the lock)
     deadline = time.monotonic() + 120
-    while not (finished := Jobs(store).get(job.id)).finished and time.monotonic() < deadline:
+    while not (finished := jobs.get(job.id)).finished and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert jobs.get(imported.id).status == "succeeded" and store.list_items(project, limit=0).total == 3
+    assert any("no such image file: missing.png" in line for line in jobs.log_tail(imported.id))   # the bad row
     assert finished.status == "succeeded" and finished.result["predicted"] == 3, finished.error
 
     # A failed statement's message (which lands in tracebacks and job logs) names no values.
