@@ -234,49 +234,128 @@ if notice:
     st.info(notice)
 
 
+def edit_boxes(ocr_info) -> tuple[str, str]:
+    """The caption box and the page text the model reads: (caption, page text)."""
+    st.text_area("Caption or note", key="caption", height=80,
+                 placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
+    caption = model_caption()
+    turned = f", page turned {ocr_info.angle}°" if ocr_info.angle else ""
+    redacting = settings.redact_text
+    if redacting:
+        st.caption("The model reads the original caption. An edit that keeps the [NAME]-style placeholders "
+                   "keeps the words they hide; any other edit is saved as typed.")
+    with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), "
+                     + ("read-only while de-identified" if redacting else "editable"), expanded=False):
+        ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed",
+                                disabled=redacting)
+        if redacting:   # editing it would write the placeholders over the page's real text
+            st.caption("De-identified: the page text can't be edited; the model reads the original.")
+            ocr_text = ocr_info.text
+    return caption, ocr_text
+
+
+def current_prediction(page: dict, item, caption: str, ocr_text: str):
+    """The prediction for these inputs: made again only when they changed (sliders and toggles
+    rerun the script too). An item's first reading is saved. -> (prediction, item)"""
+    inputs = (item.id, ocr_text, caption, project.name, project.active_model)
+    if st.session_state.get("prediction_inputs") != inputs:
+        edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
+        st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption, ocr_result=edited)
+        if st.session_state.get("prediction_inputs", (None,))[0] != item.id:  # an item's first reading: keep it
+            item = review.save_reading(store, project.name, item, page["ocr"], st.session_state["prediction"], "model")
+        st.session_state["prediction_inputs"] = inputs
+    return st.session_state["prediction"], item
+
+
+def decision_buttons(item, prediction) -> None:
+    now = f"now **{item.label}** ({item.status}" + (f" by {literal(item.updated_by)})" if item.version > 1 else ")") \
+        if item.label else f"{item.status}"
+    st.markdown(f"**Your decision** on {literal(item.filename)} · {now}")
+    refused = app_session.why_may_not_change(item)   # e.g. an annotator on a page someone decided
+    if refused:
+        st.caption(f":material/block: {literal(refused)}")
+    accept, skip = st.columns(2)
+    accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
+                  on_click=save_decision, args=(prediction.label,), disabled=bool(refused))
+    skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,),
+                disabled=bool(refused))
+    st.caption("Or correct it to:")
+    # Long label names get a row each: three to a row cut "lab_results_table" to "lab_r…" at 1280 px.
+    cells = st.columns(1 if max(map(len, project.labels)) > 12 else min(len(project.labels), 3))
+    for k, label in enumerate(project.labels):
+        key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
+        cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch", disabled=bool(refused),
+                                     help=project.labels[label] or None, on_click=save_decision, args=(label,))
+
+
+def explained(prediction, page: dict, caption: str, ocr_text: str, explaining, heartbeat):
+    """The prediction with its explanation, computed on the engine's explainer thread if missing."""
+    if prediction.explanation is not None:
+        return prediction
+    edited = dataclasses.replace(page["ocr"], text=ocr_text)
+    pending = engine.explained(page["image"], project, caption=caption, ocr_result=edited)
+    with explaining, st.spinner("Explaining: Grad-CAM and word attributions…"):
+        # Streamlit ends a run for a newer edit only when the run draws: a heartbeat lets the
+        # reviewer's next edit be predicted now, not after this explanation.
+        while not futures.wait([pending], timeout=0.1).done:
+            heartbeat.empty()
+    st.session_state["prediction"] = pending.result()
+    return st.session_state["prediction"]
+
+
+def word_colours(prediction, page: dict, caption: str, ocr_text: str) -> None:
+    explanation = prediction.explanation
+    mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
+                    help="Attribution: how much each word moved the predicted class (integrated gradients, plus what "
+                         "its line's zero-shot vote loses without it); green for, red against. Attention: "
+                         "attention rollout through the text encoder.")
+    words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
+    if settings.redact_text:
+        words = redact_scored(words, compose_text(ocr_text, caption))
+    # A long page's words scroll in their own box: the caption and page text stay in reach below.
+    with st.container(height=260 if len(words) > 150 else "content", border=False):
+        st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
+    if explanation.words_read < explanation.words_total:
+        st.caption(f"Read {explanation.words_read:,} of {explanation.words_total:,} words: the model reads "
+                   f"the page in {MAX_CHUNKS} chunks of 128 word pieces at most (the caption always); the "
+                   "rest did not count and has no colour.")
+    st.caption(f"Model {prediction.model_version} · {ocr_timing(page)} · " + " · ".join(
+        f"{k} {v:.0f} ms" for k, v in prediction.timings_ms.items() if k != "ocr"))  # the page was read before predicting
+
+
+def page_with_heatmap(explanation, page: dict) -> None:
+    maps = {"Grad-CAM": explanation.heatmap}
+    if explanation.text_to_image is not None:
+        maps["Text → image attention"] = explanation.text_to_image
+    c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="bottom")
+    which = c1.radio("Heatmap", list(maps), horizontal=True) if len(maps) > 1 else next(iter(maps))
+    if len(maps) == 1:
+        c1.caption(f"Heatmap: {which} (red: what drove the prediction most)")
+    opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
+    show_boxes = c3.toggle("OCR boxes", value=True)
+    shown = blend_heatmap(page["image"], maps[which], opacity)
+    if show_boxes:
+        shown = draw_boxes(shown, [w.box for w in page["ocr"].words])
+    if settings.redact_text:   # the page itself must not show what the text hides
+        shown = black_out(shown, phi_boxes(page["ocr"].text, page["ocr"].words))
+    st.image(shown, caption=f"{literal(page['name'])} · {page['image'].width}x{page['image'].height}", width="stretch")
+
+
 @st.fragment
 def review_panel(page: dict) -> None:
     """The item under review. A fragment: a caption or text edit, a slider or a toggle reruns
-    only this, not the whole app; a decision reruns the app to open the next item."""
+    only this, not the whole app; a decision reruns the app to open the next item. The
+    prediction is shown first, its explanation (3-4x the work) follows in the same run."""
     if st.session_state.get("open_next"):
         st.rerun(scope="app")
     if "problem" in st.session_state:
         st.error(st.session_state.pop("problem"))
     item = store.item(project.name, page["item_id"])
-
     left, right = st.columns([3, 2], gap="large")
     with right:
-        result_box = st.container()
-        decision_box = st.container()
-        details_box = st.container()
-        st.text_area("Caption or note", key="caption", height=80,
-                     placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
-        caption = model_caption()
-        ocr_info = page["ocr"]
-        turned = f", page turned {ocr_info.angle}°" if ocr_info.angle else ""
-        redacting = settings.redact_text
-        if redacting:
-            st.caption("The model reads the original caption. An edit that keeps the [NAME]-style placeholders "
-                       "keeps the words they hide; any other edit is saved as typed.")
-        with st.expander(f"Text read from the page ({len(ocr_info.words)} words{turned}), "
-                         + ("read-only while de-identified" if redacting else "editable"), expanded=False):
-            ocr_text = st.text_area("Page text", key="ocr_text", height=220, label_visibility="collapsed",
-                                    disabled=redacting)
-            if redacting:   # editing it would write the placeholders over the page's real text
-                st.caption("De-identified: the page text can't be edited; the model reads the original.")
-                ocr_text = ocr_info.text
-
-    # Sliders and toggles rerun the script too: predict again only when the inputs changed. The
-    # prediction is shown first, its explanation (3-4x the work) follows in the same run.
-    inputs = (item.id, ocr_text, caption, project.name, project.active_model)
-    edited = dataclasses.replace(page["ocr"], text=ocr_text)  # edits never re-run OCR
-    if st.session_state.get("prediction_inputs") != inputs:
-        st.session_state["prediction"] = engine.predict(page["image"], project, caption=caption, ocr_result=edited)
-        if st.session_state.get("prediction_inputs", (None,))[0] != item.id:  # an item's first reading: keep it
-            item = review.save_reading(store, project.name, item, page["ocr"], st.session_state["prediction"], "model")
-        st.session_state["prediction_inputs"] = inputs
-    prediction = st.session_state["prediction"]
-
+        result_box, decision_box, details_box = st.container(), st.container(), st.container()
+        caption, ocr_text = edit_boxes(page["ocr"])
+    prediction, item = current_prediction(page, item, caption, ocr_text)
     with result_box:
         show_prediction(prediction)
         reason_box = st.empty()
@@ -286,72 +365,14 @@ def review_panel(page: dict) -> None:
         # half the time, and the new prediction reaches the screen sooner.
         st.plotly_chart(probability_chart(prediction), width="stretch", config={"staticPlot": True})
         explaining, heartbeat = st.empty(), st.empty()
-
     with decision_box:
-        now = f"now **{item.label}** ({item.status}" + (f" by {literal(item.updated_by)})" if item.version > 1 else ")") \
-            if item.label else f"{item.status}"
-        st.markdown(f"**Your decision** on {literal(item.filename)} · {now}")
-        refused = app_session.why_may_not_change(item)   # e.g. an annotator on a page someone decided
-        if refused:
-            st.caption(f":material/block: {literal(refused)}")
-        accept, skip = st.columns(2)
-        accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
-                      on_click=save_decision, args=(prediction.label,), disabled=bool(refused))
-        skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,),
-                    disabled=bool(refused))
-        st.caption("Or correct it to:")
-        # Long label names get a row each: three to a row cut "lab_results_table" to "lab_r…" at 1280 px.
-        cells = st.columns(1 if max(map(len, project.labels)) > 12 else min(len(project.labels), 3))
-        for k, label in enumerate(project.labels):
-            key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
-            cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch", disabled=bool(refused),
-                                         help=project.labels[label] or None, on_click=save_decision, args=(label,))
-
-    if prediction.explanation is None:
-        pending = engine.explained(page["image"], project, caption=caption, ocr_result=edited)
-        with explaining, st.spinner("Explaining: Grad-CAM and word attributions…"):
-            # Streamlit ends a run for a newer edit only when the run draws: a heartbeat lets the
-            # reviewer's next edit be predicted now, not after this explanation.
-            while not futures.wait([pending], timeout=0.1).done:
-                heartbeat.empty()
-        prediction = pending.result()
-        st.session_state["prediction"] = prediction
-    explanation = prediction.explanation
+        decision_buttons(item, prediction)
+    prediction = explained(prediction, page, caption, ocr_text, explaining, heartbeat)
     reason_box.markdown(reason_in_words(prediction))     # now with its words and region
-
     with details_box:
-        mode = st.radio("Colour the words by", ["attribution", "attention"], horizontal=True, key="word_colouring",
-                        help="Attribution: integrated gradients of the predicted class (green for, red against). "
-                             "Attention: attention rollout through the text encoder.")
-        words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
-        if settings.redact_text:
-            words = redact_scored(words, compose_text(ocr_text, caption))
-        # A long page's words scroll in their own box: the caption and page text stay in reach below.
-        with st.container(height=260 if len(words) > 150 else "content", border=False):
-            st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
-        if explanation.words_read < explanation.words_total:
-            st.caption(f"Read {explanation.words_read:,} of {explanation.words_total:,} words: the model reads "
-                       f"the page in {MAX_CHUNKS} chunks of 128 word pieces at most (the caption always); the "
-                       "rest did not count and has no colour.")
-        st.caption(f"Model {prediction.model_version} · {ocr_timing(page)} · " + " · ".join(
-            f"{k} {v:.0f} ms" for k, v in prediction.timings_ms.items() if k != "ocr"))  # the page was read before predicting
-
+        word_colours(prediction, page, caption, ocr_text)
     with left:
-        maps = {"Grad-CAM": explanation.heatmap}
-        if explanation.text_to_image is not None:
-            maps["Text → image attention"] = explanation.text_to_image
-        c1, c2, c3 = st.columns([3, 3, 2], vertical_alignment="bottom")
-        which = c1.radio("Heatmap", list(maps), horizontal=True) if len(maps) > 1 else next(iter(maps))
-        if len(maps) == 1:
-            c1.caption(f"Heatmap: {which} (red: what drove the prediction most)")
-        opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
-        show_boxes = c3.toggle("OCR boxes", value=True)
-        shown = blend_heatmap(page["image"], maps[which], opacity)
-        if show_boxes:
-            shown = draw_boxes(shown, [w.box for w in page["ocr"].words])
-        if settings.redact_text:   # the page itself must not show what the text hides
-            shown = black_out(shown, phi_boxes(page["ocr"].text, page["ocr"].words))
-        st.image(shown, caption=f"{literal(page['name'])} · {page['image'].width}x{page['image'].height}", width="stretch")
+        page_with_heatmap(prediction.explanation, page)
 
 
 review_panel(page)
