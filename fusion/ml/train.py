@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 from torch import distributed as dist
+from torch import nn
 from torch.nn import functional as F
 
 from fusion.ml import ood
@@ -34,7 +35,7 @@ from fusion.ml.finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_t
                        parameter_groups, pretrained_anchor)
 from fusion.ml.encoders import mean_pool, save_encoders
 from fusion.ml.inference import HEADS, autocast, predict_logits, version_logits
-from fusion.ml.model import ModelConfig
+from fusion.ml.model import FusionModel, ModelConfig
 from fusion.ml.probe import PooledFeatures, fit_linear_heads, logistic_probes, pooled_features
 from fusion.ml.training_data import Examples, labeled_examples, pixel_set
 from fusion.ml.zeroshot import build_zero_shot_model, project_zero_shot_model
@@ -300,6 +301,36 @@ def _scores(logits: dict[str, torch.Tensor], targets: torch.Tensor, labels: list
     return {h: scores(l.softmax(-1).numpy(), targets.numpy(), labels) for h, l in logits.items()}
 
 
+def _training_data(engine, project, examples, targets: list[int], test_index: torch.Tensor, mode: str,
+                   device: str, report: Report | None):
+    """(what training reads: cached features in head mode, decoded pixels and token ids
+    otherwise; the test split's features through the pretrained encoders, which the zero-shot
+    and head-only models read)."""
+    rank, world = distributed()
+    if rank > 0 and world > 1:
+        dist.barrier()                                   # rank 0 fills the feature cache first
+    if mode == "head":
+        data = _encode(engine, project, examples, torch.arange(len(targets)), targets, report)
+        test_features = data.subset(test_index)
+    else:
+        test_features = _encode(engine, project, examples, test_index, targets, report)
+        if report:
+            report({"stage": "decoding", "step": 0, "steps": len(targets)})
+        data = pixel_set(examples.paths, examples.texts, targets, engine.text_encoder).on_gpu_if_it_fits(device)
+    if rank == 0 and world > 1:
+        dist.barrier()
+    return data, test_features
+
+
+def _trainable(engine, fusion: FusionModel, config: TrainConfig, device: str) -> nn.Module:
+    """What the mode trains: the heads on cached features, or the encoders too (encoders_for_training)."""
+    if config.mode == "head":
+        return HeadsOnFeatures(fusion).to(device)
+    image_encoder, text_encoder = encoders_for_training(config.mode, engine.image_encoder, engine.text_encoder,
+                                                        config.lora)
+    return EndToEnd(image_encoder, text_encoder, fusion, channels_last=device.startswith("cuda")).to(device)
+
+
 def train_version(settings, store, project_name: str, config: TrainConfig, user: str,
                   report: Report | None = None, job_id: int | None = None,
                   checkpoint: Path | None = None, resume: Path | None = None) -> tuple[str | None, dict]:
@@ -315,21 +346,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     split = {s: examples.split_index(s) for s in ("train", "val", "test")}
     engine = get_engine(dataclasses.replace(settings, device=device))
     t0 = time.perf_counter()
-
-    # Test features through the pretrained encoders: the zero-shot and head-only models read them.
-    if rank > 0 and world > 1:
-        dist.barrier()                                   # rank 0 fills the feature cache first
-    if config.mode == "head":
-        data = _encode(engine, project, examples, torch.arange(len(targets)), targets, report)
-        test_features = data.subset(split["test"])
-    else:
-        test_features = _encode(engine, project, examples, split["test"], targets, report)
-        if report:
-            report({"stage": "decoding", "step": 0, "steps": len(targets)})
-        data = pixel_set(examples.paths, examples.texts, targets, engine.text_encoder)
-        data = data.on_gpu_if_it_fits(device)
-    if rank == 0 and world > 1:
-        dist.barrier()
+    data, test_features = _training_data(engine, project, examples, targets, split["test"], config.mode, device, report)
     prepare_seconds = time.perf_counter() - t0
 
     model_config = ModelConfig(project.label_names, project.labels, config.strategy or settings.fusion,
@@ -341,12 +358,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     torch.manual_seed(config.seed)                        # the heads' initial weights
     fusion = build_zero_shot_model(model_config, engine.image_encoder, engine.text_encoder)
     fusion.requires_grad_(True).imagenet_fc.requires_grad_(False)
-    if config.mode == "head":
-        trainable = HeadsOnFeatures(fusion).to(device)
-    else:
-        image_encoder, text_encoder = encoders_for_training(config.mode, engine.image_encoder, engine.text_encoder,
-                                                            config.lora)
-        trainable = EndToEnd(image_encoder, text_encoder, fusion, channels_last=device.startswith("cuda")).to(device)
+    trainable = _trainable(engine, fusion, config, device)
 
     t1 = time.perf_counter()
     history = fit(trainable, data.subset(split["train"]), data.subset(split["val"]), config, device, report,
