@@ -147,10 +147,11 @@ def import_status() -> None:
     job_progress(job)
     if job.status == "succeeded":
         r = job.result
-        st.success(f"Imported {r['added']} new items ({r['already_in_project']} already there, "
-                   f"{len(r['problems'])} problems).")
-        if r["problems"]:   # file names and paths from the upload: shown as text
-            st.warning(f"{len(r['problems'])} rows were not imported:\n\n" + "\n".join(
+        bad = len(r["problems"])
+        st.success(f"Imported {r['added']} new {'item' if r['added'] == 1 else 'items'} "
+                   f"({r['already_in_project']} already there).")
+        if bad:   # file names and paths from the upload: shown as text
+            st.warning(f"{bad} {'row was' if bad == 1 else 'rows were'} not imported:\n\n" + "\n".join(
                 f"- {literal(p['where'])}: {literal(p['reason'])}" for p in r["problems"][:20]))
     if not job.finished and st.button("Cancel the import", key="import_cancel"):
         jobs.cancel(job.id, user)
