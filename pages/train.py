@@ -19,11 +19,11 @@ from fusion.ml.finetune import MODES
 from fusion.jobs.queue import Job, Jobs
 from fusion.ml.train import TrainConfig
 from fusion.jobs.worker import describe_labels, queue_job, reap_dead_jobs, resume_job
+from fusion.ml.model import HEADS
 
 MODE_HELP = {"head": "encoders frozen, features cached: a minute on a CPU",
              "partial": "also the top blocks of both encoders: best with a GPU",
              "full": "every weight, bf16 on a GPU: needs a GPU for more than a few hundred items"}
-HEADS = ("fused", "image", "text")
 
 streamlit_cache.require_app_shell()
 app_session.require_page("train")

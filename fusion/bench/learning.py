@@ -27,8 +27,8 @@ import torch
 
 from fusion.core.errors import FusionError
 from fusion.core.settings import Settings
+from fusion.ml.model import HEADS
 
-HEADS = ("fused", "image", "text")
 SHOTS = (1, 2, 5, 10)
 VALIDATION_SHARE = 0.15
 

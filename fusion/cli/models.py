@@ -26,6 +26,7 @@ def cmd_train(args, settings) -> None:
     from dataclasses import asdict
 
     from fusion.ml import registry
+    from fusion.ml.model import HEADS
     from fusion.store.labeling import open_store
     from fusion.ml.train import train_version
 
@@ -50,7 +51,7 @@ def cmd_train(args, settings) -> None:
     data = {"project": args.project, "version": version, "promoted": promoted, "params": asdict(config),
             "test": head_scores(metrics["test"]), "zero_shot_test": head_scores(metrics["zero_shot_test"]),
             "parent_test": metrics["parent_test"] and {"version": metrics["parent_test"]["version"],
-                                                       **head_scores({h: metrics["parent_test"][h] for h in ("fused", "image", "text")})},
+                                                       **head_scores({h: metrics["parent_test"][h] for h in HEADS})},
             "counts": metrics["counts"], "epochs_run": metrics["epochs_run"], "seconds": metrics["seconds"],
             "history": [{"epoch": r["epoch"], "loss": r["loss"], "val_macro_f1": r["val"]["fused"]["macro_f1"]}
                         for r in metrics["history"]],

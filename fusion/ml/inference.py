@@ -13,12 +13,11 @@ from fusion.ml.abstain import abstained
 from fusion.ml.encoders import load_encoders
 from fusion.ml.features import FeatureSet, cache_features, load_feature_set
 from fusion.ml.finetune import EndToEnd, HeadsOnFeatures
-from fusion.ml.model import FusionModel
+from fusion.ml.model import FusionModel, HEADS
 from fusion.ml.ood import fields as ood_fields
 from fusion.ml.training_data import pixel_set
 from fusion.ml.zeroshot import project_zero_shot_model
 
-HEADS = ("fused", "image", "text")
 
 
 def autocast(device: str, mode: str):

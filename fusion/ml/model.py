@@ -38,6 +38,7 @@ from fusion.core.errors import FusionError
 from fusion.ml.ood import score as ood_score
 
 STRATEGIES = ("concat", "gated", "cross_attention")
+HEADS = ("fused", "image", "text")   # the model's three opinions, in FusionOutput's order
 
 
 @dataclass

@@ -21,8 +21,8 @@ from fusion.imaging.images import load_upload
 from fusion.services.importing import IMAGE_SUFFIXES
 from fusion.ml.pipeline import compose_text, get_engine
 from fusion.ml.inference import item_predictions
+from fusion.ml.model import HEADS
 
-HEADS = (("fused", "probs"), ("image", "probs_image"), ("text", "probs_text"))
 BATCH = 32
 
 
@@ -37,7 +37,7 @@ def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
         raise FusionError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     engine = get_engine(settings)
     version = project.active_model or "zero-shot"
-    columns = ["file", "label", "confidence"] + [f"{head}:{label}" for head, _ in HEADS for label in project.labels]
+    columns = ["file", "label", "confidence"] + [f"{head}:{label}" for head in HEADS for label in project.labels]
     columns += ["ood_score", "in_distribution", "abstained", "model_version", "text_chars", "error"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def predict_folder(settings, store, project_name: str, folder: Path, out: Path,
                     row |= {"label": label, "confidence": round(probs["fused"][label], 6), "ood_score": probs["ood_score"],
                             "in_distribution": None if probs["ood_score"] is None else probs["ood_score"] <= 1.0,
                             "abstained": ",".join(probs["abstained"])}
-                    row |= {f"{head}:{k}": probs[head][k] for head, _ in HEADS for k in project.labels}
+                    row |= {f"{head}:{k}": probs[head][k] for head in HEADS for k in project.labels}
             writer.writerows(rows)
             if progress:
                 progress("predicting", start + len(rows), len(files))

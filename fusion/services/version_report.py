@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from fusion.core.project import Project
 from fusion.ml.registry import ModelVersion
+from fusion.ml.model import HEADS
 
-HEADS = ("fused", "image", "text")
 
 
 @dataclass
