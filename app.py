@@ -35,10 +35,11 @@ def build_status() -> None:
     """The build job's progress; the whole app reruns when the demo project is ready."""
     if demo.demo_ready(settings):
         st.rerun(scope="app")
-    job = Jobs(streamlit_cache.store()).get(st.session_state["demo_build"])
+    jobs = Jobs(streamlit_cache.store())
+    job = jobs.get(st.session_state["demo_build"])
     job_progress(job, STAGES)
     if job.status == "failed":
-        st.caption(f"Its log: {Jobs(streamlit_cache.store()).log_path(job.id)}")
+        st.caption(f"Its log: {jobs.log_path(job.id)}")
 
 
 def sidebar() -> None:

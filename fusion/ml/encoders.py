@@ -297,18 +297,17 @@ class TextEncoder(nn.Module):
 
     LINE_BATCH = 256   # lines through MiniLM at once
 
-    def line_batch(self, lines: list[list[str]]):
-        """Word pieces of lines (lists of words), one row each: the tokenizer's BatchEncoding."""
-        return self.tokenizer(lines, is_split_into_words=True, padding=True, truncation=True,
-                              max_length=self.max_tokens, return_tensors="pt", verbose=False)
-
-    def line_vectors(self, attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
-                     inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, 384): the sentence embedding of each row of a line_batch (or of its word-piece
-        embeddings, for integrated gradients)."""
-        states = self.bert_sdpa(input_ids=input_ids, inputs_embeds=inputs_embeds,
-                                attention_mask=attention_mask).last_hidden_state
-        return mean_pool(states, attention_mask)
+    @torch.no_grad()
+    def embed_lines(self, lines: list[list[str]]) -> torch.Tensor:
+        """(N, 384): the sentence embedding of each line (a list of words), read alone."""
+        device = self.bert.embeddings.word_embeddings.weight.device
+        vectors = [torch.zeros(0, TEXT_DIM, device=device)]
+        for i in range(0, len(lines), self.LINE_BATCH):
+            enc = self.tokenizer(lines[i:i + self.LINE_BATCH], is_split_into_words=True, padding=True, truncation=True,
+                                 max_length=self.max_tokens, return_tensors="pt", verbose=False).to(device)
+            states = self.bert_sdpa(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+            vectors.append(mean_pool(states, enc["attention_mask"]))
+        return torch.cat(vectors)
 
     def line_embeddings(self, texts: list[str], cache: ChunkCache | None = None) -> torch.Tensor:
         """Each line of each text (text_lines) embedded on its own, no grad: (B, N, 384), rows of
@@ -316,20 +315,15 @@ class TextEncoder(nn.Module):
         page's token states carry their whole chunk, and a telling line is averaged away. With a
         `cache`, lines read before (a page whose caption was edited) are not read again."""
         per_text = [text_lines(t) for t in texts]
-        device = self.bert.embeddings.word_embeddings.weight.device
         key = lambda words: ("line", id(self.bert_sdpa), " ".join(words))  # noqa: E731
         found = {key(words): cache.get(key(words)) if cache else None for lines in per_text for words in lines}
-        missing = list(dict.fromkeys(tuple(words) for lines in per_text for words in lines
-                                     if found[key(words)] is None))
-        with torch.no_grad():
-            for i in range(0, len(missing), self.LINE_BATCH):
-                part = [list(words) for words in missing[i:i + self.LINE_BATCH]]
-                enc = self.line_batch(part).to(device)
-                for words, vector in zip(part, self.line_vectors(enc["attention_mask"], enc["input_ids"])):
-                    found[key(words)] = vector
-                    if cache:
-                        cache.put(key(words), vector)
-        out = torch.zeros(len(texts), max(1, max(map(len, per_text), default=0)), TEXT_DIM, device=device)
+        missing = list({key(words): words for lines in per_text for words in lines if found[key(words)] is None}.values())
+        for words, vector in zip(missing, self.embed_lines(missing)):
+            found[key(words)] = vector
+            if cache:
+                cache.put(key(words), vector)
+        out = torch.zeros(len(texts), max(1, max(map(len, per_text), default=0)), TEXT_DIM,
+                          device=self.bert.embeddings.word_embeddings.weight.device)
         for i, lines in enumerate(per_text):
             for j, words in enumerate(lines):
                 out[i, j] = found[key(words)]

@@ -145,13 +145,10 @@ def line_word_scores(text_encoder: TextEncoder, model: FusionModel, fwd: Forward
     if fwd.lines is None or not model.config.line_vote or not lines:
         return np.zeros(words)
     variants = [(j, i) for j, line in enumerate(lines) for i in range(len(line))]
-    device = fwd.lines.device
-    vectors = torch.zeros(len(variants), fwd.lines.shape[-1], device=device)   # a line of one word, left out: silent
+    vectors = torch.zeros(len(variants), fwd.lines.shape[-1], device=fwd.lines.device)   # a line of one word, left out: silent
     shorter = [(v, line[:i] + line[i + 1:]) for v, (j, i) in enumerate(variants) if len(line := lines[j]) > 1]
-    for start in range(0, len(shorter), text_encoder.LINE_BATCH):
-        part = shorter[start:start + text_encoder.LINE_BATCH]
-        enc = text_encoder.line_batch([line for _, line in part]).to(device)
-        vectors[[v for v, _ in part]] = text_encoder.line_vectors(enc["attention_mask"], enc["input_ids"])
+    if shorter:
+        vectors[[v for v, _ in shorter]] = text_encoder.embed_lines([line for _, line in shorter])
 
     def log_p(line_sets: torch.Tensor) -> torch.Tensor:
         n = len(line_sets)
