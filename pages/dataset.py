@@ -168,10 +168,10 @@ def export_status() -> None:
     job_progress(job)
     if job.status != "succeeded":
         return
-    if unmasked := job.result.get("images_unmasked"):
-        st.warning(f"{unmasked} {'page has' if unmasked == 1 else 'pages have'} names, dates or numbers in the "
-                   "text but no OCR word boxes (the text was imported, not read here): exported as scanned, "
-                   "not blacked out.")
+    if job.result.get("deidentified"):
+        st.caption(f"De-identified: text redacted; PHI blacked out on {job.result['images_masked']} page images "
+                   f"({job.result['images_read_at_export']} pages had no stored word boxes and were read by OCR "
+                   "for it).")
     archive = Path(job.result["file"])
     if archive.is_file():    # read when the button is pressed, not on every rerun
         st.download_button(f"Download {archive.name} ({archive.stat().st_size / 1e6:.1f} MB)", archive.read_bytes,

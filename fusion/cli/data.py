@@ -73,9 +73,8 @@ def cmd_export(args, settings) -> None:
                           deidentify=args.deidentify)
     note = ""
     if data["deidentified"]:
-        note = (f"; de-identified: text redacted, pages masked: {data['images_masked']}"
-                + (f", left as scanned (PHI in the text, no OCR word boxes): {data['images_unmasked']}"
-                   if data["images_unmasked"] else ""))
+        note = (f"; de-identified: text redacted, pages with PHI blacked out: {data['images_masked']} "
+                f"({data['images_read_at_export']} without stored word boxes read by OCR for it)")
     emit(data, args.json, f"exported {data['items']} items of {args.project} as {args.format} to {data['path']}{note}")
 
 

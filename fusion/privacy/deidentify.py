@@ -16,9 +16,11 @@ Only what is shown or exported is redacted; the model always reads the original 
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
+from fusion.privacy.addresses import addresses
 from phonenumbers import Leniency, PhoneNumberMatcher, is_valid_number
 
 KINDS = ("NAME", "DATE", "PHONE", "ADDRESS", "ID", "EMAIL")
@@ -99,7 +101,7 @@ _ADDRESS_PATTERNS = [
     re.compile(r"\bP\.?\s?O\.?\s+Box\s+\d+\b", re.IGNORECASE),
 ]
 # "Address: anything up to the end of the line (or the next "Label:")".
-_ADDRESS_LABEL = re.compile(r"(?:home |street |mailing )?(?:address|addr)\s*[:#]\s*([^\n]+?)(?=\s+\w+\s*:|\s*\n|\s*$)",
+_ADDRESS_LABEL = re.compile(r"(?:home |street |mailing )?(?:address|addr)\s*[:#]\s*([^\n;]+?)(?=\s+\w+\s*:|\s*[\n;]|\s*$)",
                             re.IGNORECASE)
 
 _TITLE = re.compile(r"\b(?:Dr|DR|Doctor|Mr|MR|Mrs|MRS|Ms|MS|Mx|Miss|Prof|Professor)\b[.:]?\s*")  # OCR: "Dr:"
@@ -217,7 +219,13 @@ def _name_after(text: str, start: int) -> tuple[int, int] | None:
         pos = title.end()
     while count < 4:
         m = _NAME_TOKEN.match(text, pos)
-        if not m or m.group().rstrip(".").lower() in _NOT_NAME or text[m.end():m.end() + 1] == ":":
+        if not m or text[m.end():m.end() + 1] == ":":
+            break
+        word = m.group().rstrip(".").lower()
+        initial = len(m.group()) == 2 and m.group().endswith(".")       # "M." in "Edward M. Reid"
+        # "Ward" ends a name before "4B", not in "Jessica Ward."
+        surname = word in _PLACE_WORDS and count and not _PLACE_CODE.match(text, m.end())
+        if word in _NOT_NAME and not (initial or surname):
             break
         if first is None:
             first = m.start()
@@ -228,10 +236,14 @@ def _name_after(text: str, start: int) -> tuple[int, int] | None:
         pos = gap.end()
     if first is None or not re.search(r"[A-Za-z]{2}", text[first:last]):
         return None
+    if text[last - 1] == "." and text[last - 3:last - 1].isalpha():     # a sentence's full stop, not "Q."
+        last -= 1
     return first, last
 
 
 _NAME_GAP = re.compile(r",? (?=\S)")   # one space, or ", " in "Doe, Jane"
+_PLACE_WORDS = {"ward", "room", "bed", "page", "unit"}
+_PLACE_CODE = re.compile(r" ?[:#]? ?[A-Z]?\d")
 
 
 def _names(t: _Text):
@@ -240,6 +252,83 @@ def _names(t: _Text):
             found = _name_after(t.text, m.end())
             if found:
                 yield found
+    for m in t.labels(_BARE_NAME_LABEL, _BARE_NAME_FIRSTS):      # "Patient John Smith", no colon
+        found = _name_after(t.text, m.end())
+        if found and _two_name_words(t.text[found[0]:found[1]]):
+            yield found
+    yield from _unlabeled_names(t)
+
+
+# A label that is often written without its colon; then at least two name-like words must follow.
+_BARE_NAME_LABEL = re.compile(r"\b(?:patient|pt|seen|referring|dear|thank you for referring|discussed with|"
+                              r"consent given by|copied to)\s+(?=[A-Z])", re.IGNORECASE)
+_BARE_NAME_FIRSTS = _firsts("patient", "pt", "seen", "referring", "dear", "thank", "discussed", "consent", "copied")
+# Capitalised words that follow "Patient" in headings and field names, not in names.
+_HEADING_WORDS = {"information", "info", "details", "name", "names", "copy", "label", "demographics", "care", "safety",
+                  "education", "leaflet", "history", "summary", "record", "records", "notes", "consent", "form",
+                  "portal", "services", "advice", "instructions", "identifier", "number", "signature", "list", "data",
+                  "registration", "sticker", "type", "class", "category", "group", "location", "account", "profile",
+                  "medical", "center", "centre", "hospital", "clinic", "health", "healthcare", "university", "college",
+                  "institute", "school", "foundation", "laboratory", "laboratories", "pharmacy", "practice", "trust",
+                  "associates", "department", "unit", "ward", "house", "street", "road", "avenue"}
+
+
+def _two_name_words(found: str) -> bool:
+    words = [w for w in re.findall(r"[A-Za-z'’-]+", found) if len(w) > 1]
+    return len(words) >= 2 and not any(w.lower() in _HEADING_WORDS for w in words)
+
+
+# Function words and clinical words that are also someone's given name somewhere ("The", "Will",
+# "May", "Mark", "Van"): they never start an unlabeled name.
+_COMMON_WORDS = {"the", "will", "may", "mark", "van", "are", "even", "red", "lucky", "manor", "approved", "an", "a", "i", "in", "on", "at", "to", "of", "by", "is", "as",
+                 "so", "no", "do", "be", "it", "we", "he", "she", "my", "his", "her", "our", "all", "any", "see",
+                 "per", "pre", "post", "non", "new", "old", "left", "right", "total", "normal", "free", "long", "short",
+                 "early", "late", "young", "small", "major", "minor", "royal", "saint", "st", "general", "central",
+                 "north", "south", "east", "west", "upper", "lower", "blood", "heart", "chest", "page", "ward",
+                 "bay", "cash", "change", "tax", "sale", "son", "ma", "pa", "li", "lo", "la", "le", "du", "de",
+                 "di", "da", "del", "dos", "das", "el", "al", "bin", "binti", "von", "ten", "ter", "der"}
+_CAPITALISED = re.compile(r"\b[A-Z][A-Za-z'’]+\b")
+_LAST_COMMA = re.compile(r"((?:Ma?c|O['’])?[A-Z][A-Za-z'’]+(?:-[A-Z][A-Za-z'’]+)?), $")
+
+
+@functools.lru_cache(maxsize=1)
+def given_names() -> frozenset[str]:
+    """Given names from the name dictionary gender-guesser ships (Jörg Michael's nam_dict: about
+    37,000 first names counted in 54 countries), lower case, less the common words above."""
+    from importlib.resources import files
+
+    data = (files("gender_guesser") / "data" / "nam_dict.txt").read_text(encoding="utf-8")
+    names = {line[3:29].strip().lower() for line in data.splitlines() if line and line[0] not in "#="}
+    calendar = {w.lower() for w in _MONTH_NAMES + ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
+                                                   "Sunday"]}
+    return frozenset(n for n in names if n.isalpha() and len(n) > 1) - _COMMON_WORDS - calendar
+
+
+_CAPITALS_RUN = re.compile(r"(?:[A-Z][A-Z'’.-]*[ ,]*)+")
+
+
+def _short_capitals_run(text: str, m: re.Match) -> bool:
+    """Whether a word in capitals starts a run of 2-3 words in capitals: "ROSS BARTON" may be a
+    name; "LUCKY STRIKE FILTER KINGS" or a sentence in capitals is not."""
+    run = _CAPITALS_RUN.match(text, m.start())
+    before = text[max(0, m.start() - 2):m.start()].strip(" ,")
+    return not (before and before[-1].isupper()) and 2 <= len(run.group().split()) <= 3
+
+
+def _unlabeled_names(t: _Text):
+    """A known given name followed by a capitalised word ("John Smith", "Mary A. Jones",
+    "ROBIN FERNANDEZ"), or after a surname and a comma ("Hernandez, Mario")."""
+    names = given_names()
+    text = t.text
+    for m in _CAPITALISED.finditer(text):
+        if m.group().lower() not in names or (m.group().isupper() and not _short_capitals_run(text, m)):
+            continue
+        found = _name_after(text, m.start())
+        if found and found[1] > m.end() and _two_name_words(text[found[0]:found[1]]):
+            yield found
+        last = _LAST_COMMA.search(text, max(0, m.start() - 40), m.start())
+        if last and last.group(1).lower() not in _NOT_NAME | _HEADING_WORDS and text[m.end():m.end() + 1] != ":":
+            yield last.start(), m.end()
 
 
 def _dates(t: _Text):
@@ -280,8 +369,13 @@ def _ids(t: _Text):
         value = _ID_VALUE.match(t.text, m.end())
         if value:
             yield value.span()
+    yield from (m.span() for m in _matches(_SSN, t.text, "-"))
+
+
+def _long_numbers(t: _Text):
+    """Unlabeled runs of 7+ digits (record numbers, accounts): after the phone rule, which claims
+    the ones that are a phone number's digits."""
     text = t.text
-    yield from (m.span() for m in _matches(_SSN, text, "-"))
     for m in _LONG_NUMBER.finditer(text):
         start = m.start()
         while start > 0 and m.start() - start < 3 and "A" <= text[start - 1] <= "Z":
@@ -292,9 +386,11 @@ def _ids(t: _Text):
 
 # A window of digits and phone punctuation with 7+ digits: only these are handed to libphonenumber
 # (on a whole page it costs milliseconds; on a page's few windows, microseconds).
-_PHONE_WINDOW = re.compile(r"[+(]?\(?\d[\d\s().\-/]{5,}\d\b")
-_PHONE_LABEL = re.compile(r"\b(?:tel|telephone|phone|ph|fax|mobile|mob|cell|pager|bleep|contact)\b\.?\s*(?:no\.?|#)?\s*[:#]?\s*$",
-                          re.IGNORECASE)
+_PHONE_WINDOW = re.compile(r"[+(]?\(?\d[\d\s().\-/]{5,}\d(?:\b|(?=x\d))(?:\s?(?:x|ext\.?)\s?\d{1,6}\b)?")
+_PHONE_LABEL = re.compile(r"\b(?:tel|telephone|phone|ph|fax|mobile|mob|cell|pager|bleep|contact|call|ring|text|whatsapp)\b"
+                          r"\.?\s*(?:no\.?|#|number)?\s*[:#]?\s*$", re.IGNORECASE)
+# Where the numbers are read as local ones: the US first, then the countries whose pages we have seen.
+_PHONE_REGIONS = ("US", "GB", "CA", "AU", "NZ", "IE", "IN", "HK", "MY", "SG")
 _DIGITS = re.compile(r"\d+")
 _DECIMAL = re.compile(r"\.\d{1,2}(?!\d)")
 _PHONE_SHAPE = re.compile(r"\(\d{3}\)\s?\d{3}[\s.-]?\d{4}$|\d{3}[\s.-]\d{3}[\s.-]\d{4}$|\d{3}[\s.-]\d{4}$")
@@ -307,14 +403,30 @@ def _phones(t: _Text):
         if sum(map(len, groups)) < 7:
             continue
         labeled = _PHONE_LABEL.search(text, max(0, window.start() - 20), window.start()) is not None
-        if not labeled and (any(len(g) == 1 for g in groups[1:]) or _DECIMAL.search(window.group())):
+        international = window.group().startswith("+")           # "+44(0)20 ..."
+        if not (labeled or international) and (any(len(g) == 1 for g in groups[1:]) or _DECIMAL.search(window.group())):
             continue   # "0.92 0.80-1.10", "389 0-500": values and ranges, not a phone number's groups
-        lo = max(0, window.start() - 1)    # the matcher wants the "+" or "(" and a boundary before
-        for match in PhoneNumberMatcher(text[lo:window.end()], "US", leniency=Leniency.POSSIBLE):
-            raw = match.raw_string
+        found = _phone_in(text, window, labeled)
+        if found:
+            yield found
+        elif labeled:       # a number after "Tel:" that no country's plan knows is still a phone number
+            yield window.span()
+
+
+def _phone_in(text: str, window: re.Match, labeled: bool) -> tuple[int, int] | None:
+    """The longest phone number in the window as any of _PHONE_REGIONS would dial it: "(0141)
+    496 0570" is one number in the UK, while the US would read only its last 7 digits."""
+    lo = max(0, window.start() - 1)    # the matcher wants the "+" or "(" and a boundary before
+    best = None
+    for region in _PHONE_REGIONS:
+        for match in PhoneNumberMatcher(text[lo:window.end()], region, leniency=Leniency.POSSIBLE):
             # Valid numbers anywhere; fictional ones ("555") only when shaped or labeled like a phone.
-            if labeled or is_valid_number(match.number) or _PHONE_SHAPE.search(raw) or raw.startswith("+"):
-                yield lo + match.start, lo + match.end
+            if (labeled or is_valid_number(match.number) or _PHONE_SHAPE.search(match.raw_string)
+                    or match.raw_string.startswith("+")) and (best is None or match.end - match.start > best[1] - best[0]):
+                best = (lo + match.start, lo + match.end)
+        if best and best[0] <= window.start() and best[1] >= window.end():
+            break
+    return best
 
 
 def _addresses(t: _Text):
@@ -327,6 +439,7 @@ def _addresses(t: _Text):
         yield from (m.span() for m in _ADDRESS_PATTERNS[2].finditer(text))
     for m in t.labels(_ADDRESS_LABEL, _ADDRESS_FIRSTS):
         yield m.span(1)
+    yield from addresses(text)
 
 
 def _emails(t: _Text):
@@ -337,7 +450,7 @@ def _emails(t: _Text):
 # Earlier rules win where two overlap: "MRN 1234567" is an ID, not a phone number; "12 Oak Dr"
 # is an address, not Dr. Oak.
 _RULES = (("EMAIL", _emails), ("ID", _ids), ("DATE", _dates), ("ADDRESS", _addresses), ("PHONE", _phones),
-          ("NAME", _names))
+          ("ID", _long_numbers), ("NAME", _names))
 
 
 def find_phi(text: str) -> list[Span]:
@@ -349,8 +462,8 @@ def find_phi(text: str) -> list[Span]:
     for kind, rule in _RULES:
         found = sorted({(s, e) for s, e in rule(t) if e > s}, key=lambda se: (se[0], -se[1]))
         for start, end in found:
-            if not any(start < s.end and s.start < end for s in t.taken):
-                t.taken.append(Span(start, end, kind))
+            for piece in _untaken(text, start, end, t.taken):     # what an earlier rule left of it
+                t.taken.append(Span(*piece, kind))
     taken = sorted(t.taken, key=lambda s: s.start)
     merged: list[Span] = []
     for span in taken:
@@ -359,6 +472,15 @@ def find_phi(text: str) -> list[Span]:
         else:
             merged.append(span)
     return merged
+
+
+def _untaken(text: str, start: int, end: int, taken: list[Span]) -> list[tuple[int, int]]:
+    """[start, end) less the spans already taken, in pieces that hold a letter or digit."""
+    pieces = [(start, end)]
+    for span in taken:
+        pieces = [p for lo, hi in pieces for p in ((lo, min(hi, span.start)), (max(lo, span.end), hi))
+                  if p[1] > p[0]] if span.start < end and start < span.end else pieces
+    return [(lo, hi) for lo, hi in pieces if any(c.isalnum() for c in text[lo:hi])]
 
 
 def apply_spans(text: str, spans: list[Span]) -> str:

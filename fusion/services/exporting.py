@@ -7,9 +7,10 @@ or absent.
 
 A de-identified export (the default while the workspace de-identifies, FUSION_DEIDENTIFY or
 FUSION_DEMO_MODE) redacts captions, stored text and file names in every format, and blacks out
-the words of the page image that hold PHI where OCR recorded their boxes. A page whose text was
-never read with word boxes (imported text, the demo's rendered text) keeps its image as it is;
-the summary counts those as `images_unmasked`.
+the words of each page image that hold PHI. Where OCR recorded the words' boxes, those are used;
+a page without them (imported text, the demo's rendered text) is read by OCR during the export,
+and the words blacked out are the PHI of that reading and any word of the stored text's PHI.
+The summary counts the pages masked and the pages read at export.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,6 +29,8 @@ from fusion.privacy import deidentify as deid
 from fusion.privacy.deidentified_view import phi_boxes
 from fusion.core.errors import FusionError
 from fusion.store.labeling import Item, Store
+from PIL import Image
+
 from fusion.imaging.images import load_image
 from fusion.imaging.overlay import black_out
 
@@ -62,35 +66,61 @@ def _record(item: Item, image: str, deidentify: bool = False) -> dict:
 _FORMAT_OF = {".png": "PNG", ".jpg": "JPEG", ".tif": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}
 
 
-def masked_image(store: Store, item: Item, words: list) -> bytes:
-    """The item's image with the OCR words that hold PHI blacked out, in its own format."""
-    image = black_out(load_image(store.image_path(item)), phi_boxes(item.ocr_text, words))
+def masked_image(store: Store, item: Item, boxes: list, image: Image.Image | None = None) -> bytes:
+    """The item's image with these boxes blacked out, in its own format."""
+    image = black_out(image or load_image(store.image_path(item)), boxes)
     buffer = io.BytesIO()
     image.save(buffer, _FORMAT_OF[item.extension], **({"quality": 95} if item.extension in (".jpg", ".webp") else {}))
     return buffer.getvalue()
 
 
+def _phi_tokens(*texts: str | None) -> set[str]:
+    """The words (lower case, 2+ characters) inside the PHI of these texts."""
+    return {token.lower() for text in texts if text for span in deid.find_phi(text)
+            for token in re.findall(r"\w{2,}", text[span.start:span.end])}
+
+
 class _Masking:
-    """The images of one export: blacked out where PHI words have boxes, and how many could not be."""
+    """The images of one export: each page's PHI words blacked out (see the module's notes)."""
 
     def __init__(self, store: Store, on: bool):
-        self.store, self.on, self.masked, self.unmasked = store, on, 0, 0
+        self.store, self.on, self.masked, self.read = store, on, 0, 0
 
-    def image(self, item: Item, record: dict, load: bool = True) -> bytes | None:
+    def image(self, item: Item, record: dict) -> bytes | None:
         """The bytes to export instead of the stored file, or None to export the file as it is.
         `record`: the item's exported (redacted) fields: text that changed held PHI."""
-        if not self.on or record["ocr_text"] == (item.ocr_text or ""):
+        if not self.on:
             return None
         # Only EasyOCR readings keep word boxes (as fusion.services.review.stored_ocr reads them): no query for the rest.
         words = self.store.ocr_words(item) if (item.ocr_engine or "").startswith("easyocr") else []
-        if not words:                 # PHI in the text, but where it is on the page is unknown
-            self.unmasked += 1
+        image = None
+        if words:
+            if record["ocr_text"] == (item.ocr_text or ""):     # text read from this page, and none of it PHI
+                return None
+            boxes = phi_boxes(item.ocr_text, words)
+        else:
+            image, boxes = self._read_now(item)
+        if not boxes:
             return None
         self.masked += 1
-        return masked_image(self.store, item, words) if load else None
+        return masked_image(self.store, item, boxes, image)
+
+    def _read_now(self, item: Item) -> tuple[Image.Image, list]:
+        """Read a page without stored word boxes: the boxes of the PHI in what OCR reads, and of
+        the words that the stored text's and caption's PHI hold ("Wren", "1220922")."""
+        from fusion.imaging.ocr import read_text
+
+        settings = self.store.settings
+        self.read += 1
+        image = load_image(self.store.image_path(item))
+        reading = read_text(image, max_side=settings.ocr_max_side, cache_dir=settings.ocr_cache_dir)
+        secrets = _phi_tokens(item.ocr_text, item.caption)
+        boxes = set(phi_boxes(reading.text, reading.words))
+        boxes |= {tuple(w.box) for w in reading.words if secrets & {t.lower() for t in re.findall(r"\w{2,}", w.text)}}
+        return image, sorted(boxes)
 
     def summary(self) -> dict:
-        return {"deidentified": self.on, **({"images_masked": self.masked, "images_unmasked": self.unmasked}
+        return {"deidentified": self.on, **({"images_masked": self.masked, "images_read_at_export": self.read}
                                            if self.on else {})}
 
 
@@ -107,8 +137,7 @@ def _copy_images(store: Store, items: list[Item], out: Path, folder_of: Callable
             (out / relative).write_bytes(data)
             record["sha256"] = hashlib.sha256(data).hexdigest()
         records.append(record)
-        if progress and (n % 100 == 0 or n == len(items)):
-            progress("exporting", n, len(items))
+        _report(progress, n, len(items))
     return records
 
 
@@ -127,34 +156,50 @@ def _write_jsonl(path: Path, records: list[dict], image_key: str = "image") -> N
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _hf_records(settings, project_name: str, deidentify: bool = False) -> Iterator[dict]:
+def _hf_records(settings, project_name: str, deidentify: bool = False, masked: str = "") -> Iterator[dict]:
     """Module-level with plain arguments: `datasets` pickles the generator to fingerprint it
-    (and would split a list argument into shards)."""
+    (and would split a list argument into shards). `masked`: a folder of de-identified images,
+    one file per item id, made before (so OCR runs once, and here the counts are known)."""
     store = Store(settings)
     labels = store.project(project_name).label_names
-    masking = _Masking(store, deidentify)
     for item in store.iter_items(project_name):
         record = _record(item, "", deidentify)
-        # The original bytes, not a re-encoding: the same SHA-256 comes back on import.
-        data = masking.image(item, record)
-        if data is not None:
+        path = Path(masked, str(item.id)) if masked else None
+        if path and path.exists():
+            data = path.read_bytes()
             record["sha256"] = hashlib.sha256(data).hexdigest()
-        record["image"] = {"bytes": data or store.image_path(item).read_bytes(), "path": None}
+        else:      # the original bytes, not a re-encoding: the same SHA-256 comes back on import
+            data = store.image_path(item).read_bytes()
+        record["image"] = {"bytes": data, "path": None}
         record["label"] = labels.index(item.label) if item.label else -1
         yield record
 
 
-def _write_hf(store: Store, project_name: str, out: Path, labels: list[str], deidentify: bool = False) -> None:
+def _write_hf(store: Store, project_name: str, items: list[Item], out: Path, labels: list[str],
+              masking: _Masking, progress: Progress | None) -> None:
     import datasets
 
     features = datasets.Features({
         "image": datasets.Image(), "label": datasets.ClassLabel(names=labels),
         **{c: datasets.Value("string") for c in COLUMNS if c not in ("image", "label")}})
     with tempfile.TemporaryDirectory(dir=out.parent) as cache:
+        masked = Path(cache, "masked")
+        masked.mkdir()
+        for n, item in enumerate(items if masking.on else (), 1):
+            data = masking.image(item, _record(item, "", True))
+            if data is not None:
+                (masked / str(item.id)).write_bytes(data)
+            _report(progress, n, len(items))
         dataset = datasets.Dataset.from_generator(
             _hf_records, features=features, cache_dir=cache,
-            gen_kwargs={"settings": store.settings, "project_name": project_name, "deidentify": deidentify})
+            gen_kwargs={"settings": store.settings, "project_name": project_name, "deidentify": masking.on,
+                        "masked": str(masked) if masking.on else ""})
         dataset.save_to_disk(str(out))
+
+
+def _report(progress: Progress | None, n: int, total: int) -> None:
+    if progress and (n % 10 == 0 or n == total):
+        progress("exporting", n, total)
 
 
 def export_project(store: Store, project_name: str, fmt: str, out: Path,
@@ -174,9 +219,7 @@ def export_project(store: Store, project_name: str, fmt: str, out: Path,
     try:
         if fmt == "hf":
             shutil.rmtree(partial)
-            _write_hf(store, project_name, partial, project.label_names, masking.on)
-            for item in items if masking.on else ():   # the dataset was written elsewhere: count here
-                masking.image(item, _record(item, "", True), load=False)
+            _write_hf(store, project_name, items, partial, project.label_names, masking, progress)
         elif fmt == "imagefolder":
             records = _copy_images(store, items, partial, lambda item: item.label or "", progress, masking)
             _write_jsonl(partial / "metadata.jsonl", records, image_key="file_name")
