@@ -72,12 +72,23 @@ def headline(v: registry.ModelVersion) -> pd.DataFrame:
 
 
 def confusion_chart(v: registry.ModelVersion):
+    """The fused head's confusion matrix. Each cell also holds a clear square marker: Plotly's
+    heatmaps send no click to Streamlit, scatter points do, so clicking a cell selects its items."""
     labels = project.label_names
     matrix = v.metrics["test"]["fused"]["confusion"]
+    hover = "true %{y}<br>predicted %{x}<br>%{text} items<extra></extra>"
     fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}",
-                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} items<extra></extra>"))
-    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title="Confusion (fused head)",
-                      xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed")
+                               hovertemplate=hover, showscale=False))
+    cells = [(t, p, matrix[i][j]) for i, t in enumerate(labels) for j, p in enumerate(labels)]
+    side = max(30, 300 // max(len(labels), 1))
+    fig.add_scatter(x=[p for _, p, _ in cells], y=[t for t, _, _ in cells], text=[n for *_, n in cells],
+                    mode="markers", marker={"symbol": "square", "size": side, "color": "rgba(0,0,0,0)"},
+                    hovertemplate=hover, showlegend=False)
+    fig.update_layout(height=160 + 60 * len(labels), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title="Confusion (fused head)", xaxis_title="predicted", yaxis_title="true",
+                      yaxis_autorange="reversed", clickmode="event+select", dragmode=False)
+    fig.update_xaxes(tickangle=0, automargin=True)
+    fig.update_yaxes(automargin=True)
     return st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key="confusion",
                            config={"displayModeBar": False})
 
@@ -146,11 +157,7 @@ score = st.column_config.NumberColumn(format="%.3f")
 st.dataframe(headline(chosen), hide_index=True, width="stretch",
              column_config={"accuracy": st.column_config.NumberColumn(format="percent"), "macro_f1": score})
 
-left, right = st.columns(2)
-with left:
-    selection = confusion_chart(chosen)
-with right:
-    reliability_chart(chosen)
+selection = confusion_chart(chosen)      # the page's width: its labels don't overlap
 points = (selection or {}).get("selection", {}).get("points", []) if selection else []
 if points:
     truth, predicted = points[0]["y"], points[0]["x"]
@@ -159,6 +166,7 @@ if points:
 else:
     st.caption("Click a cell of the confusion matrix to see its items.")
 
+reliability_chart(chosen)
 with st.expander("Per-class precision, recall and F1", expanded=False):
     st.dataframe(pd.DataFrame([{"label": k, **v} for k, v in chosen.metrics["test"]["fused"]["per_class"].items()]),
                  hide_index=True, width="stretch")

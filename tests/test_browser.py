@@ -219,3 +219,25 @@ def test_pages_render_at_common_sizes(server, size):
             driver.save_screenshot(str(ARTIFACTS / f"{page}-{size[0]}x{size[1]}.png"))
     finally:
         driver.quit()
+
+
+def test_clicking_a_confusion_matrix_cell_lists_its_items(server):
+    """Step 12: a click on a cell of the Evaluate page's confusion matrix shows that cell's items."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = browser(1280, 800)
+    try:
+        driver.get(f"{server}/evaluate")
+        wait_for(lambda: "Click a cell" in body_text(driver) and
+                 len(driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .point")) > 1)
+        time.sleep(1)    # the chart settles
+        cell = driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .point")[0]   # a diagonal cell
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
+        ActionChains(driver).move_to_element(cell).click().perform()
+        shown = wait_for(lambda: re.search(r"True (\S+), predicted (\S+)", body_text(driver)), timeout=60)
+        assert shown.group(1) == shown.group(2)           # the first cell is true = predicted
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "[data-testid=stDataFrame]"))
+        driver.save_screenshot(str(ARTIFACTS / "evaluate-cell-clicked-1280x800.png"))
+    finally:
+        driver.quit()
