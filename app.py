@@ -80,7 +80,10 @@ ICONS = {"review": ":material/fact_check:", "dataset": ":material/table_view:", 
 # unreachable, also by URL. Off, the one local user has every page but Admin (no accounts).
 account = app_session.active_account() if settings.auth else None
 if settings.auth and account is None:
-    pages = [st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)]
+    # Every page's address opens the sign-in form (and, once signed in, that page): a deep link or
+    # a bookmark shows no "Page not found" and nothing of the page itself.
+    pages = [st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)] + [
+        st.Page("pages/sign_in.py", title="Sign in", url_path=name) for name in accounts.PAGES]
 elif demo.demo_ready(settings):
     sidebar()
     allowed = accounts.PAGES_BY_ROLE[account.role] if account else [p for p in accounts.PAGES if p != "admin"]
@@ -88,4 +91,5 @@ elif demo.demo_ready(settings):
                      default=name == "review") for name in allowed]
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
-st.navigation(pages).run()
+app_session.write_cookie()
+st.navigation(pages, position="hidden" if settings.auth and account is None else "sidebar").run()

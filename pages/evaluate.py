@@ -67,7 +67,7 @@ def headline(v: registry.ModelVersion) -> pd.DataFrame:
         return {"model": model, "accuracy": s.get("accuracy"), "macro_f1": s.get("macro_f1"),
                 "ECE": describe_ece(s, prefix="")}
     rows = [row(f"{h} ({v.version})", v.metrics["test"][h]) for h in version_report.HEADS]
-    rows.append(row("zero-shot fused", v.metrics["zero_shot_test"]["fused"]))
+    rows.append(row(f"zero-shot fused (on {v.version}'s test)", v.metrics["zero_shot_test"]["fused"]))
     return pd.DataFrame(rows)
 
 

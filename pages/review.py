@@ -315,6 +315,9 @@ def word_colours(prediction, page: dict, caption: str, ocr_text: str) -> None:
     # A long page's words scroll in their own box: the caption and page text stay in reach below.
     with st.container(height=260 if len(words) > 150 else "content", border=False):
         st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
+    st.caption(f":green-background[green]: for **{literal(prediction.label)}** · :red-background[red]: against it · "
+               "the stronger the colour, the more the word moved it" if mode == "attribution" else
+               ":green-background[green]: the words the text encoder attended to most; the darker, the more")
     if explanation.words_read < explanation.words_total:
         st.caption(f"Read {explanation.words_read:,} of {explanation.words_total:,} words: the model reads "
                    f"the page in {MAX_CHUNKS} chunks of 128 word pieces at most (the caption always); the "
@@ -352,8 +355,9 @@ def review_panel(page: dict) -> None:
         st.error(st.session_state.pop("problem"))
     item = store.item(project.name, page["item_id"])
     left, right = st.columns([3, 2], gap="large")
-    with right:
-        result_box, decision_box, details_box = st.container(), st.container(), st.container()
+    with right:   # the caption sits under the prediction it changes, the decision under both
+        result_box, edit_box, decision_box, details_box = st.container(), st.container(), st.container(), st.container()
+    with edit_box:
         caption, ocr_text = edit_boxes(page["ocr"])
     prediction, item = current_prediction(page, item, caption, ocr_text)
     with result_box:

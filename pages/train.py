@@ -157,8 +157,15 @@ def versions_table(found: list[registry.ModelVersion]) -> None:
 
 
 def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
-    heads = pd.DataFrame([{"head": h, "metric": m, a.version: a.metrics["test"][h].get(m),
-                           b.version: b.metrics["test"][h].get(m)}
+    tested_a = version_report.test_predictions(store, project, a.version)
+    tested_b = version_report.test_predictions(store, project, b.version)
+    if {p.item_id for p in tested_a} == {p.item_id for p in tested_b}:
+        shared, scores_a, scores_b = len(tested_a), a.metrics["test"], b.metrics["test"]
+    else:    # relabeling moved items in or out of the test split: score both on what both saw
+        shared, scores_a, scores_b = version_report.scores_on_shared(tested_a, tested_b, HEADS)
+        st.caption(f"{a.version} was tested on {len(tested_a)} items and {b.version} on {len(tested_b)}: accuracy "
+                   f"and macro-F1 below are on the {shared} test items both saw (each ECE on its own test split).")
+    heads = pd.DataFrame([{"head": h, "metric": m, a.version: scores_a[h].get(m), b.version: scores_b[h].get(m)}
                           for h in HEADS for m in ("accuracy", "macro_f1")])
     # the ECEs apart: each with the items and bins it rests on, a text beside no bare number
     ece = pd.DataFrame([{"head": h, f"ECE {a.version}": describe_ece(a.metrics["test"][h], prefix=""),

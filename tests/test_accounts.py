@@ -191,3 +191,37 @@ def test_users_cli_adds_lists_sets_roles_and_disables(store, quick_hashes, monke
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main([*home, "users", "add", "carl"]) == 2
     assert "no password" in capsys.readouterr().err
+
+
+def test_session_tokens_are_signed_expire_and_end_at_sign_out(store, quick_hashes):
+    """The cookie that keeps a browser signed in across a reload: signed by the workspace, never
+    the password, void once altered, expired, signed by another workspace, or signed out."""
+    import base64
+    import json
+
+    from fusion.services import session_tokens
+
+    accounts.add_user(store, "Rita", "correct horse", "admin", by="setup")
+    settings, now = store.settings, utcnow()
+    token = session_tokens.issue(settings, "Rita", now)
+    assert "correct horse" not in token
+    assert session_tokens.read(settings, token, now) == ("Rita", now)
+    assert (store.settings.home / "session.key").stat().st_mode & 0o077 == 0      # its owner's only
+
+    payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    forged = base64.urlsafe_b64encode(json.dumps(claims | {"name": "admin2"}).encode()).decode().rstrip("=")
+    for bad in (f"{forged}.{signature}", token[:-2] + "AA", "", None, "no-dot", "a.b.c"):
+        assert session_tokens.read(settings, bad, now) is None, bad
+    later = now + timedelta(minutes=settings.session_minutes + 1)
+    assert session_tokens.read(settings, token, later) is None                   # expired with the session
+    other = load_settings(home=settings.home / "other", database_url=settings.database_url)
+    assert session_tokens.read(other, token, now) is None                        # another workspace's key
+
+    signed_in = SignedIn("Rita", now - timedelta(seconds=1), now)
+    assert accounts.check_session(store, signed_in, 60).name == "Rita"
+    accounts.sign_out(store, "Rita")
+    with pytest.raises(SessionExpired, match="signed out"):
+        accounts.check_session(store, signed_in, 60)
+    after = utcnow() + timedelta(seconds=1)                                       # a new sign-in still works
+    assert accounts.check_session(store, SignedIn("Rita", after, after), 60, now=after).name == "Rita"

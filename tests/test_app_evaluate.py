@@ -23,7 +23,8 @@ def test_evaluate_page_shows_scores_errors_and_a_comparison(settings, demo_proje
     app.selectbox(key="eval_version").set_value(weak).run()
     headline = app.dataframe[0].value
     version = registry.get_version(store, corrected.name, weak)
-    assert list(headline["model"]) == [f"fused ({weak})", f"image ({weak})", f"text ({weak})", "zero-shot fused"]
+    assert list(headline["model"]) == [f"fused ({weak})", f"image ({weak})", f"text ({weak})",
+                                      f"zero-shot fused (on {weak}'s test)"]
     assert headline["accuracy"].iloc[0] == version.metrics["test"]["fused"]["accuracy"]
     assert len(app.get("plotly_chart")) == 3          # confusion, reliability, learning curve
 

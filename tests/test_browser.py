@@ -60,12 +60,27 @@ observer.observe(document.body, {subtree: true, childList: true, characterData: 
 
 @pytest.fixture(scope="module")
 def server(demo_project, workspace):
+    yield from run_app(workspace, "streamlit.log")
+
+
+@pytest.fixture(scope="module")
+def auth_server(demo_project, workspace, settings):
+    """The app with accounts on (FUSION_AUTH=1), and an admin to sign in as."""
+    from fusion.services import accounts
+
+    store = open_store(settings)
+    if accounts.get_user(store, "browser-admin") is None:
+        accounts.add_user(store, "browser-admin", "browser-pass-1", "admin", by="test setup")
+    yield from run_app(workspace, "streamlit-auth.log", FUSION_AUTH="1")
+
+
+def run_app(workspace: Path, log_name: str, **env: str):
     port = free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "streamlit.log", "w")
+    log = open(ARTIFACTS / log_name, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
-        cwd=REPO_ROOT, env=os.environ | {"FUSION_HOME": str(workspace)}, stdout=log, stderr=log)
+        cwd=REPO_ROOT, env=os.environ | {"FUSION_HOME": str(workspace)} | env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -239,5 +254,55 @@ def test_clicking_a_confusion_matrix_cell_lists_its_items(server):
         assert shown.group(1) == shown.group(2)           # the first cell is true = predicted
         wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "[data-testid=stDataFrame]"))
         driver.save_screenshot(str(ARTIFACTS / "evaluate-cell-clicked-1280x800.png"))
+    finally:
+        driver.quit()
+
+
+def click_button(driver, label: str) -> None:
+    """Click the button with this label, again if the page re-rendered it meanwhile."""
+    from selenium.webdriver.common.by import By
+
+    wait_for(lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button") if b.text.strip().endswith(label)][0]
+             .click() or True, timeout=30)
+
+
+def test_signed_in_survives_a_reload_and_a_deep_url_signed_out_shows_only_sign_in(auth_server):
+    """Step 12: with accounts on, a reload keeps you signed in (a signed, expiring token in a
+    cookie, never the password); /dataset opened signed out shows the sign-in form alone, and
+    after signing in, the Dataset page; signing out ends it, also after a reload."""
+    from selenium.webdriver.common.by import By
+
+    def password_box():
+        return driver.find_elements(By.CSS_SELECTOR, "input[type=password]")
+
+    driver = browser(1280, 800)
+    try:
+        driver.get(f"{auth_server}/dataset")
+        wait_for(password_box)
+        time.sleep(1)
+        text = body_text(driver)
+        assert "Page not found" not in text and "Dataset" not in text and "Review" not in text
+        assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stSidebarNav]")
+        driver.save_screenshot(str(ARTIFACTS / "deep-url-signed-out-1280x800.png"))
+
+        driver.find_element(By.CSS_SELECTOR, "input[aria-label='User name']").send_keys("browser-admin")
+        password_box()[0].send_keys("browser-pass-1")
+        click_button(driver, "Sign in")
+        wait_for(lambda: "Signed in as" in body_text(driver) and
+                 any(h.text == "Dataset" for h in driver.find_elements(By.CSS_SELECTOR, "h1")), timeout=120)
+        assert driver.current_url.endswith("/dataset")
+        cookie = wait_for(lambda: driver.get_cookie("fusionlab_session"), timeout=30)
+        assert "browser-pass-1" not in cookie["value"] and cookie["value"].count(".") == 1
+
+        driver.refresh()
+        wait_for(lambda: "Signed in as" in body_text(driver) or password_box(), timeout=120)
+        assert "Signed in as browser-admin" in body_text(driver) and not password_box()
+
+        click_button(driver, "Sign out")
+        wait_for(password_box)
+        time.sleep(1)
+        driver.refresh()
+        wait_for(lambda: "Signed in as" in body_text(driver) or password_box(), timeout=120)
+        assert password_box() and "Signed in as" not in body_text(driver)
     finally:
         driver.quit()

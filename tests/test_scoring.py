@@ -89,3 +89,18 @@ def test_predict_folder_writes_every_head_and_an_error_row(settings, engine, cor
         assert rows[1]["in_distribution"] == str(one.in_distribution)
     assert rows[1]["abstained"] == ""
     assert not list(tmp_path.glob(".results.csv.tmp"))
+
+
+def test_two_versions_are_compared_on_the_test_items_both_saw():
+    """Step 12: versions tested on different splits (79 and 81 items) are scored on the shared ones."""
+    from fusion.services.version_report import TestPrediction, scores_on_shared
+
+    def tested(item_id: int, truth: str, guess: str) -> TestPrediction:
+        probs = {"fused": {truth: 0.2, guess: 0.8} if guess != truth else {truth: 0.9, "x": 0.1}}
+        return TestPrediction(item_id, truth, guess, 0.8, probs)
+
+    a = [tested(1, "x", "x"), tested(2, "y", "y"), tested(3, "y", "x")]            # item 3 only in a, wrong
+    b = [tested(1, "x", "y"), tested(2, "y", "y"), tested(4, "x", "x")]            # item 4 only in b, right
+    shared, scores_a, scores_b = scores_on_shared(a, b, ["fused"])
+    assert shared == 2
+    assert scores_a["fused"]["accuracy"] == 1.0 and scores_b["fused"]["accuracy"] == 0.5

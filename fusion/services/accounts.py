@@ -76,6 +76,7 @@ class Account:
     created_by: str
     password_changed_at: datetime
     last_sign_in_at: datetime | None
+    signed_out_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class SignedIn:
 
 def _account(row: UserRow) -> Account:
     return Account(row.name, row.role, row.disabled, row.created_at, row.created_by, row.password_changed_at,
-                   row.last_sign_in_at)
+                   row.last_sign_in_at, row.signed_out_at)
 
 
 def name_key(name: str) -> str:
@@ -312,7 +313,17 @@ def check_session(store: Store, signed_in: SignedIn, session_minutes: int, now: 
         raise SessionExpired("your account was disabled; ask an admin")
     if account.password_changed_at > signed_in.signed_in_at:
         raise SessionExpired("your password was changed; sign in with the new one")
+    if account.signed_out_at and account.signed_out_at >= signed_in.signed_in_at:
+        raise SessionExpired("you signed out; sign in again")
     return account
+
+
+def sign_out(store: Store, name: str) -> None:
+    """End every session of this account begun until now, in any browser: its session cookies
+    stop signing it in (check_session)."""
+    with store.db.write() as session:
+        row = _row(session, name)
+        row.signed_out_at = utcnow()
 
 
 # ---- what an admin sees ---------------------------------------------------------------------

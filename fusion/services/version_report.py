@@ -53,6 +53,25 @@ def changed(a: list[TestPrediction], b: list[TestPrediction]) -> list[tuple[Test
     return [(p, other[p.item_id]) for p in a if p.item_id in other and other[p.item_id].predicted != p.predicted]
 
 
+def scores_on_shared(a: list[TestPrediction], b: list[TestPrediction], heads) -> tuple[int, dict, dict]:
+    """Two versions' test predictions scored on the items both predicted (their test splits
+    differ once labels change): (how many, {head: {accuracy, macro_f1}} of a, the same of b)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    shared = {p.item_id for p in a} & {p.item_id for p in b}
+
+    def scores(predictions: list[TestPrediction]) -> dict:
+        mine = sorted((p for p in predictions if p.item_id in shared), key=lambda p: p.item_id)
+        truth = [p.truth for p in mine]
+        out = {}
+        for head in heads:
+            guess = [max(p.probs[head], key=p.probs[head].get) for p in mine]
+            out[head] = {"accuracy": accuracy_score(truth, guess) if mine else None,
+                         "macro_f1": f1_score(truth, guess, average="macro", zero_division=0) if mine else None}
+        return out
+    return len(shared), scores(a), scores(b)
+
+
 ZERO_SHOT, TRAINED, PROBE = "zero-shot", "trained (fused)", "logistic probe (image + text)"
 
 

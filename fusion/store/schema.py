@@ -194,6 +194,7 @@ class UserRow(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     password_changed_at: Mapped[datetime] = mapped_column(DateTime)   # sessions older than this end
     last_sign_in_at: Mapped[datetime | None] = mapped_column(DateTime)
+    signed_out_at: Mapped[datetime | None] = mapped_column(DateTime)  # sessions begun before it end (0012)
 
 
 class SignInAttemptRow(Base):

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 from fusion.services.version_report import PROBE, TRAINED, ZERO_SHOT
 
 _STYLE = {ZERO_SHOT: {"mode": "markers", "marker": {"symbol": "diamond", "size": 11}},
-          TRAINED: {"mode": "lines+markers"},
+          TRAINED: {"mode": "lines+markers+text", "textposition": "top center"},   # each point names its version
           PROBE: {"mode": "lines+markers", "line": {"dash": "dot"}}}
 
 
@@ -20,5 +20,6 @@ def learning_curve_figure(points: list[dict]) -> go.Figure:
                             text=[p["version"] for p in mine],
                             hovertemplate="%{text}: %{y:.1%} with %{x} labeled items<extra></extra>", **style)
     fig.update_layout(height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title="labeled training items",
-                      yaxis_title="test accuracy", yaxis_range=[0, 1.02], legend={"orientation": "h", "y": -0.3})
+                      yaxis_title="test accuracy", yaxis_range=[0, 1.1], legend={"orientation": "h", "y": -0.3},
+                      xaxis_rangemode="tozero")   # 333 and 338 items are next to each other, not the axis' ends
     return fig

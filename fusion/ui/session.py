@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from fusion.services import accounts
+from fusion.services import accounts, session_tokens
 from fusion.ui import resources as streamlit_cache
 from fusion.services.accounts import Account, SessionExpired, SignedIn
 from fusion.core.errors import FusionError
@@ -18,6 +18,8 @@ from fusion.store.labeling import utcnow
 
 KEY = "signed_in"         # st.session_state[KEY]: accounts.SignedIn
 NOTICE = "sign_in_notice"  # why the last session ended, shown on the sign-in page
+COOKIE_TO_WRITE = "session_cookie_to_write"   # a token to hand the browser, or "" to clear its cookie
+COOKIE_ENDED = "session_cookie_ended"         # signed out: the cookie this session opened with is void
 PAGE_TITLES = {"review": "Review", "dataset": "Dataset", "train": "Train", "evaluate": "Evaluate", "admin": "Admin"}
 
 
@@ -26,13 +28,16 @@ def auth_on() -> bool:
 
 
 def sign_in(name: str, password: str) -> Account:
-    """Check the password (rate-limited, see accounts.sign_in) and start this session's sign-in."""
+    """Check the password (rate-limited, see accounts.sign_in) and start this session's sign-in;
+    the browser gets a signed token to stay signed in across a reload (write_cookie)."""
     address = st.context.ip_address
     account = accounts.sign_in(streamlit_cache.store(), name, password,
                                address=address if isinstance(address, str) else None)   # None on localhost
     now = utcnow()
     st.session_state[KEY] = SignedIn(account.name, now, now)
+    st.session_state[COOKIE_TO_WRITE] = session_tokens.issue(streamlit_cache.settings(), account.name, now)
     st.session_state.pop(NOTICE, None)
+    st.session_state.pop(COOKIE_ENDED, None)
     return account
 
 
@@ -43,22 +48,54 @@ def create_first_admin(name: str, password: str, repeated: str) -> Account:
     return sign_in(name, password)
 
 
-def sign_out(notice: str | None = None) -> None:
+def sign_out() -> None:
+    """The Sign out button: ends this account's sessions in every browser (accounts.sign_out)."""
+    signed_in = st.session_state.get(KEY)
+    if signed_in is not None:
+        accounts.sign_out(streamlit_cache.store(), signed_in.name)
+    end_session()
+
+
+def end_session(notice: str | None = None) -> None:
+    """Forget this session's sign-in, and the browser's cookie with it."""
     st.session_state.pop(KEY, None)
+    st.session_state[COOKIE_TO_WRITE] = ""
+    st.session_state[COOKIE_ENDED] = True    # this session still sees the cookie it was opened with
     if notice:
         st.session_state[NOTICE] = notice
+
+
+def write_cookie() -> None:
+    """Hand the browser the session cookie set or cleared since the last run. Streamlit reads
+    cookies but cannot set them: a script in an st.iframe (same origin, our own HTML) does."""
+    token = st.session_state.pop(COOKIE_TO_WRITE, None)
+    if token is None:
+        return
+    age = streamlit_cache.settings().session_minutes * 60 if token else 0
+    st.iframe(f"""<script>
+        const secure = window.parent.location.protocol === "https:" ? "; Secure" : "";
+        document.cookie = "{session_tokens.COOKIE}={token}; path=/; max-age={age}; SameSite=Strict" + secure;
+        </script>""", height=1)
+
+
+def _from_cookie() -> SignedIn | None:
+    """The sign-in a reloaded page's cookie carries, if this workspace signed it and it is current."""
+    if st.session_state.get(COOKIE_ENDED):
+        return None
+    found = session_tokens.read(streamlit_cache.settings(), st.context.cookies.get(session_tokens.COOKIE), utcnow())
+    return SignedIn(found[0], found[1], utcnow()) if found else None
 
 
 def active_account() -> Account | None:
     """This session's account, still valid, or None (signed out, with the reason as the notice).
     Each call counts as activity for the idle limit."""
-    signed_in = st.session_state.get(KEY)
+    signed_in = st.session_state.get(KEY) or _from_cookie()
     if signed_in is None:
         return None
     try:
         account = accounts.check_session(streamlit_cache.store(), signed_in, streamlit_cache.settings().session_minutes)
     except SessionExpired as e:
-        sign_out(str(e))
+        end_session(str(e))
         return None
     st.session_state[KEY] = SignedIn(signed_in.name, signed_in.signed_in_at, utcnow())
     return account
