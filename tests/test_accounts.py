@@ -218,7 +218,7 @@ def test_session_tokens_are_signed_expire_and_end_at_sign_out(store, quick_hashe
     other = load_settings(home=settings.home / "other", database_url=settings.database_url)
     assert session_tokens.read(other, token, now) is None                        # another workspace's key
 
-    signed_in = SignedIn("Rita", now - timedelta(seconds=1), now)
+    signed_in = SignedIn("Rita", now, now)
     assert accounts.check_session(store, signed_in, 60).name == "Rita"
     accounts.sign_out(store, "Rita")
     with pytest.raises(SessionExpired, match="signed out"):
