@@ -101,14 +101,24 @@ edited = st.data_editor(
     shown, key=f"ds_table_{number}_{hash(where.__repr__())}", hide_index=True, width="stretch",
     height=min(38 + 35 * len(shown), 600), row_height=35,
     disabled=[c for c in shown.columns if c != "label"],
-    column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "model", "by", "when"],
+    # Sized to fit the page at 1280 px with the sidebar open (the model of each prediction is in
+    # the item's history below).
+    column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "by", "when"],
     column_config={
-        "thumbnail": st.column_config.ImageColumn("", width="small"),
-        "label": st.column_config.SelectboxColumn("label ✎", options=list(project.labels),
+        "thumbnail": st.column_config.ImageColumn("", width=40),
+        "id": st.column_config.NumberColumn("id", width=45),
+        "file": st.column_config.TextColumn("file", width=110),
+        "label": st.column_config.SelectboxColumn("label ✎", options=list(project.labels), width=115,
                                                   help="Edit to label or correct the item"),
-        "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="percent"),
-        "ood": st.column_config.NumberColumn("OOD score", format="%.2f", help="Above 1: none of these"),
-        "when": st.column_config.DatetimeColumn("when (UTC)", format="YYYY-MM-DD HH:mm"),
+        "status": st.column_config.TextColumn("status", width=80),
+        "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="percent",
+                                                      width=80),
+        "suggested": st.column_config.TextColumn("suggested", width=115),
+        "ood": st.column_config.NumberColumn("OOD", format="%.2f", width=50, help="Out-of-distribution score. "
+                                             "Above 1: none of these classes"),
+        "by": st.column_config.TextColumn("by", width=60),
+        "when": st.column_config.DatetimeColumn("when (UTC)", format="MM-DD HH:mm", width=90,
+                                                help="Last changed, UTC"),
     })
 matched = f"{page.total:,}{'+' if page.total_is_capped else ''}"
 st.caption(f"{matched} {'item matches' if page.total == 1 else 'items match'} · page {number} of {pages} · {(time.perf_counter() - started) * 1000:.0f} ms")
