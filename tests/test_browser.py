@@ -262,7 +262,7 @@ def click_button(driver, label: str) -> None:
     """Click the button with this label, again if the page re-rendered it meanwhile."""
     from selenium.webdriver.common.by import By
 
-    wait_for(lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button") if b.text.strip().endswith(label)][0]
+    wait_for(lambda: [b for b in driver.find_elements(By.CSS_SELECTOR, "button") if label in b.text][0]
              .click() or True, timeout=30)
 
 
@@ -304,5 +304,35 @@ def test_signed_in_survives_a_reload_and_a_deep_url_signed_out_shows_only_sign_i
         driver.refresh()
         wait_for(lambda: "Signed in as" in body_text(driver) or password_box(), timeout=120)
         assert password_box() and "Signed in as" not in body_text(driver)
+    finally:
+        driver.quit()
+
+
+def test_next_in_queue_opens_another_page(server, demo_project, settings):
+    """Step 12: pressing Next in queue twice shows two different pages, never the one on screen."""
+    from fusion.imaging.images import check_image_file
+    from fusion.store.labeling import NewItem
+    from helpers import png_bytes
+
+    store = open_store(settings)
+    seed = int.from_bytes(os.urandom(2), "big")
+    store.add_items(demo_project.name, [NewItem(check_image_file(png_bytes(40_000 + seed * 2 + i), settings),
+                                                f"queued-{seed}-{i}.png", None, "", "", None, "browser test")
+                                        for i in range(2)], user="browser test")
+    driver = browser(1280, 800)
+
+    def on_screen() -> str:
+        found = re.search(r"Your decision on (\S+)", body_text(driver))
+        return found.group(1) if found else ""
+
+    try:
+        driver.get(server)
+        wait_for(lambda: "Next in queue" in body_text(driver))
+        seen = []
+        for _ in range(2):
+            before = on_screen()
+            click_button(driver, "Next in queue")
+            seen.append(wait_for(lambda: (shown := on_screen()) and shown != before and shown, timeout=180))
+        assert seen[0] != seen[1]
     finally:
         driver.quit()

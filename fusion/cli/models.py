@@ -144,6 +144,18 @@ def cmd_zero_shot(args, settings) -> None:
            f"(votes image {result['votes'][0]:.2f}, text {result['votes'][1]:.2f})" if accuracy else "no labeled items to measure on"))
 
 
+def cmd_label_issues(args, settings) -> None:
+    from fusion.ml.label_issues import find_label_issues
+    from fusion.store.labeling import open_store
+
+    result = find_label_issues(settings, open_store(settings), args.project, progress=show_progress)
+    shown = dict(result, issues=result["issues"][:args.top])
+    lines = [f"{i['item_id']:>7}  {i['label']} -> {i['suggested']}  quality {i['quality']:.2f}"
+             for i in shown["issues"] if i["flagged"]]
+    emit(shown, args.json, f"{result['flagged']} of {result['items']} labeled items of {args.project} are likely "
+         f"mislabeled (out-of-fold, {result['rank_s']} s):\n" + "\n".join(lines))
+
+
 def add_commands(sub) -> None:
     user = getpass.getuser()
     p = sub.add_parser("train", help="train a new model version from the project's labeled items")
@@ -200,6 +212,12 @@ def add_commands(sub) -> None:
     p.add_argument("--user", default=user)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_prelabel)
+
+    p = sub.add_parser("label-issues", help="rank labeled items by how likely their label is wrong (confident learning)")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("--top", type=int, default=50, help="list this many, most suspect first (all are saved)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_label_issues)
 
     p = sub.add_parser("zero-shot", help="measure the zero-shot model on the labeled items (and weigh its priors)")
     p.add_argument("project", metavar="NAME")

@@ -1,0 +1,113 @@
+"""Likely label errors: out-of-fold probabilities of the three heads over a project's labeled
+items, ranked by confident learning (cleanlab).
+
+Each fold fits the heads as head-mode training starts them (fusion.ml.probe.fit_linear_heads on
+the cached features of the other folds: the same linear heads, weighed on held-out logits), so
+an item's probabilities come from a model that never saw its label. cleanlab then flags the items
+whose given label the out-of-fold fused probabilities contradict, and scores every item's label
+quality (self-confidence: the probability of its given label).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from fusion.core.errors import FusionError
+from fusion.ml.model import HEADS
+
+FOLDS = 5
+
+
+@dataclass
+class LabelIssue:
+    item_id: int
+    label: str                    # the label it has
+    suggested: str                # the fused head's out-of-fold top label
+    quality: float                # out-of-fold probability of its own label: low is suspect
+    flagged: bool                 # cleanlab's find_label_issues says it is likely wrong
+    heads: dict[str, str]         # each head's out-of-fold top label
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def out_of_fold_probabilities(engine, config, features, folds: int = FOLDS, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each head's probabilities (N, K) for every item, from the fold that did not train on it."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from fusion.ml.finetune import HeadsOnFeatures
+    from fusion.ml.inference import predict_logits
+    from fusion.ml.probe import fit_linear_heads, pooled_features
+    from fusion.ml.train import balanced_class_weights
+    from fusion.ml.zeroshot import build_zero_shot_model
+
+    targets = features.targets.numpy()
+    smallest = np.bincount(targets, minlength=len(config.labels)).min()
+    if smallest < 2:
+        raise FusionError("finding label errors needs at least 2 labeled items in every class; label more first")
+    splitter = StratifiedKFold(n_splits=int(min(folds, smallest)), shuffle=True, random_state=seed)
+    out = {h: np.zeros((len(targets), len(config.labels)), dtype=np.float32) for h in HEADS}
+    for train, held_out in splitter.split(np.zeros(len(targets)), targets):
+        torch.manual_seed(seed)
+        fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
+        subset = features.subset(torch.from_numpy(train))
+        batches = (subset.subset(torch.arange(i, min(i + 256, len(train)))).inputs("cpu")
+                   for i in range(0, len(train), 256))
+        fit_linear_heads(fusion, pooled_features(fusion, batches), subset.targets,
+                         balanced_class_weights(subset.targets, len(config.labels)))
+        logits = predict_logits(HeadsOnFeatures(fusion), features.subset(torch.from_numpy(held_out)), "cpu")
+        for head in HEADS:
+            out[head][held_out] = logits[head].softmax(-1).numpy()
+    return out
+
+
+def rank_label_issues(item_ids: list[int], targets: np.ndarray, labels: list[str],
+                      probabilities: dict[str, np.ndarray]) -> list[LabelIssue]:
+    """Every item, most suspect first: flagged ones (cleanlab's find_label_issues on the fused
+    probabilities), then the rest, each group by rising label quality."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    fused = probabilities["fused"]
+    quality = get_label_quality_scores(targets, fused, method="self_confidence")
+    flagged = find_label_issues(targets, fused, filter_by="prune_by_noise_rate")
+    issues = [LabelIssue(item_id, labels[targets[n]], labels[int(fused[n].argmax())], float(quality[n]),
+                         bool(flagged[n]), {h: labels[int(probabilities[h][n].argmax())] for h in HEADS})
+              for n, item_id in enumerate(item_ids)]
+    return sorted(issues, key=lambda issue: (not issue.flagged, issue.quality))
+
+
+def find_label_issues(settings, store, project_name: str, progress=None) -> dict:
+    """Rank the project's labeled items by how likely their label is wrong, from their cached
+    features (encoded now where missing); saved beside the project (label_issues.json) for the
+    Review queue and the Dataset page, and returned."""
+    import json
+    import time
+
+    from fusion.core.atomic import write_bytes_atomic
+    from fusion.ml.features import cache_features, load_feature_set
+    from fusion.ml.model import ModelConfig
+    from fusion.ml.pipeline import get_engine
+    from fusion.ml.training_data import labeled_examples
+
+    project = store.project(project_name)
+    examples = labeled_examples(store, project_name)
+    labels = project.label_names
+    targets = np.array([labels.index(label) for label in examples.labels], dtype=np.int64)
+    engine = get_engine(settings)
+    started = time.perf_counter()
+    files = cache_features(engine, project.directory / "features", examples.paths, examples.texts,
+                           (lambda done, total: progress("encoding", done, total)) if progress else None)
+    features = load_feature_set(files, targets.tolist())
+    encoded = time.perf_counter()
+    if progress:
+        progress("cross-validating", 0, FOLDS)
+    probabilities = out_of_fold_probabilities(engine, ModelConfig(labels, project.labels), features)
+    ranked = rank_label_issues(examples.ids, targets, labels, probabilities)
+    result = {"project": project_name, "items": len(ranked), "flagged": sum(i.flagged for i in ranked),
+              "encode_s": round(encoded - started, 1), "rank_s": round(time.perf_counter() - encoded, 1),
+              "issues": [i.to_dict() for i in ranked]}
+    write_bytes_atomic(project.directory / "label_issues.json", json.dumps(result).encode())
+    return result
