@@ -42,9 +42,14 @@ def build_status() -> None:
         st.caption(f"Its log: {jobs.log_path(job.id)}")
 
 
-def sidebar() -> None:
+def sidebar(pages: list) -> None:
     engine = streamlit_cache.engine()
     with st.sidebar:
+        # The app's own links: Streamlit's navigation is off (client.showSidebarNavigation), as
+        # it first lists the raw files of pages/ while a cold server starts.
+        for page in pages:
+            st.page_link(page)
+        st.divider()
         store = streamlit_cache.store()
         projects = store.project_names()
         name = st.selectbox("Project", projects, index=projects.index(settings.demo_project), key="project")
@@ -85,11 +90,11 @@ if settings.auth and account is None:
     pages = [st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)] + [
         st.Page("pages/sign_in.py", title="Sign in", url_path=name) for name in accounts.PAGES]
 elif demo.demo_ready(settings):
-    sidebar()
     allowed = accounts.PAGES_BY_ROLE[account.role] if account else [p for p in accounts.PAGES if p != "admin"]
     pages = [st.Page(f"pages/{name}.py", title=app_session.PAGE_TITLES[name], icon=ICONS[name],
                      default=name == "review") for name in allowed]
+    sidebar(pages)
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
 app_session.write_cookie()
-st.navigation(pages, position="hidden" if settings.auth and account is None else "sidebar").run()
+st.navigation(pages, position="hidden").run()

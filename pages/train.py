@@ -77,9 +77,10 @@ def curves(job: Job) -> None:
                         yaxis="y2", line={"dash": dash})
     fig.update_layout(height=280, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title="epoch",
                       yaxis={"title": "loss"}, yaxis2={"title": "macro-F1", "overlaying": "y", "side": "right",
-                                                       "range": [0, 1.02]},
+                                                       "range": [0, 1.02], "tickformat": ".1f", "dtick": 0.2},
                       legend={"orientation": "h", "y": -0.3})
-    st.plotly_chart(fig, width="stretch", key=f"curve_{job.id}_{len(rows)}")
+    # No toolbar: it sat over the fused line's last epochs
+    st.plotly_chart(fig, width="stretch", key=f"curve_{job.id}_{len(rows)}", config={"displayModeBar": False})
 
 
 def progress_of(job: Job) -> None:

@@ -74,9 +74,12 @@ _MAX_WORDS = 7
 
 
 def addresses(text: str):
-    """(start, end) of each address found in `text`: from its first anchor's part to its last's,
-    over at most 3 parts between; a postcode with no street before it takes up to 3 plain parts
-    before it, a street with no postcode after it the place's name after it."""
+    """(start, end) of each address found in `text`. The text is cut into parts at commas,
+    semicolons and line breaks; an address runs from its first anchored part to its last, over
+    at most 3 plain address parts between, then grows: back over up to 3 parts before a postcode
+    (its street and town) or 1 before a street (its house number), forward over 1 place's name
+    after a postcode (state, country) or 2 after a street (its town). A flat or unit alone
+    ("Level 3", "Unit 4B") is not an address."""
     starts = [m.span() for p in _STARTS for m in p.finditer(text)]
     ends = [m.span() for p in _ENDS for m in p.finditer(text)]
     if not starts and not ends:
