@@ -9,13 +9,24 @@ quality (self-confidence: the probability of its given label).
 """
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from fusion.core.atomic import write_bytes_atomic
 from fusion.core.errors import FusionError
-from fusion.ml.model import HEADS
+from fusion.ml.features import cache_features, load_feature_set
+from fusion.ml.finetune import HeadsOnFeatures
+from fusion.ml.inference import predict_logits
+from fusion.ml.model import HEADS, ModelConfig
+from fusion.ml.pipeline import get_engine
+from fusion.ml.probe import fit_linear_heads, pooled_features
+from fusion.ml.train import balanced_class_weights
+from fusion.ml.training_data import labeled_examples
+from fusion.ml.zeroshot import build_zero_shot_model
 
 FOLDS = 5
 
@@ -37,11 +48,6 @@ def out_of_fold_probabilities(engine, config, features, folds: int = FOLDS, seed
     """Each head's probabilities (N, K) for every item, from the fold that did not train on it."""
     from sklearn.model_selection import StratifiedKFold
 
-    from fusion.ml.finetune import HeadsOnFeatures
-    from fusion.ml.inference import predict_logits
-    from fusion.ml.probe import fit_linear_heads, pooled_features
-    from fusion.ml.train import balanced_class_weights
-    from fusion.ml.zeroshot import build_zero_shot_model
 
     targets = features.targets.numpy()
     smallest = np.bincount(targets, minlength=len(config.labels)).min()
@@ -83,14 +89,6 @@ def find_label_issues(settings, store, project_name: str, progress=None) -> dict
     """Rank the project's labeled items by how likely their label is wrong, from their cached
     features (encoded now where missing); saved beside the project (label_issues.json) for the
     Review queue and the Dataset page, and returned."""
-    import json
-    import time
-
-    from fusion.core.atomic import write_bytes_atomic
-    from fusion.ml.features import cache_features, load_feature_set
-    from fusion.ml.model import ModelConfig
-    from fusion.ml.pipeline import get_engine
-    from fusion.ml.training_data import labeled_examples
 
     project = store.project(project_name)
     examples = labeled_examples(store, project_name)

@@ -108,7 +108,7 @@ class _Masking:
     def _read_now(self, item: Item) -> tuple[Image.Image, list]:
         """Read a page without stored word boxes: the boxes of the PHI in what OCR reads, and of
         the words that the stored text's and caption's PHI hold ("Wren", "1220922")."""
-        from fusion.imaging.ocr import read_text
+        from fusion.imaging.ocr import read_text   # the OCR models load only when a page needs reading
 
         settings = self.store.settings
         self.read += 1
