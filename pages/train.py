@@ -140,17 +140,17 @@ def current_job() -> None:
 
 
 def versions_table(found: list[registry.ModelVersion]) -> None:
-    rows = []    # what fits at 1280 px; who trained it and the zero-shot scores are on the Evaluate page
+    rows = []    # what fits at 1280 px; its mode, who trained it and its zero-shot are on the Evaluate page
     for v in found:
         test = v.metrics.get("test", {})
-        rows.append({"version": f"{v.version} ({v.params.get('mode', '?')})", "active": "●" if v.active else "",
+        rows.append({"version": v.version, "active": "●" if v.active else "",
                      "fused acc": test["fused"]["accuracy"], "fused F1": test["fused"]["macro_f1"],
                      "image F1": test["image"]["macro_f1"], "text F1": test["text"]["macro_f1"],
                      "ECE": describe_ece(test["fused"], prefix=""),   # with the items and bins it rests on
                      "test items": v.metrics.get("counts", {}).get("test"), "when": v.created_at})
     score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-        "version": st.column_config.TextColumn("version", width=92, help="and its training mode"),
+        "version": st.column_config.TextColumn("version", width=70),
         "active": st.column_config.TextColumn("active", width=46),
         "fused acc": st.column_config.NumberColumn(format="percent"), "fused F1": score, "image F1": score,
         "text F1": score, "ECE": st.column_config.TextColumn("ECE (fused)", width=272),
