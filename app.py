@@ -84,17 +84,20 @@ ICONS = {"review": ":material/fact_check:", "dataset": ":material/table_view:", 
 # With accounts on, the navigation holds only the pages the role may use: any other is
 # unreachable, also by URL. Off, the one local user has every page but Admin (no accounts).
 account = app_session.active_account() if settings.auth else None
+ready = False
 if settings.auth and account is None:
     # Every page's address opens the sign-in form (and, once signed in, that page): a deep link or
     # a bookmark shows no "Page not found" and nothing of the page itself.
     pages = [st.Page("pages/sign_in.py", title="Sign in", icon=":material/login:", default=True)] + [
         st.Page("pages/sign_in.py", title="Sign in", url_path=name) for name in accounts.PAGES]
-elif demo.demo_ready(settings):
+elif ready := demo.demo_ready(settings):
     allowed = accounts.PAGES_BY_ROLE[account.role] if account else [p for p in accounts.PAGES if p != "admin"]
     pages = [st.Page(f"pages/{name}.py", title=app_session.PAGE_TITLES[name], icon=ICONS[name],
                      default=name == "review") for name in allowed]
-    sidebar(pages)
 else:
     pages = [st.Page(first_run, title="Setting up", default=True)]
+current = st.navigation(pages, position="hidden")
+if ready:
+    sidebar(pages)     # after st.navigation: its links point at the pages this run registered
 app_session.write_cookie()
-st.navigation(pages, position="hidden").run()
+current.run()
