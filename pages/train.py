@@ -18,7 +18,7 @@ from fusion.ml.evaluation import describe_ece
 from fusion.ml.finetune import MODES
 from fusion.jobs.queue import Job, Jobs
 from fusion.ml.train import TrainConfig
-from fusion.jobs.worker import describe_labels, queue_job, reap_dead_jobs, resume_job
+from fusion.jobs.worker import change_active_model, describe_labels, queue_job, reap_dead_jobs, resume_job
 from fusion.ml.model import HEADS
 
 MODE_HELP = {"head": "encoders frozen, features cached: a minute on a CPU",
@@ -231,10 +231,7 @@ def change_active(version: str | None) -> None:
     """Promote `version`, or roll back to the previous active one (None). Runs as a button
     callback, so the page then renders once with the new state."""
     try:
-        if version is None:
-            changed = registry.rollback(store, project.name, app_session.current_user())
-        else:
-            changed = registry.promote(store, project.name, version, app_session.current_user())
+        changed = change_active_model(settings, store, project.name, app_session.current_user(), version)
         streamlit_cache.engine().forget_models()  # every session predicts with the new version from now
         st.session_state["train_flash"] = ("success", f"{changed.active_model} is now the active model")
     except FusionError as e:

@@ -1,7 +1,9 @@
-"""Model versions: `train`, `models`, `promote`, `rollback`, `evaluate`, `prelabel`, `zero-shot`."""
+"""Model versions: `train`, `models`, `promote`, `rollback`, `evaluate`, `prelabel`, `label-issues`,
+`similar`, `zero-shot`."""
 from __future__ import annotations
 
 import getpass
+import time
 
 from fusion.cli.common import read_descriptions, emit, head_scores, show_progress
 
@@ -25,6 +27,7 @@ def _queue(args, settings, store, kind: str, params: dict) -> None:
 def cmd_train(args, settings) -> None:
     from dataclasses import asdict
 
+    from fusion.jobs.worker import change_active_model
     from fusion.ml import registry
     from fusion.ml.model import HEADS
     from fusion.store.labeling import open_store
@@ -47,7 +50,7 @@ def cmd_train(args, settings) -> None:
         return  # a torchrun rank > 0: rank 0 reports
     promoted = args.promote == "yes" or (args.promote == "auto" and registry.beats_active(metrics))
     if promoted:
-        registry.promote(store, args.project, version, args.user)
+        change_active_model(settings, store, args.project, args.user, version)
     data = {"project": args.project, "version": version, "promoted": promoted, "params": asdict(config),
             "test": head_scores(metrics["test"]), "zero_shot_test": head_scores(metrics["zero_shot_test"]),
             "parent_test": metrics["parent_test"] and {"version": metrics["parent_test"]["version"],
@@ -78,14 +81,12 @@ def cmd_models(args, settings) -> None:
 
 
 def cmd_promote(args, settings) -> None:
-    from fusion.ml.registry import promote, rollback
+    from fusion.jobs.worker import change_active_model
     from fusion.store.labeling import open_store
 
-    store = open_store(settings)
-    if args.command == "rollback":
-        project = rollback(store, args.project, args.user, to=args.to)
-    else:
-        project = promote(store, args.project, args.version, args.user)
+    project = change_active_model(settings, open_store(settings), args.project, args.user,
+                                  None if args.command == "rollback" else args.version,
+                                  rollback_to=args.to if args.command == "rollback" else None)
     emit({"project": project.name, "active_model": project.active_model}, args.json,
           f"{project.name}: active model is now {project.active_model}")
 
@@ -148,12 +149,37 @@ def cmd_label_issues(args, settings) -> None:
     from fusion.ml.label_issues import find_label_issues
     from fusion.store.labeling import open_store
 
-    result = find_label_issues(settings, open_store(settings), args.project, progress=show_progress)
+    store = open_store(settings)
+    if args.queue:
+        return _queue(args, settings, store, "label_issues", {})
+    result = find_label_issues(settings, store, args.project, progress=show_progress)
     shown = dict(result, issues=result["issues"][:args.top])
     lines = [f"{i['item_id']:>7}  {i['label']} -> {i['suggested']}  quality {i['quality']:.2f}"
              for i in shown["issues"] if i["flagged"]]
     emit(shown, args.json, f"{result['flagged']} of {result['items']} labeled items of {args.project} are likely "
          f"mislabeled (out-of-fold, {result['rank_s']} s):\n" + "\n".join(lines))
+
+
+def cmd_similar(args, settings) -> None:
+    from fusion.ml.embeddings import compute_embeddings, load_embeddings, nearest
+    from fusion.store.labeling import open_store
+
+    store = open_store(settings)
+    project = store.project(args.project)
+    item = store.item(args.project, args.item)
+    embeddings = load_embeddings(project)
+    if embeddings is None or embeddings.row_of(item.id) is None:    # first use, or an item added since
+        embeddings = compute_embeddings(settings, store, args.project, progress=show_progress)
+    started = time.perf_counter()
+    found = nearest(embeddings, item.id, args.top)
+    ms = (time.perf_counter() - started) * 1000
+    labels = {row.id: row for row in store.items_by_id(args.project, [i for i, _ in found])}
+    data = {"project": args.project, "item": item.id, "version": embeddings.version, "query_ms": round(ms, 2),
+            "similar": [{"item_id": i, "filename": labels[i].filename, "label": labels[i].label,
+                         "status": labels[i].status, "similarity": round(score, 4)} for i, score in found]}
+    emit(data, args.json, f"most like {item.id} ({item.filename}, {item.label or item.status}), by {embeddings.version}:\n"
+         + "\n".join(f"{s['similarity']:.3f}  {s['item_id']:>7}  {s['filename']}  {s['label'] or s['status']}"
+                     for s in data["similar"]))
 
 
 def add_commands(sub) -> None:
@@ -216,8 +242,17 @@ def add_commands(sub) -> None:
     p = sub.add_parser("label-issues", help="rank labeled items by how likely their label is wrong (confident learning)")
     p.add_argument("project", metavar="NAME")
     p.add_argument("--top", type=int, default=50, help="list this many, most suspect first (all are saved)")
+    p.add_argument("--queue", action="store_true", help="run it as a background job of the worker")
+    p.add_argument("--user", default=user)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_label_issues)
+
+    p = sub.add_parser("similar", help="the items most like one item, by fused embedding (\"more like this\")")
+    p.add_argument("project", metavar="NAME")
+    p.add_argument("item", metavar="ITEM", help="an item id or file name")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_similar)
 
     p = sub.add_parser("zero-shot", help="measure the zero-shot model on the labeled items (and weigh its priors)")
     p.add_argument("project", metavar="NAME")

@@ -51,6 +51,7 @@ class Train(JobKind):
         promoted = bool(job.params.get("auto_promote")) and registry.beats_active(metrics)
         if promoted:
             registry.promote(store, job.project, version, user=job.created_by, action="auto-promote")
+            jobs.submit(job.project, "embed", {}, job.created_by)     # the new version's map, next
         jobs.log(job.id, f"version {version}: test macro-F1 {metrics['test']['fused']['macro_f1']}"
                          + (", promoted (beat the active version)" if promoted else ""))
         return {"version": version, "promoted": promoted,
@@ -78,6 +79,28 @@ class ZeroShot(JobKind):
         result = measure_zero_shot(settings, store, job.project, job.created_by, report)
         jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}")
         return {k: result[k] for k in ("items", "votes", "accuracy", "accuracy_unweighted") if k in result}
+
+
+class LabelIssues(JobKind):
+    name = "label_issues"
+
+    def run(self, settings, store, jobs, job, report):
+        from fusion.ml.label_issues import find_label_issues   # each kind loads what it needs
+
+        result = find_label_issues(settings, store, job.project, stage_progress(report))
+        jobs.log(job.id, f"checked {result['items']} labels: {result['flagged']} likely wrong")
+        return {k: result[k] for k in ("items", "flagged", "saved", "encode_s", "rank_s")}
+
+
+class Embed(JobKind):
+    name = "embed"
+
+    def run(self, settings, store, jobs, job, report):
+        from fusion.ml.embeddings import compute_embeddings   # each kind loads what it needs
+
+        embeddings = compute_embeddings(settings, store, job.project, stage_progress(report))
+        jobs.log(job.id, f"embedded {len(embeddings.item_ids)} items for {embeddings.version}")
+        return {"items": len(embeddings.item_ids), "version": embeddings.version}
 
 
 class Import(JobKind):
@@ -131,5 +154,5 @@ class DemoBuild(JobKind):
         return {"version": project.active_model}
 
 
-KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Train(), Prelabel(), ZeroShot(), Import(), Export(),
-                                                          DemoBuild())}
+KINDS: dict[str, JobKind] = {kind.name: kind for kind in (Train(), Prelabel(), ZeroShot(), LabelIssues(), Embed(),
+                                                          Import(), Export(), DemoBuild())}

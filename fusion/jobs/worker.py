@@ -119,6 +119,19 @@ def describe_labels(settings, store, project_name: str, descriptions: dict[str, 
     return queue_job(settings, store, project_name, "zero_shot", {}, user)
 
 
+def change_active_model(settings: Settings, store: Store, project: str, user: str, version: str | None = None,
+                        rollback_to: str | None = None):
+    """Promote `version`, or roll back (to `rollback_to`, default the previous active version), then
+    queue the embeddings of the new active version (the Dataset page's map, "more like this"),
+    computed in the background. Returns the project. What the Train page and the CLI call."""
+    from fusion.ml import registry   # here: listing or queueing jobs never loads torch
+
+    project_now = (registry.promote(store, project, version, user) if version is not None
+                   else registry.rollback(store, project, user, to=rollback_to))
+    queue_job(settings, store, project, "embed", {}, user)
+    return project_now
+
+
 def reap_dead_jobs(settings: Settings, store: Store) -> list[int]:
     """Fail the running jobs whose worker is gone. For the app to call on page load, so a dead
     worker's job does not look alive until the next worker starts."""

@@ -9,14 +9,12 @@ quality (self-confidence: the probability of its given label).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from fusion.core.atomic import write_bytes_atomic
 from fusion.core.errors import FusionError
 from fusion.ml.features import cache_features, load_feature_set
 from fusion.ml.finetune import HeadsOnFeatures
@@ -38,7 +36,7 @@ class LabelIssue:
     suggested: str                # the fused head's out-of-fold top label
     quality: float                # out-of-fold probability of its own label: low is suspect
     flagged: bool                 # cleanlab's find_label_issues says it is likely wrong
-    heads: dict[str, str]         # each head's out-of-fold top label
+    heads: dict[str, str]         # each head's out-of-fold top label: "image", "text", "fused"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,27 +83,29 @@ def rank_label_issues(item_ids: list[int], targets: np.ndarray, labels: list[str
     return sorted(issues, key=lambda issue: (not issue.flagged, issue.quality))
 
 
-def find_label_issues(settings, store, project_name: str, progress=None) -> dict:
-    """Rank the project's labeled items by how likely their label is wrong, from their cached
-    features (encoded now where missing); saved beside the project (label_issues.json) for the
-    Review queue and the Dataset page, and returned."""
-
-    project = store.project(project_name)
-    examples = labeled_examples(store, project_name)
-    labels = project.label_names
-    targets = np.array([labels.index(label) for label in examples.labels], dtype=np.int64)
+def labeled_features(settings, store, project, progress=None):
+    """The project's labeled items with their label indices and cached features (encoded now where
+    missing). -> (examples, targets (N,), features, engine)"""
+    examples = labeled_examples(store, project.name)
+    targets = np.array([project.label_names.index(label) for label in examples.labels], dtype=np.int64)
     engine = get_engine(settings)
-    started = time.perf_counter()
     files = cache_features(engine, project.directory / "features", examples.paths, examples.texts,
                            (lambda done, total: progress("encoding", done, total)) if progress else None)
-    features = load_feature_set(files, targets.tolist())
+    return examples, targets, load_feature_set(files, targets.tolist()), engine
+
+
+def find_label_issues(settings, store, project_name: str, progress=None) -> dict:
+    """Check every labeled item's label: ranked by how likely it is wrong, kept on the items (the
+    Review queue's "likely mislabeled" order, the Dataset page's filter and column), and returned."""
+    project = store.project(project_name)
+    started = time.perf_counter()
+    examples, targets, features, engine = labeled_features(settings, store, project, progress)
     encoded = time.perf_counter()
     if progress:
         progress("cross-validating", 0, FOLDS)
-    probabilities = out_of_fold_probabilities(engine, ModelConfig(labels, project.labels), features)
-    ranked = rank_label_issues(examples.ids, targets, labels, probabilities)
-    result = {"project": project_name, "items": len(ranked), "flagged": sum(i.flagged for i in ranked),
-              "encode_s": round(encoded - started, 1), "rank_s": round(time.perf_counter() - encoded, 1),
-              "issues": [i.to_dict() for i in ranked]}
-    write_bytes_atomic(project.directory / "label_issues.json", json.dumps(result).encode())
-    return result
+    probabilities = out_of_fold_probabilities(engine, ModelConfig(project.label_names, project.labels), features)
+    ranked = rank_label_issues(examples.ids, targets, project.label_names, probabilities)
+    saved = store.save_label_checks(project_name, [i.to_dict() for i in ranked])
+    return {"project": project_name, "items": len(ranked), "flagged": sum(i.flagged for i in ranked),
+            "saved": saved, "encode_s": round(encoded - started, 1), "rank_s": round(time.perf_counter() - encoded, 1),
+            "issues": [i.to_dict() for i in ranked]}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 STATUSES = ("unlabeled", "predicted", "accepted", "corrected", "skipped")
@@ -48,6 +48,7 @@ class ItemRow(Base):
         Index("ix_items_status_margin", "project_id", "status", "pred_margin"),
         Index("ix_items_status_disagreement", "project_id", "status", "pred_disagreement"),
         Index("ix_items_ood", "project_id", "pred_ood"),                  # migration 0008
+        Index("ix_items_check", "project_id", "check_flagged", "check_quality"),   # migration 0013
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -76,6 +77,14 @@ class ItemRow(Base):
     pred_disagreement: Mapped[float | None] = mapped_column(Float)   # total variation, image vs text head
     pred_ood: Mapped[float | None] = mapped_column(Float)            # fusion.ml.ood score; above 1: none of these
     predicted_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+    # The latest check of the label (fusion.ml.label_issues): out-of-fold, so by models that never saw it.
+    check_quality: Mapped[float | None] = mapped_column(Float)     # the fused head's probability of the label
+    check_flagged: Mapped[bool | None] = mapped_column(Boolean)    # likely wrong, until a person decides again
+    check_suggested: Mapped[str | None] = mapped_column(String(128))  # the fused head's top label
+    check_heads: Mapped[dict | None] = mapped_column(JSON)         # {"image": label, "text": label, "fused": label}
+    checked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    check_reviewed_by: Mapped[str | None] = mapped_column(String(128))  # who decided on it once flagged
 
     label: Mapped[str | None] = mapped_column(String(128))  # the human label; None until someone decides
     status: Mapped[str] = mapped_column(String(16), default="unlabeled")
