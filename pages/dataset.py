@@ -18,15 +18,17 @@ from fusion.jobs.queue import Jobs
 from fusion.jobs.worker import queue_import, queue_job
 from fusion.services.exporting import FORMATS
 from fusion.ui.job_view import job_progress
+from fusion.ui.similar_view import offer_embeddings, similar_pages
+from fusion.services.dataset_map import COLOUR_BY, map_figure, map_points
 from fusion.store.schema import STATUSES
 from fusion.store.labeling import ItemFilter
-from fusion.imaging.thumbnails import data_url, thumbnail
 
 PAGE_SIZE = 50
 SORTS = {"last changed": ("updated", True), "least confident": ("confidence", False),
          "most confident": ("confidence", True), "most unlike the trained classes": ("ood", True),
          "file name": ("filename", False), "newest": ("added", True)}
 DISTRIBUTION = {"any": None, "none of these (flagged)": False, "like a trained class": True}
+SELECTED_MAX = 5000     # items a map selection lists
 
 streamlit_cache.require_app_shell()
 app_session.require_page("dataset")
@@ -37,18 +39,22 @@ user = app_session.current_user()
 jobs = Jobs(store)
 
 
-@st.cache_data(max_entries=5000, show_spinner=False)
-def thumb(image_path: str, sha256: str) -> str | None:
-    return data_url(thumbnail(settings.images_dir, Path(image_path), sha256))
+def label_check(item) -> str:
+    """The label check's verdict, as the table's column says it."""
+    if item.check_flagged:
+        return f"⚑ likely {item.check_suggested} ({1 - item.check_quality:.0%})"
+    if item.check_reviewed_by:
+        return f"kept by {item.check_reviewed_by}"
+    return "" if item.check_quality is None else "looks right"
 
 
 def rows_of(items) -> pd.DataFrame:
     return pd.DataFrame([{
-        "thumbnail": thumb(str(store.image_path(i)), i.sha256), "id": i.id, "file": i.filename,
+        "thumbnail": streamlit_cache.thumbnail_url(i), "id": i.id, "file": i.filename,
         "label": i.label, "status": i.status, "confidence": i.pred_confidence, "suggested": i.pred_label or "",
-        "ood": i.pred_ood, "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version,
+        "ood": i.pred_ood, "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version, "check": label_check(i),
     } for i in items], columns=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "model",
-                                "by", "when", "version"])
+                                "by", "when", "version", "check"])
 
 
 def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
@@ -73,11 +79,50 @@ counts[0].metric("items", f"{info['items']:,}")
 for column, status in zip(counts[1:], STATUSES):
     column.metric(status, f"{info['by_status'][status]:,}")
 
-f1, f2, f3, f4 = st.columns([3, 2, 2, 2])
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def item_facts(project_name: str) -> dict[str, list]:
+    return store.item_facts(project_name)
+
+
+def dataset_map() -> tuple[int, ...] | None:
+    """The map of the project's items; returns the ids selected on it (None: no selection)."""
+    embeddings = streamlit_cache.embeddings(project)
+    if embeddings is None:
+        offer_embeddings(project, "No map yet: the items have no embeddings for this model.", "map")
+        return None
+    colour_by = st.segmented_control("Colour by", list(COLOUR_BY), default="label", key="ds_map_colour") or "label"
+    started = time.perf_counter()
+    points = map_points(embeddings, item_facts(project.name))
+    event = st.plotly_chart(map_figure(points, colour_by), width="stretch", on_select="rerun", key="ds_map",
+                            selection_mode=("box", "lasso", "points"), config={"displaylogo": False})
+    drawn = len(points.frame)
+    st.caption(
+        (f"A random {drawn:,} of the {points.embedded:,} items (the same sample on every visit), so the map draws "
+         "quickly · " if drawn < points.embedded else f"All {drawn:,} items · ")
+        + (f"{points.not_embedded:,} added since are not on it · " if points.not_embedded else "")
+        + f"model {embeddings.version}, computed {embeddings.computed_at:%Y-%m-%d %H:%M} UTC · the two axes are the "
+        f"first principal components of the fused embeddings ({embeddings.map_variance:.0%} of their variance) · "
+        f"{(time.perf_counter() - started) * 1000:.0f} ms · lasso or box to list items below; double-click to clear")
+    if points.not_embedded:
+        offer_embeddings(project, "", "map_again")
+    chosen = [int(p["customdata"][0]) for p in (event or {}).get("selection", {}).get("points", [])
+              if p.get("customdata")]
+    return tuple(chosen[:SELECTED_MAX]) or None
+
+
+with st.expander("Map of the dataset", icon=":material/scatter_plot:"):
+    selected = dataset_map()
+
+f1, f2, f3, f4, f5 = st.columns([3, 2, 2, 2, 2])
 search = f1.text_input("Search file names, captions and page text", key="ds_search")
 label = f2.selectbox("Label", ["any", *project.labels], key="ds_label")
 statuses = f3.multiselect("Status", STATUSES, key="ds_status")
 editor = f4.selectbox("Last changed by", ["anyone", *store.editors(project.name)], key="ds_user")
+mislabeled = f5.selectbox("Label check", ["any", "likely mislabeled"], key="ds_check",
+                          help="Items whose label the latest check finds likely wrong (Likely label errors, below), "
+                               "until someone decides on them again")
 g1, g4, g2, g3 = st.columns([3, 2, 2, 2])
 low, high = g1.slider("Model confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="ds_confidence")
 distribution = g4.selectbox("Out of distribution", list(DISTRIBUTION), key="ds_ood",
@@ -87,7 +132,11 @@ sort = g2.selectbox("Sort by", list(SORTS), key="ds_sort")
 where = ItemFilter(status=tuple(statuses), label=None if label == "any" else label, search=search,
                    user=None if editor == "anyone" else editor,
                    confidence=None if (low, high) == (0.0, 1.0) else (low, high),
-                   in_distribution=DISTRIBUTION[distribution], sort=SORTS[sort][0], descending=SORTS[sort][1])
+                   in_distribution=DISTRIBUTION[distribution], likely_mislabeled=mislabeled != "any",
+                   ids=selected, sort=SORTS[sort][0], descending=SORTS[sort][1])
+if selected:
+    st.caption(f":material/scatter_plot: Listing the {len(selected):,} items selected on the map"
+               + (f" (the first {SELECTED_MAX:,})" if len(selected) == SELECTED_MAX else ""))
 
 # De-identified, a search matches the redacted text only: a hidden name finds nothing.
 first = deidentified_search.list_items(store, project.name, where, limit=0, deidentified=settings.redact_text)
@@ -103,7 +152,8 @@ edited = st.data_editor(
     disabled=[c for c in shown.columns if c != "label"],
     # Sized to fit the page at 1280 px with the sidebar open (the model of each prediction is in
     # the item's history below).
-    column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "by", "when"],
+    column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "check", "by",
+                  "when"],
     column_config={
         "thumbnail": st.column_config.ImageColumn("", width=40),
         "id": st.column_config.NumberColumn("id", width=45),
@@ -119,6 +169,10 @@ edited = st.data_editor(
         "by": st.column_config.TextColumn("by", width=60),
         "when": st.column_config.DatetimeColumn("when (UTC)", format="MM-DD HH:mm", width=90,
                                                 help="Last changed, UTC"),
+        "check": st.column_config.TextColumn("label check", width=130, help="The latest check of the label: "
+                                             "⚑ likely wrong (the label models trained without it suggest, and "
+                                             "how likely the current label is wrong), or kept by the person who "
+                                             "decided after it was flagged"),
     })
 matched = f"{page.total:,}{'+' if page.total_is_capped else ''}"
 st.caption(f"{matched} {'item matches' if page.total == 1 else 'items match'} · page {number} of {pages} · {(time.perf_counter() - started) * 1000:.0f} ms")
@@ -126,7 +180,7 @@ if not edited["label"].equals(shown["label"]):
     save_label_edits(shown, edited)
     st.rerun()
 
-with st.expander("An item's history"):
+with st.expander("An item: its history and similar pages"):
     if page.items:
         chosen = st.selectbox("Item", page.items, format_func=lambda i: f"{i.id} · {i.filename}", key="ds_item")
         history = store.history(project.name, chosen.id)
@@ -138,6 +192,8 @@ with st.expander("An item's history"):
             "page text": as_shown(h.new_text, settings.redact_text) if h.action == "text" else "",
             "source": h.source or "",
         } for h in history]), hide_index=True, width="stretch")
+        st.markdown("**More like this**")
+        similar_pages(project, chosen.id, "dataset")
     else:
         st.write("No items on this page.")
 
@@ -188,6 +244,32 @@ def export_status() -> None:
                            file_name=archive.name, mime="application/zip", key="download_export")
     else:
         st.error(f"The export's file is gone ({literal(archive.name)}); prepare it again.")
+
+
+@st.fragment(run_every=3)
+def label_check_status() -> None:
+    recent = jobs.list(project.name, limit=1, kind="label_issues")
+    if recent and not recent[0].finished:
+        job_progress(recent[0])
+    elif recent and recent[0].status == "succeeded":
+        r = recent[0].result
+        st.caption(f"Last checked {recent[0].finished_at:%Y-%m-%d %H:%M} UTC: {r['flagged']} of {r['items']} labels "
+                   "likely wrong.")
+    elif recent:
+        st.caption(f"The last check {recent[0].status}: {literal(recent[0].error or '')}")
+
+
+with st.expander("Likely label errors", icon=":material/flag:"):
+    st.write("Checks every labeled item's label: models trained on the other four fifths of the labeled items "
+             "(5-fold, over the cached features) predict each item, and confident learning (cleanlab) flags the "
+             "items whose label their prediction contradicts. Flagged items show ⚑ in the table, come first in "
+             "**Label check: likely mislabeled** and in the Review queue's **likely mislabeled** order, and "
+             "leave the list once someone keeps or corrects their label.")
+    label_check_status()
+    if st.button("Find likely label errors", key="check_labels", disabled=not app_session.may("check_labels"),
+                 help="In the background; about a minute for 500 labeled items on a CPU"):
+        queue_job(settings, store, project.name, "label_issues", {}, user)
+        st.rerun()
 
 
 with st.expander("Import"):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -11,6 +10,7 @@ import streamlit as st
 from fusion.ui import session as app_session
 from fusion.ml import registry
 from fusion.ui import resources as streamlit_cache
+from fusion.ui.similar_view import similar_pages
 from fusion.services import version_report
 from fusion.ui.charts import learning_curve_figure
 from fusion.ml.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
@@ -21,7 +21,6 @@ from fusion.privacy.deidentified_view import phi_boxes, shown_reason, top_words
 from fusion.privacy.display_text import literal
 from fusion.imaging.overlay import black_out, blend_heatmap
 from fusion.ml.pipeline import compose_text
-from fusion.imaging.thumbnails import data_url, thumbnail
 
 streamlit_cache.require_app_shell()
 app_session.require_page("evaluate")
@@ -30,11 +29,6 @@ store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
 GALLERY = 8
 LISTED = 50       # rows of a table of items: a cell or a comparison can hold thousands
-
-
-@st.cache_data(max_entries=5000, show_spinner=False)
-def thumb(image_path: str, sha256: str) -> str | None:
-    return data_url(thumbnail(settings.images_dir, Path(image_path), sha256))
 
 
 @st.cache_data(max_entries=200, show_spinner=False)
@@ -53,12 +47,6 @@ def gradcam_picture(project_name: str, version: str, item_id: int, redacted: boo
     picture.thumbnail((360, 360))
     words = top_words(prediction.explanation, compose_text(item.ocr_text or "", item.caption), redacted)
     return picture, [w for w, _ in words], shown_reason(prediction, redacted)
-
-
-@st.cache_data(ttl=30, show_spinner=False)
-def test_predictions(project_name: str, version: str) -> list[version_report.TestPrediction]:
-    """Read once per version and half minute, not on every click of this page."""
-    return version_report.test_predictions(store, store.project(project_name), version)
 
 
 def headline(v: registry.ModelVersion) -> pd.DataFrame:
@@ -118,7 +106,7 @@ def item_rows(predictions) -> pd.DataFrame:
     for p in predictions:
         item = store.item(project.name, p.item_id)
         top = {h: max(p.probs[h], key=p.probs[h].get) for h in version_report.HEADS}
-        rows.append({"thumbnail": thumb(str(store.image_path(item)), item.sha256), "file": item.filename,
+        rows.append({"thumbnail": streamlit_cache.thumbnail_url(item), "file": item.filename,
                      "true": p.truth, "fused": f"{p.predicted} {p.confidence:.0%}",
                      "image-only": f"{top['image']} {p.probs['image'][top['image']]:.0%}",
                      "text-only": f"{top['text']} {p.probs['text'][top['text']]:.0%}"})
@@ -148,7 +136,7 @@ active = next((v.version for v in found if v.active), names[0])
 pick, other = st.columns(2)
 chosen = found[names.index(pick.selectbox("Version", names, index=names.index(active), key="eval_version"))]
 compare_to = other.selectbox("Compare with", ["(none)"] + [n for n in names if n != chosen.version], key="eval_other")
-predictions = test_predictions(project.name, chosen.version)
+predictions = streamlit_cache.test_predictions(project.name, chosen.version)
 st.caption(f"{chosen.metrics.get('counts', {}).get('test', len(predictions))} test items · trained by "
            f"{chosen.created_by} on {chosen.created_at:%Y-%m-%d %H:%M} · mode {chosen.params.get('mode', '?')}"
            + (" · active" if chosen.active else ""))
@@ -174,6 +162,11 @@ with st.expander("Per-class precision, recall and F1", expanded=False):
 st.subheader("Errors")
 wrong = version_report.errors(predictions)
 show_items(wrong, "No misclassified test items.")
+if wrong:
+    with st.expander("More like an error: the pages nearest it", icon=":material/scatter_plot:"):
+        error = st.selectbox("Error", wrong[:LISTED], key="eval_similar", format_func=lambda p: (
+            f"{p.item_id} · true {p.truth}, predicted {p.predicted} {p.confidence:.0%}"))
+        similar_pages(project, error.item_id, "evaluate")
 if wrong and st.toggle(f"Grad-CAM of the most confident errors (up to {GALLERY})", key="eval_gradcam"):
     columns = st.columns(4)
     for n, p in enumerate(wrong[:GALLERY]):
@@ -190,6 +183,6 @@ if compare_to != "(none)":
     other_version = found[names.index(compare_to)]
     both = pd.concat([headline(chosen), headline(other_version)])
     st.dataframe(both, hide_index=True, width="stretch", column_config={"macro_f1": score})
-    flips = version_report.changed(predictions, test_predictions(project.name, compare_to))
+    flips = version_report.changed(predictions, streamlit_cache.test_predictions(project.name, compare_to))
     st.markdown(f"**{len(flips)} test items whose prediction changed** ({chosen.version} first)")
     show_items([a for a, _ in flips], "None: both versions predict the same label for every test item they share.")

@@ -22,7 +22,7 @@ from fusion.privacy.deidentify import NOTICE, as_shown
 from fusion.privacy.deidentified_view import phi_boxes, redact_scored, restore_placeholders, shown_reason
 from fusion.ml.encoders import MAX_CHUNKS
 from fusion.ml.pipeline import compose_text
-from fusion.store.labeling import ItemFilter
+from fusion.ui.similar_view import similar_pages
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "dcm", "dicom"]
 SHORTCUTS = "123456789"  # label k of the project: key k
@@ -93,15 +93,21 @@ def open_next() -> None:
     """The queue's next item other than the one on screen (an undecided page stays first in its
     order, so Next would otherwise open it again)."""
     on_screen = (st.session_state.get("page") or {}).get("item_id")
-    item = review.next_in_queue(store, project.name, skip_ids={on_screen} - {None},
-                                strategy=st.session_state.get("queue_strategy", "least confident"))
+    item = review.next_in_queue(store, project.name, skip_ids={on_screen} - {None}, strategy=strategy())
     if item is not None:
         open_item(item, item.filename, store.image_path(item).read_bytes())
-    elif on_screen is not None and store.item(project.name, on_screen).status in review.QUEUE_STATUSES:
-        st.session_state["notice"] = "This page is the only undecided item left in the queue."
+    elif on_screen is not None and review.in_queue(store.item(project.name, on_screen), strategy()):
+        st.session_state["notice"] = "This page is the only item left in the queue."
     else:
         st.session_state.pop("page", None)
-        st.session_state["notice"] = "The queue is empty: every item has a decision. Upload a page to go on."
+        st.session_state["notice"] = (
+            "No item is flagged as likely mislabeled now (Dataset page: find likely label errors)."
+            if strategy() == "likely mislabeled" else
+            "The queue is empty: every item has a decision. Upload a page to go on.")
+
+
+def strategy() -> str:
+    return st.session_state.get("queue_strategy", "least confident")
 
 
 def open_demo_page() -> None:
@@ -203,12 +209,13 @@ def prelabel_status() -> None:
 st.title("Review")
 if settings.redact_text:
     st.caption(f":material/visibility_off: {NOTICE}.")
-queued = store.list_items(project.name, ItemFilter(status=review.QUEUE_STATUSES), limit=1).total
+queued = store.list_items(project.name, review.queue_filter(strategy()), limit=0).total
 pick, buttons = st.columns([3, 1], vertical_alignment="bottom")
 upload = pick.file_uploader("Upload a page (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type=UPLOAD_TYPES,
                             max_upload_size=int(settings.max_upload_mb))
 next_clicked = buttons.button(f"Next in queue ({queued})", key="next_item", shortcut="N", width="stretch",
-                              disabled=queued == 0, help="The next undecided item, in the queue order you pick")
+                              disabled=queued == 0, help="The next undecided item, in the queue order you pick (or the "
+                                   "next likely mislabeled one)")
 demo_clicked = buttons.button("Try a demo page", key="demo_page", width="stretch",
                               help="The next page of the project's test split")
 with buttons.popover("Queue order", width="stretch"):
@@ -274,9 +281,14 @@ def decision_buttons(item, prediction) -> None:
     refused = app_session.why_may_not_change(item)   # e.g. an annotator on a page someone decided
     if refused:
         st.caption(f":material/block: {literal(refused)}")
+    if item.check_flagged:
+        label_check(item)
     accept, skip = st.columns(2)
     accept.button("Accept", key="accept", help=f"Accept {prediction.label}", type="primary", shortcut="A", width="stretch",
                   on_click=save_decision, args=(prediction.label,), disabled=bool(refused))
+    if item.check_flagged and item.label != prediction.label:
+        st.button(f"Keep {item.label}", key="keep_label", shortcut="K", width="stretch", disabled=bool(refused),
+                  on_click=save_decision, args=(item.label,), help="The label is right: it leaves the list")
     skip.button("Skip", key="skip", shortcut="S", width="stretch", on_click=save_decision, args=(None,),
                 disabled=bool(refused))
     st.caption("Or correct it to:")
@@ -286,6 +298,15 @@ def decision_buttons(item, prediction) -> None:
         key = SHORTCUTS[k] if k < len(SHORTCUTS) else None
         cells[k % len(cells)].button(label, key=f"label_{k}", shortcut=key, width="stretch", disabled=bool(refused),
                                      help=project.labels[label] or None, on_click=save_decision, args=(label,))
+
+
+def label_check(item) -> None:
+    """Why the item is in the "likely mislabeled" list: what models that never saw its label say."""
+    heads = item.check_heads or {}
+    st.warning(f"**Likely mislabeled.** Labeled **{item.label}**; models trained without this item say "
+               f"**{item.check_suggested}** (its label's probability {item.check_quality:.0%}; image alone: "
+               f"{heads.get('image', '?')}, text alone: {heads.get('text', '?')}). Keep the label or correct it: "
+               "either way it leaves the list.", icon=":material/flag:")
 
 
 def explained(prediction, page: dict, caption: str, ocr_text: str, explaining, heartbeat):
@@ -375,6 +396,8 @@ def review_panel(page: dict) -> None:
     reason_box.markdown(reason_in_words(prediction))     # now with its words and region
     with details_box:
         word_colours(prediction, page, caption, ocr_text)
+        with st.expander("Similar pages", icon=":material/scatter_plot:"):
+            similar_pages(project, item.id, "review")
     with left:
         page_with_heatmap(prediction.explanation, page)
 

@@ -159,8 +159,8 @@ def versions_table(found: list[registry.ModelVersion]) -> None:
 
 
 def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
-    tested_a = version_report.test_predictions(store, project, a.version)
-    tested_b = version_report.test_predictions(store, project, b.version)
+    tested_a = streamlit_cache.test_predictions(project.name, a.version)
+    tested_b = streamlit_cache.test_predictions(project.name, b.version)
     if {p.item_id for p in tested_a} == {p.item_id for p in tested_b}:
         shared, scores_a, scores_b = len(tested_a), a.metrics["test"], b.metrics["test"]
     else:    # relabeling moved items in or out of the test split: score both on what both saw

@@ -13,6 +13,7 @@ from typing import Callable
 
 from fusion.demo import documents as demo_data
 from fusion.ml import registry
+from fusion.ml.embeddings import compute_embeddings, embeddings_path
 from fusion.core.errors import UnknownProject
 from fusion.imaging.images import check_image_file
 from fusion.core.project import Project
@@ -47,6 +48,8 @@ def ensure_demo_project(settings: Settings, progress: Callable[[str, int, int], 
         if project.active_model is None or _baseline_predates_ood(store, project):
             version, _ = train_demo_baseline(settings, store, progress)
             project = registry.promote(store, settings.demo_project, version, user=DEMO_USER)
+        if not embeddings_path(project).is_file():     # the Dataset page's map and "more like this", from the start
+            compute_embeddings(settings, store, project.name, progress)
         return project
 
 

@@ -46,8 +46,9 @@ class Embeddings:
         return row if row < len(self.item_ids) and self.item_ids[row] == item_id else None
 
 
-def _path(project, version: str) -> Path:
-    return project.directory / "embeddings" / f"{version}.npz"
+def embeddings_path(project) -> Path:
+    """Where the active version's embeddings are saved."""
+    return project.directory / "embeddings" / f"{project.active_model or ZERO_SHOT}.npz"
 
 
 def pooled_vectors(files: list[Path], batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,18 +101,17 @@ def compute_embeddings(settings, store, project_name: str, progress=None) -> Emb
     buffer = io.BytesIO()
     np.savez(buffer, item_ids=result.item_ids, vectors=result.vectors, map=result.map,
              map_variance=np.float32(variance), computed_at=np.array(result.computed_at.isoformat()))
-    write_bytes_atomic(_path(project, version), buffer.getvalue())
+    write_bytes_atomic(embeddings_path(project), buffer.getvalue())
     return result
 
 
 def load_embeddings(project) -> Embeddings | None:
     """The embeddings of the project's active version, or None if not computed yet."""
-    version = project.active_model or ZERO_SHOT
-    path = _path(project, version)
+    path = embeddings_path(project)
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as saved:
-        return Embeddings(version, saved["item_ids"], saved["vectors"], saved["map"], float(saved["map_variance"]),
+        return Embeddings(project.active_model or ZERO_SHOT, saved["item_ids"], saved["vectors"], saved["map"], float(saved["map_variance"]),
                           datetime.fromisoformat(str(saved["computed_at"])))
 
 

@@ -46,21 +46,22 @@ def out_of_fold_probabilities(engine, config, features, folds: int = FOLDS, seed
     """Each head's probabilities (N, K) for every item, from the fold that did not train on it."""
     from sklearn.model_selection import StratifiedKFold
 
-
     targets = features.targets.numpy()
     smallest = np.bincount(targets, minlength=len(config.labels)).min()
     if smallest < 2:
         raise FusionError("finding label errors needs at least 2 labeled items in every class; label more first")
     splitter = StratifiedKFold(n_splits=int(min(folds, smallest)), shuffle=True, random_state=seed)
     out = {h: np.zeros((len(targets), len(config.labels)), dtype=np.float32) for h in HEADS}
+    chosen = None     # the regularisation, chosen by the first fold's cross-validation, then reused
     for train, held_out in splitter.split(np.zeros(len(targets)), targets):
         torch.manual_seed(seed)
         fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
         subset = features.subset(torch.from_numpy(train))
         batches = (subset.subset(torch.arange(i, min(i + 256, len(train)))).inputs("cpu")
                    for i in range(0, len(train), 256))
-        fit_linear_heads(fusion, pooled_features(fusion, batches), subset.targets,
-                         balanced_class_weights(subset.targets, len(config.labels)))
+        chosen = fit_linear_heads(fusion, pooled_features(fusion, batches), subset.targets,
+                                  balanced_class_weights(subset.targets, len(config.labels)),
+                                  candidates=None if chosen is None else [chosen])
         logits = predict_logits(HeadsOnFeatures(fusion), features.subset(torch.from_numpy(held_out)), "cpu")
         for head in HEADS:
             out[head][held_out] = logits[head].softmax(-1).numpy()

@@ -149,9 +149,12 @@ def _settings(device) -> list[torch.Tensor]:
 
 
 def fit_linear_heads(fusion: FusionModel, features: PooledFeatures, targets: torch.Tensor,
-                     class_weights: torch.Tensor | None = None) -> None:
+                     class_weights: torch.Tensor | None = None,
+                     candidates: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Set the standardisation to these features, then fit image_head, text_head, prior_weights and
-    fusion_weights in place. targets (N,) on the model's device."""
+    fusion_weights in place. targets (N,) on the model's device. Each head's (L2, prior penalty)
+    is chosen among `candidates` (default: every setting) by cross-validation; returns the chosen
+    ones, (2, 2), for fits of the same kind of data to reuse as their only candidate."""
     fusion.standardise(features.image, features.text)
     was_training = fusion.training
     fusion.eval()                                     # no dropout: a deterministic objective
@@ -162,7 +165,7 @@ def fit_linear_heads(fusion: FusionModel, features: PooledFeatures, targets: tor
     folds = _folds(targets[rows])
     chosen = torch.tensor([[DEFAULT_L2, PRIOR_PENALTIES[0]]] * 2, device=targets.device)
     if folds is not None:
-        candidates = _settings(targets.device)
+        candidates = _settings(targets.device) if candidates is None else candidates
         held_out = [heads.out_of_fold(rows, folds, c) for c in candidates]
         loss = torch.tensor([[F.cross_entropy(logits, targets[rows], weight=class_weights) for logits in pair]
                              for pair in held_out])                             # (candidates, 2 heads)
@@ -177,6 +180,7 @@ def fit_linear_heads(fusion: FusionModel, features: PooledFeatures, targets: tor
             fusion.fusion_weights[0] * image_oof + fusion.fusion_weights[1] * text_oof, targets[rows],
             weight=class_weights) + DEFAULT_L2 / len(rows) * ((fusion.fusion_weights * scales) ** 2).sum())
     fusion.train(was_training)
+    return chosen
 
 
 ANGLES = 21   # the image prior's share of the fused zero-shot's vote, from none to all, in steps

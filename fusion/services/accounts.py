@@ -30,6 +30,7 @@ GRANTS = {
     "overrule": "reviewer",   # accept, correct or skip an item someone else already decided (Review or Dataset)
     "import": "reviewer",     # import a folder or file into a project (Dataset page)
     "prelabel": "reviewer",   # queue pre-labeling of every undecided item (Review page)
+    "check_labels": "reviewer",  # queue a check of every label and the dataset's map (Dataset page)
     "evaluate": "reviewer",   # Evaluate page
     "train": "admin",         # Train page: train, cancel, resume, promote, roll back
     "admin": "admin",         # Admin page: add accounts, set roles, disable, see failed sign-ins

@@ -26,33 +26,49 @@ def add_upload(store: Store, project_name: str, filename: str, data: bytes, user
     return item
 
 
-# How the queue picks the next undecided item: (sort, descending), or None for random.
+# How the queue picks its next item: the items it serves and their order, or None for random.
 # Never-predicted items have no uncertainty yet: SQLite puts them first in ascending orders and
-# last in descending ones. Pre-labeling (fusion.services.prelabel) predicts them all.
+# last in descending ones. Pre-labeling (fusion.services.prelabel) predicts them all. "Likely
+# mislabeled" serves labeled items instead: those the latest label check flags (fusion.ml.label_issues),
+# least likely label first, until a person decides on them again.
+def _undecided(sort: str, descending: bool) -> ItemFilter:
+    return ItemFilter(status=QUEUE_STATUSES, sort=sort, descending=descending)
+
+
 STRATEGIES = {
-    "least confident": ("confidence", False),
-    "most uncertain (entropy)": ("entropy", True),
-    "smallest margin": ("margin", False),
-    "image and text disagree": ("disagreement", True),
+    "least confident": _undecided("confidence", False),
+    "most uncertain (entropy)": _undecided("entropy", True),
+    "smallest margin": _undecided("margin", False),
+    "image and text disagree": _undecided("disagreement", True),
     "random": None,
+    "likely mislabeled": ItemFilter(likely_mislabeled=True, sort="label_quality", descending=False),
 }
+
+
+def queue_filter(strategy: str) -> ItemFilter:
+    """The items the queue serves under `strategy` (random: the undecided ones)."""
+    if strategy not in STRATEGIES:
+        raise FusionError(f"unknown queue strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[strategy] or ItemFilter(status=QUEUE_STATUSES, sort="id")
+
+
+def in_queue(item, strategy: str) -> bool:
+    """Whether the queue under `strategy` still serves this item."""
+    return bool(item.check_flagged) if STRATEGIES.get(strategy) is STRATEGIES["likely mislabeled"] \
+        else item.status in QUEUE_STATUSES
 
 
 def next_in_queue(store: Store, project_name: str, skip_ids: set[int] = frozenset(),
                   strategy: str = "least confident"):
-    """The undecided item that `strategy` puts first (skipping `skip_ids`), or None."""
-    if strategy not in STRATEGIES:
-        raise FusionError(f"unknown queue strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    """The item that `strategy` puts first (skipping `skip_ids`), or None."""
+    where = queue_filter(strategy)
     if STRATEGIES[strategy] is None:
-        total = store.list_items(project_name, ItemFilter(status=QUEUE_STATUSES), limit=0).total
+        total = store.list_items(project_name, where, limit=0).total
         for _ in range(8):   # a few draws; skipped items are rare
-            page = store.list_items(project_name, ItemFilter(status=QUEUE_STATUSES, sort="id"),
-                                    offset=random.randrange(total), limit=1) if total else None
+            page = store.list_items(project_name, where, offset=random.randrange(total), limit=1) if total else None
             if page and page.items and page.items[0].id not in skip_ids:
                 return page.items[0]
-        strategy = "least confident"
-    sort, descending = STRATEGIES[strategy]
-    where = ItemFilter(status=QUEUE_STATUSES, sort=sort, descending=descending)
+        where = STRATEGIES["least confident"]
     page = store.list_items(project_name, where, limit=len(skip_ids) + 1)
     return next((item for item in page.items if item.id not in skip_ids), None)
 

@@ -105,6 +105,7 @@ class ItemFilter:
     confidence: tuple[float, float] | None = None   # the latest prediction's, inclusive
     in_distribution: bool | None = None  # the latest prediction's OOD score at most 1 (True) or above (False)
     likely_mislabeled: bool = False  # only items whose label the latest check flags (fusion.ml.label_issues)
+    ids: tuple[int, ...] | None = None   # only these items (a selection on the Dataset page's map)
     sort: str = "updated"
     descending: bool = True
 
@@ -300,6 +301,8 @@ class Store:
                 conditions.append(ItemRow.updated_by == where.user)
             if where.confidence is not None:
                 conditions.append(ItemRow.pred_confidence.between(*where.confidence))
+            if where.ids is not None:
+                conditions.append(ItemRow.id.in_(where.ids))
             if where.likely_mislabeled:
                 conditions.append(ItemRow.check_flagged.is_(True))
             if where.in_distribution is not None:
@@ -488,7 +491,10 @@ class Store:
             return "label" if s.label is None else "accept" if s.label == label else "correct"
 
         def changes(row: ItemRow) -> dict:
-            reviewed = {"check_flagged": False, "check_reviewed_by": user} if row.check_flagged else {}
+            # Decided while flagged: off the list, and not flagged again. A new label decided
+            # otherwise is one no person weighed against a check: the next check may flag it.
+            reviewed = ({"check_flagged": False, "check_reviewed_by": user} if row.check_flagged else
+                        {"check_reviewed_by": None} if label != row.label else {})
             return {"label": label, "status": "corrected" if action(row) == "correct" else "accepted", **reviewed}
 
         def history(row: ItemRow) -> dict:
@@ -580,10 +586,12 @@ class Store:
                                  check_flagged=case((ItemRow.check_reviewed_by.is_(None), bindparam("flagged")),
                                                     else_=False))
                          .execution_options(synchronize_session=False))
-            result = session.connection().execute(statement, [
+            session.connection().execute(statement, [
                 {"item": c["item_id"], "checked_label": c["label"], "quality": c["quality"], "flagged": c["flagged"],
                  "suggested": c["suggested"], "heads": c["heads"]} for c in checks])
-            return result.rowcount
+            # Counted, not the driver's rowcount: not every driver sums it over an executemany.
+            return session.scalar(select(func.count()).where(ItemRow.project_id == project.id,
+                                                             ItemRow.checked_at == now))
 
 
 def uncertainty(probabilities: dict[str, float], heads: dict[str, dict[str, float]] | None = None) -> dict:
