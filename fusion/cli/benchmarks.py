@@ -37,11 +37,13 @@ def cmd_bench(args, settings) -> None:
         from fusion.bench.evaluate import bench_evaluate
         from fusion.bench.label_issues import bench_label_issues
         from fusion.bench.predict import bench_predict
+        from fusion.bench.similar import bench_similar
         from fusion.bench.store import bench_store
         from fusion.bench.train import bench_train
 
         benches = {"predict": bench_predict, "store": bench_store, "train": bench_train, "evaluate": bench_evaluate,
-                   "deidentify": bench_deidentify, "label-issues": bench_label_issues}
+                   "deidentify": bench_deidentify, "label-issues": bench_label_issues,
+                   "similar": bench_similar}
         data = benches[args.what](settings)
     emit(data, args.json, json.dumps(data, indent=2))
 
@@ -49,7 +51,7 @@ def cmd_bench(args, settings) -> None:
 def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="measure speed; prints JSON")
     p.add_argument("what", choices=["predict", "store", "train", "evaluate", "deidentify", "learning", "trust", "ocr",
-                                    "label-issues"])
+                                    "label-issues", "similar"])
     p.add_argument("--data", help="learning, trust: a folder with index.jsonl (image, gt_text, doc_type a line); "
                                   "trust, ocr: default ../shared/eval/ocr")
     p.add_argument("--limit", type=int, help="ocr: only the first N pages")
