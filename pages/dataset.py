@@ -52,7 +52,8 @@ def rows_of(items) -> pd.DataFrame:
     return pd.DataFrame([{
         "thumbnail": streamlit_cache.thumbnail_url(i), "id": i.id, "file": i.filename,
         "label": i.label, "status": i.status, "confidence": i.pred_confidence, "suggested": i.pred_label or "",
-        "ood": i.pred_ood, "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version, "check": label_check(i),
+        "ood": i.pred_ood, "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version,
+        "check": label_check(i),
     } for i in items], columns=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "model",
                                 "by", "when", "version", "check"])
 
@@ -78,7 +79,6 @@ counts = st.columns(len(STATUSES) + 1)
 counts[0].metric("items", f"{info['items']:,}")
 for column, status in zip(counts[1:], STATUSES):
     column.metric(status, f"{info['by_status'][status]:,}")
-
 
 
 @st.cache_data(ttl=10, show_spinner=False)

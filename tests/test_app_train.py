@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from fusion.ml import registry
+from fusion.ml.embeddings import load_embeddings
 from fusion.jobs.queue import Jobs
 from fusion.store.labeling import open_store
 
@@ -45,6 +46,13 @@ def test_train_page_runs_a_job_then_promotes_and_rolls_back(settings, demo_proje
     assert not app.exception, app.exception
     assert store.project(corrected.name).active_model == done.result["version"]
     assert registry.events(store, corrected.name)[0].user == "reviewer"
+    embed = jobs.list(corrected.name, limit=1, kind="embed")[0]   # the new version's map, in the background
+    end = time.monotonic() + 240
+    while not jobs.get(embed.id).finished and time.monotonic() < end:
+        time.sleep(1)
+    assert jobs.get(embed.id).status == "succeeded", (jobs.get(embed.id).error, jobs.log_tail(embed.id))
+    embeddings = load_embeddings(store.project(corrected.name))
+    assert embeddings.version == done.result["version"] and len(embeddings.item_ids) == jobs.get(embed.id).result["items"]
     rollback = app.button(key="rollback")
     assert registry.rollback_target(store, corrected.name) == before
     if before is None:       # nothing was active before: nothing to roll back to (issue 19)

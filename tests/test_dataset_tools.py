@@ -65,7 +65,8 @@ def test_flagged_labels_are_queued_until_a_person_decides_and_stay_decided(setti
 
     # A label changed later, not while flagged, is one nobody weighed against a check: flagged again.
     relabel = next(label for label in project.labels if label != b.label)
-    changed = store.set_label(project.name, b.id, relabel, "sam", expected_version=store.item(project.name, b.id).version)
+    changed = store.set_label(project.name, b.id, relabel, "sam",
+                              expected_version=store.item(project.name, b.id).version)
     assert changed.check_reviewed_by is None
     store.save_label_checks(project.name, [check(changed, 0.01, True, b.label)])
     assert review.next_in_queue(store, project.name, strategy="likely mislabeled").id == b.id

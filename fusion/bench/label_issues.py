@@ -36,7 +36,8 @@ def bench_label_issues(settings: Settings, share: float = FLIPPED_SHARE, seed: i
     top = {issue.item_id for issue in ranked[:len(wrong)]}
     flagged = {issue.item_id for issue in ranked if issue.flagged}
     return {"project": project.name, "items": len(truth), "flipped": len(wrong), "seed": seed,
-            "top_ranked": {"items": len(top), **_found(top, wrong)}, "flagged": {"items": len(flagged), **_found(flagged, wrong)},
+            "top_ranked": {"items": len(top), **_found(top, wrong)},
+            "flagged": {"items": len(flagged), **_found(flagged, wrong)},
             "seconds": round(seconds, 1), "device": engine.device_name}
 
 

@@ -114,7 +114,7 @@ def bench_similar(settings: Settings, items: int = ITEMS) -> dict:
     rng = np.random.default_rng(1)
     queries = rng.integers(1, items + 1, QUERIES)
     ours = _median_ms(lambda n: nearest(big, int(queries[n]), 10), QUERIES)
-    raw = rng.normal(size=(items, RAW_DIMS)).astype(np.float32)       # the plain search's cost does not depend on values
+    raw = rng.normal(size=(items, RAW_DIMS)).astype(np.float32)   # the plain search's cost is the same for any values
     raw /= np.linalg.norm(raw, axis=1, keepdims=True)
 
     def plain(n: int) -> None:
@@ -135,7 +135,8 @@ def bench_similar(settings: Settings, items: int = ITEMS) -> dict:
     return {"project": project.name, "demo": {"items": len(demo.item_ids), "embed_s": round(embed_s, 2),
                                               "neighbours_with_the_same_label": round(float(np.mean(same)), 3),
                                               "map_variance": round(demo.map_variance, 3)},
-            "at_scale": {"items": items, "dims": int(big.vectors.shape[1]), "matrix_mb": round(big.vectors.nbytes / 1e6, 1),
+            "at_scale": {"items": items, "dims": int(big.vectors.shape[1]),
+                         "matrix_mb": round(big.vectors.nbytes / 1e6, 1),
                          "query_ms_median": ours, "plain_exact_query_ms_median": plain_ms, "plain_dims": RAW_DIMS,
                          "map_points_drawn": min(items, MAP_POINTS), "map_facts_from_store_ms_median": facts_ms,
                          "map_build_ms_median": map_ms,

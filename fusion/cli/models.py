@@ -177,7 +177,8 @@ def cmd_similar(args, settings) -> None:
     data = {"project": args.project, "item": item.id, "version": embeddings.version, "query_ms": round(ms, 2),
             "similar": [{"item_id": i, "filename": labels[i].filename, "label": labels[i].label,
                          "status": labels[i].status, "similarity": round(score, 4)} for i, score in found]}
-    emit(data, args.json, f"most like {item.id} ({item.filename}, {item.label or item.status}), by {embeddings.version}:\n"
+    emit(data, args.json, f"most like {item.id} ({item.filename}, {item.label or item.status}), "
+                          f"by {embeddings.version}:\n"
          + "\n".join(f"{s['similarity']:.3f}  {s['item_id']:>7}  {s['filename']}  {s['label'] or s['status']}"
                      for s in data["similar"]))
 

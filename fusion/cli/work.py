@@ -47,7 +47,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("worker", help="run queued background jobs (the app starts one when needed)")
     p.add_argument("--idle-exit", type=float, default=60.0, help="exit after this many seconds with no job")
     p.add_argument("--kinds", default="", metavar="K1,K2",
-                   help="run only these job kinds (train, prelabel, zero_shot, label_issues, embed, import, export, demo); default: all")
+                   help="run only these job kinds (train, prelabel, zero_shot, label_issues, embed, import, export, "
+                        "demo); default: all")
     p.add_argument("--device", default=argparse.SUPPRESS,
                    help="where this worker's models run: auto, cpu, cuda, cuda:N (default: FUSION_DEVICE)")
     p.set_defaults(run=cmd_worker)

@@ -22,7 +22,8 @@ from fusion.store.schema import JobRow, ModelVersionRow, ProjectRow
 from fusion.store.labeling import Store, utcnow
 
 FINISHED = ("succeeded", "failed", "cancelled")
-KINDS = ("train", "prelabel", "zero_shot", "label_issues", "embed", "import", "export", "demo")   # fusion.jobs.kinds runs them
+# fusion.jobs.kinds runs them
+KINDS = ("train", "prelabel", "zero_shot", "label_issues", "embed", "import", "export", "demo")
 DEAD_AFTER_S = 30.0   # a running job without a heartbeat this long has lost its worker (it beats every 2 s)
 HOST = socket.gethostname()
 

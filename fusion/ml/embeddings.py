@@ -111,8 +111,8 @@ def load_embeddings(project) -> Embeddings | None:
     if not path.is_file():
         return None
     with np.load(path, allow_pickle=False) as saved:
-        return Embeddings(project.active_model or ZERO_SHOT, saved["item_ids"], saved["vectors"], saved["map"], float(saved["map_variance"]),
-                          datetime.fromisoformat(str(saved["computed_at"])))
+        return Embeddings(project.active_model or ZERO_SHOT, saved["item_ids"], saved["vectors"], saved["map"],
+                          float(saved["map_variance"]), datetime.fromisoformat(str(saved["computed_at"])))
 
 
 def nearest(embeddings: Embeddings, item_id: int, k: int = 10) -> list[tuple[int, float]]:

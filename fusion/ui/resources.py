@@ -61,7 +61,9 @@ def embeddings(project) -> Embeddings | None:
     """The active version's embeddings of the project's items, read once per saved file (every
     session shares them: 51 MB at 100,000 items)."""
     path = embeddings_path(project)
-    return _embeddings(project.name, project.active_model or ZERO_SHOT, path.stat().st_mtime_ns) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return _embeddings(project.name, project.active_model or ZERO_SHOT, path.stat().st_mtime_ns)
 
 
 def require_app_shell() -> None:

@@ -30,5 +30,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index('ix_items_check', 'items')
     with op.batch_alter_table('items', schema=None) as batch_op:
-        for column in ('check_reviewed_by', 'checked_at', 'check_heads', 'check_suggested', 'check_flagged', 'check_quality'):
+        for column in ('check_reviewed_by', 'checked_at', 'check_heads', 'check_suggested', 'check_flagged',
+                       'check_quality'):
             batch_op.drop_column(column)
