@@ -163,7 +163,7 @@ def test_a_workspace_from_an_older_schema_opens_and_keeps_its_data(tmp_path, dat
     engine.dispose()
 
     store = Store(load_settings(home=tmp_path, database_url=database_url))
-    assert schema_revision(store.db.engine) == "0012"
+    assert schema_revision(store.db.engine) == "0013"
     assert store.project("old").labels == {"a": "", "b": ""}
     assert {"ix_items_status_updated", "ix_items_updated_by", "ix_items_ood"} <= {i["name"] for i in inspect(store.db.engine).get_indexes("items")}
     found = store.list_items("old", ItemFilter(search="echocardio")).items   # indexed by the migration
