@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from fusion.core.settings import Settings
 
@@ -20,17 +19,16 @@ def bench_label_issues(settings: Settings, share: float = FLIPPED_SHARE, seed: i
 
     store = open_store(settings)
     project = store.project(settings.demo_project)
-    examples, truth, features, engine = labeled_features(settings, store, project)
+    examples, truth, files, engine = labeled_features(settings, store, project)
     labels = project.label_names
     rng = np.random.default_rng(seed)
     flipped = rng.choice(len(truth), int(round(share * len(truth))), replace=False)
     noisy = truth.copy()
     for n in flipped:           # another label, at random
         noisy[n] = rng.choice([k for k in range(len(labels)) if k != truth[n]])
-    features.targets = torch.from_numpy(noisy)
     start = time.perf_counter()
     ranked = rank_label_issues(examples.ids, noisy, labels,
-                               out_of_fold_probabilities(engine, ModelConfig(labels, project.labels), features))
+                               out_of_fold_probabilities(engine, ModelConfig(labels, project.labels), files, noisy))
     seconds = time.perf_counter() - start
     wrong = {examples.ids[n] for n in flipped}
     top = {issue.item_id for issue in ranked[:len(wrong)]}

@@ -10,7 +10,8 @@ quality (self-confidence: the probability of its given label).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.inference import predict_logits
 from fusion.ml.model import HEADS, ModelConfig
 from fusion.ml.pipeline import get_engine
-from fusion.ml.probe import fit_linear_heads, pooled_features
+from fusion.ml.probe import PooledFeatures, fit_linear_heads, pooled_features
 from fusion.ml.train import balanced_class_weights
 from fusion.ml.training_data import labeled_examples
 from fusion.ml.zeroshot import build_zero_shot_model
@@ -42,29 +43,44 @@ class LabelIssue:
         return asdict(self)
 
 
-def out_of_fold_probabilities(engine, config, features, folds: int = FOLDS, seed: int = 0) -> dict[str, np.ndarray]:
-    """Each head's probabilities (N, K) for every item, from the fold that did not train on it."""
+BATCH = 256     # feature files read at a time: 10,000 items never sit in memory whole
+
+
+def _batches(files: list[Path], rows: np.ndarray):
+    """The cached features of files[rows], a batch at a time."""
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        yield load_feature_set([files[n] for n in chunk], [0] * len(chunk))
+
+
+def out_of_fold_probabilities(engine, config, files: list[Path], targets: np.ndarray, folds: int = FOLDS,
+                              seed: int = 0) -> dict[str, np.ndarray]:
+    """Each head's probabilities (N, K) for every item (its cached feature file and label index),
+    from the fold that did not train on it. The pooled vectors and zero-shot priors the heads are
+    fitted on are the same in every fold, so they are computed once; the regularisation is chosen
+    by cross-validation in the first fold and reused by the others."""
     from sklearn.model_selection import StratifiedKFold
 
-    targets = features.targets.numpy()
     smallest = np.bincount(targets, minlength=len(config.labels)).min()
     if smallest < 2:
         raise FusionError("finding label errors needs at least 2 labeled items in every class; label more first")
+    zero_shot = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
+    pooled = pooled_features(zero_shot, (batch.inputs("cpu") for batch in _batches(files, np.arange(len(files)))))
     splitter = StratifiedKFold(n_splits=int(min(folds, smallest)), shuffle=True, random_state=seed)
     out = {h: np.zeros((len(targets), len(config.labels)), dtype=np.float32) for h in HEADS}
-    chosen = None     # the regularisation, chosen by the first fold's cross-validation, then reused
+    chosen = None
     for train, held_out in splitter.split(np.zeros(len(targets)), targets):
         torch.manual_seed(seed)
         fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
-        subset = features.subset(torch.from_numpy(train))
-        batches = (subset.subset(torch.arange(i, min(i + 256, len(train)))).inputs("cpu")
-                   for i in range(0, len(train), 256))
-        chosen = fit_linear_heads(fusion, pooled_features(fusion, batches), subset.targets,
-                                  balanced_class_weights(subset.targets, len(config.labels)),
+        rows = torch.from_numpy(train)
+        train_targets = torch.from_numpy(targets[train])
+        chosen = fit_linear_heads(fusion, PooledFeatures(*(getattr(pooled, f.name)[rows] for f in fields(pooled))),
+                                  train_targets, balanced_class_weights(train_targets, len(config.labels)),
                                   candidates=None if chosen is None else [chosen])
-        logits = predict_logits(HeadsOnFeatures(fusion), features.subset(torch.from_numpy(held_out)), "cpu")
-        for head in HEADS:
-            out[head][held_out] = logits[head].softmax(-1).numpy()
+        for start, batch in zip(range(0, len(held_out), BATCH), _batches(files, held_out)):
+            logits = predict_logits(HeadsOnFeatures(fusion), batch, "cpu")
+            for head in HEADS:
+                out[head][held_out[start:start + BATCH]] = logits[head].softmax(-1).numpy()
     return out
 
 
@@ -85,14 +101,14 @@ def rank_label_issues(item_ids: list[int], targets: np.ndarray, labels: list[str
 
 
 def labeled_features(settings, store, project, progress=None):
-    """The project's labeled items with their label indices and cached features (encoded now where
-    missing). -> (examples, targets (N,), features, engine)"""
+    """The project's labeled items with their label indices and cached feature files (encoded now
+    where missing). -> (examples, targets (N,), files, engine)"""
     examples = labeled_examples(store, project.name)
     targets = np.array([project.label_names.index(label) for label in examples.labels], dtype=np.int64)
     engine = get_engine(settings)
     files = cache_features(engine, project.directory / "features", examples.paths, examples.texts,
                            (lambda done, total: progress("encoding", done, total)) if progress else None)
-    return examples, targets, load_feature_set(files, targets.tolist()), engine
+    return examples, targets, files, engine
 
 
 def find_label_issues(settings, store, project_name: str, progress=None) -> dict:
@@ -100,11 +116,11 @@ def find_label_issues(settings, store, project_name: str, progress=None) -> dict
     Review queue's "likely mislabeled" order, the Dataset page's filter and column), and returned."""
     project = store.project(project_name)
     started = time.perf_counter()
-    examples, targets, features, engine = labeled_features(settings, store, project, progress)
+    examples, targets, files, engine = labeled_features(settings, store, project, progress)
     encoded = time.perf_counter()
     if progress:
         progress("cross-validating", 0, FOLDS)
-    probabilities = out_of_fold_probabilities(engine, ModelConfig(project.label_names, project.labels), features)
+    probabilities = out_of_fold_probabilities(engine, ModelConfig(project.label_names, project.labels), files, targets)
     ranked = rank_label_issues(examples.ids, targets, project.label_names, probabilities)
     saved = store.save_label_checks(project_name, [i.to_dict() for i in ranked])
     return {"project": project_name, "items": len(ranked), "flagged": sum(i.flagged for i in ranked),
