@@ -54,7 +54,7 @@ def _batches(files: list[Path], rows: np.ndarray):
 
 
 def out_of_fold_probabilities(engine, config, files: list[Path], targets: np.ndarray, folds: int = FOLDS,
-                              seed: int = 0) -> dict[str, np.ndarray]:
+                              seed: int = 0, progress=None) -> dict[str, np.ndarray]:
     """Each head's probabilities (N, K) for every item (its cached feature file and label index),
     from the fold that did not train on it. The pooled vectors and zero-shot priors the heads are
     fitted on are the same in every fold, so they are computed once; the regularisation is chosen
@@ -69,7 +69,9 @@ def out_of_fold_probabilities(engine, config, files: list[Path], targets: np.nda
     splitter = StratifiedKFold(n_splits=int(min(folds, smallest)), shuffle=True, random_state=seed)
     out = {h: np.zeros((len(targets), len(config.labels)), dtype=np.float32) for h in HEADS}
     chosen = None
-    for train, held_out in splitter.split(np.zeros(len(targets)), targets):
+    for fold, (train, held_out) in enumerate(splitter.split(np.zeros(len(targets)), targets)):
+        if progress:
+            progress("cross-validating", fold, splitter.n_splits)
         torch.manual_seed(seed)
         fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
         rows = torch.from_numpy(train)
@@ -118,9 +120,8 @@ def find_label_issues(settings, store, project_name: str, progress=None) -> dict
     started = time.perf_counter()
     examples, targets, files, engine = labeled_features(settings, store, project, progress)
     encoded = time.perf_counter()
-    if progress:
-        progress("cross-validating", 0, FOLDS)
-    probabilities = out_of_fold_probabilities(engine, ModelConfig(project.label_names, project.labels), files, targets)
+    probabilities = out_of_fold_probabilities(engine, ModelConfig(project.label_names, project.labels), files, targets,
+                                              progress=progress)
     ranked = rank_label_issues(examples.ids, targets, project.label_names, probabilities)
     saved = store.save_label_checks(project_name, [i.to_dict() for i in ranked])
     return {"project": project_name, "items": len(ranked), "flagged": sum(i.flagged for i in ranked),

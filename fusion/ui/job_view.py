@@ -8,7 +8,7 @@ from fusion.jobs.queue import Job
 
 STAGES = {"generating": "Generating documents", "importing": "Importing", "encoding": "Encoding",
           "training": "Training", "exporting": "Exporting", "preparing": "Preparing", "predicting": "Predicting",
-          "reading": "Reading pages"}
+          "reading": "Reading pages", "cross-validating": "Checking the labels, fold", "embedding": "Embedding"}
 
 
 def job_progress(job: Job, stages: dict[str, str] = STAGES) -> None:
