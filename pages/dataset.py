@@ -19,7 +19,7 @@ from fusion.jobs.worker import queue_import, queue_job
 from fusion.services.exporting import FORMATS
 from fusion.ui.job_view import job_progress
 from fusion.ui.similar_view import offer_embeddings, similar_pages
-from fusion.services.dataset_map import COLOUR_BY, map_figure, map_points
+from fusion.services.dataset_map import COLOUR_BY
 from fusion.store.schema import STATUSES
 from fusion.store.labeling import ItemFilter
 
@@ -29,6 +29,7 @@ SORTS = {"last changed": ("updated", True), "least confident": ("confidence", Fa
          "file name": ("filename", False), "newest": ("added", True)}
 DISTRIBUTION = {"any": None, "none of these (flagged)": False, "like a trained class": True}
 SELECTED_MAX = 5000     # items a map selection lists
+PREVIEWED = 6           # selected pages shown above the table
 
 streamlit_cache.require_app_shell()
 app_session.require_page("dataset")
@@ -81,21 +82,16 @@ for column, status in zip(counts[1:], STATUSES):
     column.metric(status, f"{info['by_status'][status]:,}")
 
 
-@st.cache_data(ttl=10, show_spinner=False)
-def item_facts(project_name: str) -> dict[str, list]:
-    return store.item_facts(project_name)
-
-
 def dataset_map() -> tuple[int, ...] | None:
     """The map of the project's items; returns the ids selected on it (None: no selection)."""
-    embeddings = streamlit_cache.embeddings(project)
-    if embeddings is None:
+    colour_by = st.segmented_control("Colour by", list(COLOUR_BY), default="label", key="ds_map_colour") or "label"
+    built = streamlit_cache.dataset_map(project, colour_by)
+    if built is None:
         offer_embeddings(project, "No map yet: the items have no embeddings for this model.", "map")
         return None
-    colour_by = st.segmented_control("Colour by", list(COLOUR_BY), default="label", key="ds_map_colour") or "label"
-    started = time.perf_counter()
-    points = map_points(embeddings, item_facts(project.name))
-    event = st.plotly_chart(map_figure(points, colour_by), width="stretch", on_select="rerun", key="ds_map",
+    points, figure = built
+    embeddings = streamlit_cache.embeddings(project)
+    event = st.plotly_chart(figure, width="stretch", on_select="rerun", key="ds_map",
                             selection_mode=("box", "lasso", "points"), config={"displaylogo": False})
     drawn = len(points.frame)
     st.caption(
@@ -104,12 +100,28 @@ def dataset_map() -> tuple[int, ...] | None:
         + (f"{points.not_embedded:,} added since are not on it · " if points.not_embedded else "")
         + f"model {embeddings.version}, computed {embeddings.computed_at:%Y-%m-%d %H:%M} UTC · the two axes are the "
         f"first principal components of the fused embeddings ({embeddings.map_variance:.0%} of their variance) · "
-        f"{(time.perf_counter() - started) * 1000:.0f} ms · lasso or box to list items below; double-click to clear")
+        "click a point to see its page; lasso or box to list items below; double-click to clear")
     if points.not_embedded:
         offer_embeddings(project, "", "map_again")
     chosen = [int(p["customdata"][0]) for p in (event or {}).get("selection", {}).get("points", [])
               if p.get("customdata")]
+    if chosen:
+        selection_preview(chosen)
     return tuple(chosen[:SELECTED_MAX]) or None
+
+
+def selection_preview(ids: list[int]) -> None:
+    """The first selected pages, larger, with their labels: a chart's hover can't show an image."""
+    items = store.items_by_id(project.name, ids[:PREVIEWED])
+    for column, item in zip(st.columns(PREVIEWED), items):
+        picture = streamlit_cache.preview(item)
+        if picture:
+            column.image(picture, width="stretch")
+        else:
+            column.caption(":material/broken_image: the image can't be read")
+        column.caption(f"{literal(item.filename)} · {item.id}  \n**{item.label or item.status}**"
+                       + (f" · predicted {item.pred_label}" if item.pred_label else "")
+                       + (f"  \n{label_check(item)}" if item.check_quality is not None else ""))
 
 
 with st.expander("Map of the dataset", icon=":material/scatter_plot:"):

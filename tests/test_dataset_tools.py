@@ -159,6 +159,7 @@ def test_map_samples_past_its_limit_and_colours_by_what_is_asked():
 
 def test_dataset_page_map_filter_column_and_similar_list(settings, demo_project):
     from fusion.ml.embeddings import load_embeddings
+    from fusion.privacy.display_text import literal
     from fusion.store.labeling import open_store
 
     store = open_store(settings)
@@ -198,6 +199,10 @@ def test_dataset_page_map_filter_column_and_similar_list(settings, demo_project)
     app.run()
     assert not app.exception, app.exception
     assert sorted(app.dataframe[0].value["id"].tolist()) == sorted(i.id for i in embedded)
+    # ... and shows their pages, with file name and label (a chart's hover can't show an image).
+    assert len(app.get("image")) == 3
+    for item in embedded:    # file names are shown as markdown that renders them exactly ("\\_")
+        assert any(literal(item.filename) in c.value and f"**{item.label}**" in c.value for c in app.caption), item
 
 
 def test_review_serves_likely_mislabeled_items_and_keep_takes_one_off_the_list(settings, demo_project):

@@ -12,15 +12,15 @@ from fusion.core.atomic import write_bytes_atomic
 SIZE = 96
 
 
-def thumbnail(images_dir: Path, image_path: Path, sha256: str) -> bytes | None:
+def thumbnail(images_dir: Path, image_path: Path, sha256: str, size: int = SIZE) -> bytes | None:
     """The thumbnail's JPEG bytes, or None if the image can't be read (the table shows a blank)."""
-    cached = images_dir / ".thumbs" / f"{sha256}-{SIZE}.jpg"
+    cached = images_dir / ".thumbs" / f"{sha256}-{size}.jpg"
     if cached.is_file():
         return cached.read_bytes()
     try:
         with Image.open(image_path) as img:
-            img.draft("RGB", (SIZE * 2, SIZE * 2))  # JPEG: decode at a fraction of the size
-            img.thumbnail((SIZE, SIZE))
+            img.draft("RGB", (size * 2, size * 2))  # JPEG: decode at a fraction of the size
+            img.thumbnail((size, size))
             out = io.BytesIO()
             img.convert("RGB").save(out, format="JPEG", quality=80)
     except (OSError, ValueError, Image.DecompressionBombError):

@@ -22,11 +22,10 @@ import torch
 
 from fusion.core.atomic import write_bytes_atomic
 from fusion.core.errors import FusionError
-from fusion.ml.features import cache_features
+from fusion.ml.features import cache_features, feature_batches
 from fusion.ml.encoders import mean_pool
 from fusion.ml.model import FusionModel
 from fusion.ml.pipeline import compose_text, get_engine
-from fusion.ml.safe_weights import load_safetensors
 
 DIMS = 128          # kept by PCA: 100,000 items are 51 MB of float32, a query a few milliseconds
 ZERO_SHOT = "zero-shot"
@@ -51,15 +50,13 @@ def embeddings_path(project) -> Path:
     return project.directory / "embeddings" / f"{project.active_model or ZERO_SHOT}.npz"
 
 
-def pooled_vectors(files: list[Path], batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled image (N, 1280) and text (N, 384) vectors of cached feature files, a batch at a time
-    (the patches of 10,000 pages would fill 2.5 GB at once)."""
+def pooled_vectors(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled image (N, 1280) and text (N, 384) vectors of cached feature files."""
     image, text = [], []
-    for start in range(0, len(files), batch):
-        loaded = [load_safetensors(f) for f in files[start:start + batch]]
-        image += [t["patches"].float().mean(0) for t in loaded]
-        text += [mean_pool(t["tokens"].float()[None], torch.ones(1, len(t["tokens"])))[0] for t in loaded]
-    return torch.stack(image), torch.stack(text)
+    for batch in feature_batches(files):
+        image.append(batch.patches.mean(1))
+        text.append(mean_pool(batch.tokens, batch.mask))
+    return torch.cat(image), torch.cat(text)
 
 
 def embed(image: torch.Tensor, text: torch.Tensor, fusion: FusionModel | None) -> tuple[np.ndarray, np.ndarray, float]:

@@ -22,6 +22,7 @@ from fusion.imaging.images import load_image
 from fusion.ml.safe_weights import load_safetensors
 
 BATCH = 16  # images per EfficientNet pass: fills 2 CPU cores without a memory spike
+READ_BATCH = 256  # cached files read at a time: the patches of 10,000 pages would fill 2.5 GB at once
 
 
 @dataclass
@@ -108,3 +109,12 @@ def load_feature_set(files: list[Path], targets: list[int]) -> FeatureSet:
     # files cached before step 8 have no flag: their images were taken to carry something
     present = torch.tensor([bool(t["image_present"]) if "image_present" in t else True for t in loaded])
     return FeatureSet(patches, tokens, mask, present, torch.tensor(targets, dtype=torch.long), lines)
+
+
+def feature_batches(files: list[Path], rows=None, batch: int = READ_BATCH):
+    """The cached features of files[rows] (all of them by default), a FeatureSet of `batch` files
+    at a time, so a large project never sits in memory whole."""
+    rows = range(len(files)) if rows is None else rows
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        yield load_feature_set([files[n] for n in chunk], [0] * len(chunk))

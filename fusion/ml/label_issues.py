@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fusion.core.errors import FusionError
-from fusion.ml.features import cache_features, load_feature_set
+from fusion.ml.features import READ_BATCH, cache_features, feature_batches
 from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.inference import predict_logits
 from fusion.ml.model import HEADS, ModelConfig
@@ -43,16 +43,6 @@ class LabelIssue:
         return asdict(self)
 
 
-BATCH = 256     # feature files read at a time: 10,000 items never sit in memory whole
-
-
-def _batches(files: list[Path], rows: np.ndarray):
-    """The cached features of files[rows], a batch at a time."""
-    for start in range(0, len(rows), BATCH):
-        chunk = rows[start:start + BATCH]
-        yield load_feature_set([files[n] for n in chunk], [0] * len(chunk))
-
-
 def out_of_fold_probabilities(engine, config, files: list[Path], targets: np.ndarray, folds: int = FOLDS,
                               seed: int = 0, progress=None) -> dict[str, np.ndarray]:
     """Each head's probabilities (N, K) for every item (its cached feature file and label index),
@@ -65,7 +55,7 @@ def out_of_fold_probabilities(engine, config, files: list[Path], targets: np.nda
     if smallest < 2:
         raise FusionError("finding label errors needs at least 2 labeled items in every class; label more first")
     zero_shot = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
-    pooled = pooled_features(zero_shot, (batch.inputs("cpu") for batch in _batches(files, np.arange(len(files)))))
+    pooled = pooled_features(zero_shot, (batch.inputs("cpu") for batch in feature_batches(files)))
     splitter = StratifiedKFold(n_splits=int(min(folds, smallest)), shuffle=True, random_state=seed)
     out = {h: np.zeros((len(targets), len(config.labels)), dtype=np.float32) for h in HEADS}
     chosen = None
@@ -79,10 +69,10 @@ def out_of_fold_probabilities(engine, config, files: list[Path], targets: np.nda
         chosen = fit_linear_heads(fusion, PooledFeatures(*(getattr(pooled, f.name)[rows] for f in fields(pooled))),
                                   train_targets, balanced_class_weights(train_targets, len(config.labels)),
                                   candidates=None if chosen is None else [chosen])
-        for start, batch in zip(range(0, len(held_out), BATCH), _batches(files, held_out)):
+        for start, batch in zip(range(0, len(held_out), READ_BATCH), feature_batches(files, held_out)):
             logits = predict_logits(HeadsOnFeatures(fusion), batch, "cpu")
             for head in HEADS:
-                out[head][held_out[start:start + BATCH]] = logits[head].softmax(-1).numpy()
+                out[head][held_out[start:start + READ_BATCH]] = logits[head].softmax(-1).numpy()
     return out
 
 
