@@ -100,7 +100,8 @@ def dataset_map() -> tuple[int, ...] | None:
         + (f"{points.not_embedded:,} added since are not on it · " if points.not_embedded else "")
         + f"model {embeddings.version}, computed {embeddings.computed_at:%Y-%m-%d %H:%M} UTC · the two axes are the "
         f"first principal components of the fused embeddings ({embeddings.map_variance:.0%} of their variance) · "
-        "click a point to see its page; lasso or box to list items below; double-click to clear")
+        "click a point to see its page; lasso or box select (the chart's toolbar) lists items below; "
+        "double-click to clear")
     if points.not_embedded:
         offer_embeddings(project, "", "map_again")
     chosen = [int(p["customdata"][0]) for p in (event or {}).get("selection", {}).get("points", [])
@@ -113,13 +114,14 @@ def dataset_map() -> tuple[int, ...] | None:
 def selection_preview(ids: list[int]) -> None:
     """The first selected pages, larger, with their labels: a chart's hover can't show an image."""
     items = store.items_by_id(project.name, ids[:PREVIEWED])
-    for column, item in zip(st.columns(PREVIEWED), items):
+    # one page at its thumbnail's size; captions on one line however tall each page is
+    for column, item in zip(st.columns(max(3, len(items)), vertical_alignment="bottom"), items):
         picture = streamlit_cache.preview(item)
         if picture:
             column.image(picture, width="stretch")
         else:
             column.caption(":material/broken_image: the image can't be read")
-        column.caption(f"{literal(item.filename)} · {item.id}  \n**{item.label or item.status}**"
+        column.caption(f"{literal(item.filename)} · item {item.id}  \n**{item.label or item.status}**"
                        + (f" · predicted {item.pred_label}" if item.pred_label else "")
                        + (f"  \n{label_check(item)}" if item.check_quality is not None else ""))
 
@@ -147,7 +149,8 @@ where = ItemFilter(status=tuple(statuses), label=None if label == "any" else lab
                    in_distribution=DISTRIBUTION[distribution], likely_mislabeled=mislabeled != "any",
                    ids=selected, sort=SORTS[sort][0], descending=SORTS[sort][1])
 if selected:
-    st.caption(f":material/scatter_plot: Listing the {len(selected):,} items selected on the map"
+    st.caption(":material/scatter_plot: Listing the "
+               + ("item" if len(selected) == 1 else f"{len(selected):,} items") + " selected on the map"
                + (f" (the first {SELECTED_MAX:,})" if len(selected) == SELECTED_MAX else ""))
 
 # De-identified, a search matches the redacted text only: a hidden name finds nothing.

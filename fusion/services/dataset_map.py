@@ -46,11 +46,14 @@ def map_points(embeddings, facts: dict[str, list], limit: int = MAP_POINTS, seed
 
 
 def map_figure(points: MapPoints, colour_by: str) -> go.Figure:
-    """WebGL scatter, lasso by default; each point's customdata starts with its item id."""
+    """WebGL scatter; each point's customdata starts with its item id. Panning is the default drag:
+    Streamlit selects a clicked point only then (lasso and box are in the chart's toolbar)."""
     frame, column = points.frame, COLOUR_BY[colour_by]
     hover = ("%{customdata[1]}<br>label %{customdata[2]} · %{customdata[3]}<br>predicted %{customdata[4]}"
-             "<br>likely-error score %{customdata[5]:.2f}<extra></extra>")
-    custom = ["item_id", "filename", "label", "status", "pred_label", "error_score"]
+             "<br>%{customdata[5]}<extra></extra>")
+    frame = frame.assign(check=["label not checked" if np.isnan(score) else f"likely-error score {score:.2f}"
+                                for score in frame["error_score"]])
+    custom = ["item_id", "filename", "label", "status", "pred_label", "check"]
     fig = go.Figure()
 
     def add(part: pd.DataFrame, name: str, **marker) -> None:
@@ -66,7 +69,7 @@ def map_figure(points: MapPoints, colour_by: str) -> go.Figure:
         values = frame[column].fillna("none")
         for n, value in enumerate(sorted(values.unique())):
             add(frame[values == value], str(value), color=PALETTE[n % len(PALETTE)])
-    fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode="lasso",
+    fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 10, "b": 10},
                       legend={"orientation": "h", "y": -0.08}, xaxis={"showticklabels": False, "title": "PC 1"},
                       yaxis={"showticklabels": False, "title": "PC 2"})
     return fig
