@@ -13,7 +13,8 @@ from fusion.ui import resources as streamlit_cache
 from fusion.privacy.display_text import literal
 from fusion.core.errors import FusionError
 from fusion.privacy import deidentified_search
-from fusion.privacy.deidentify import NOTICE, as_shown
+from fusion.privacy.deidentify import NOTICE
+from fusion.privacy.shown import Shown
 from fusion.jobs.queue import Jobs
 from fusion.jobs.worker import queue_import, queue_job
 from fusion.services.exporting import FORMATS
@@ -34,6 +35,7 @@ PREVIEWED = 6           # selected pages shown above the table
 streamlit_cache.require_app_shell()
 app_session.require_page("dataset")
 settings = streamlit_cache.settings()
+shown = Shown.under(settings)
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
 user = app_session.current_user()
@@ -51,7 +53,7 @@ def label_check(item) -> str:
 
 def rows_of(items) -> pd.DataFrame:
     return pd.DataFrame([{
-        "thumbnail": streamlit_cache.thumbnail_url(i), "id": i.id, "file": i.filename,
+        "thumbnail": streamlit_cache.thumbnail_url(i), "id": i.id, "file": shown.filename(i.filename),
         "label": i.label, "status": i.status, "confidence": i.pred_confidence, "suggested": i.pred_label or "",
         "ood": i.pred_ood, "model": i.pred_model or "", "by": i.updated_by, "when": i.updated_at, "version": i.version,
         "check": label_check(i),
@@ -67,13 +69,14 @@ def save_label_edits(before: pd.DataFrame, after: pd.DataFrame) -> None:
                 app_session.check_may_change(store.item(project.name, int(old["id"])))
                 saved = store.set_label(project.name, int(old["id"]), new["label"], app_session.current_user(),
                                         expected_version=int(old["version"]))
-                st.toast(f"{literal(saved.filename)}: {saved.label} ({saved.status}), saved", icon=":material/check_circle:")
+                st.toast(f"{literal(shown.filename(saved.filename))}: {saved.label} ({saved.status}), saved",
+                         icon=":material/check_circle:")
             except FusionError as e:
                 st.error(str(e))
 
 
 st.title("Dataset")
-if settings.redact_text:
+if shown.redacting:
     st.caption(f":material/visibility_off: {NOTICE}. A search finds only what is shown.")
 info = store.project_info(project.name)
 counts = st.columns(len(STATUSES) + 1)
@@ -121,7 +124,7 @@ def selection_preview(ids: list[int]) -> None:
             column.image(picture, width="stretch")
         else:
             column.caption(":material/broken_image: the image can't be read")
-        column.caption(f"{literal(item.filename)} · item {item.id}  \n**{item.label or item.status}**"
+        column.caption(f"{literal(shown.filename(item.filename))} · item {item.id}  \n**{item.label or item.status}**"
                        + (f" · predicted {item.pred_label}" if item.pred_label else "")
                        + (f"  \n{label_check(item)}" if item.check_quality is not None else ""))
 
@@ -154,17 +157,17 @@ if selected:
                + (f" (the first {SELECTED_MAX:,})" if len(selected) == SELECTED_MAX else ""))
 
 # De-identified, a search matches the redacted text only: a hidden name finds nothing.
-first = deidentified_search.list_items(store, project.name, where, limit=0, deidentified=settings.redact_text)
+first = deidentified_search.list_items(store, project.name, where, limit=0, deidentified=shown.redacting)
 pages = max(1, -(-first.total // PAGE_SIZE))
 number = g3.number_input(f"Page (of {pages}{'+' if first.total_is_capped else ''})", 1, pages, 1, key="ds_page")
 started = time.perf_counter()
 page = deidentified_search.list_items(store, project.name, where, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE,
-                                     deidentified=settings.redact_text)
-shown = rows_of(page.items)
+                                     deidentified=shown.redacting)
+table = rows_of(page.items)
 edited = st.data_editor(
-    shown, key=f"ds_table_{number}_{hash(where.__repr__())}", hide_index=True, width="stretch",
-    height=min(38 + 35 * len(shown), 600), row_height=35,
-    disabled=[c for c in shown.columns if c != "label"],
+    table, key=f"ds_table_{number}_{hash(where.__repr__())}", hide_index=True, width="stretch",
+    height=min(38 + 35 * len(table), 600), row_height=35,
+    disabled=[c for c in table.columns if c != "label"],
     # Sized to fit the page at 1280 px with the sidebar open (the model of each prediction is in
     # the item's history below).
     column_order=["thumbnail", "id", "file", "label", "status", "confidence", "suggested", "ood", "check", "by",
@@ -191,20 +194,20 @@ edited = st.data_editor(
     })
 matched = f"{page.total:,}{'+' if page.total_is_capped else ''}"
 st.caption(f"{matched} {'item matches' if page.total == 1 else 'items match'} · page {number} of {pages} · {(time.perf_counter() - started) * 1000:.0f} ms")
-if not edited["label"].equals(shown["label"]):
-    save_label_edits(shown, edited)
+if not edited["label"].equals(table["label"]):
+    save_label_edits(table, edited)
     st.rerun()
 
 with st.expander("An item: its history and similar pages"):
     if page.items:
-        chosen = st.selectbox("Item", page.items, format_func=lambda i: f"{i.id} · {i.filename}", key="ds_item")
+        chosen = st.selectbox("Item", page.items, format_func=lambda i: f"{i.id} · {shown.filename(i.filename)}",
+                              key="ds_item")
         history = store.history(project.name, chosen.id)
         st.dataframe(pd.DataFrame([{
             "when (UTC)": h.at, "who": h.user, "what": h.action, "label": f"{h.old_label or '–'} → {h.new_label or '–'}",
             "suggestion shown": f"{h.shown_label} {h.shown_confidence:.0%} ({h.model_version})" if h.shown_label else "",
-            "caption": as_shown(h.new_caption, settings.redact_text)
-            if h.new_caption is not None or h.old_caption is not None else "",
-            "page text": as_shown(h.new_text, settings.redact_text) if h.action == "text" else "",
+            "caption": shown.text(h.new_caption) if h.new_caption is not None or h.old_caption is not None else "",
+            "page text": shown.text(h.new_text) if h.action == "text" else "",
             "source": h.source or "",
         } for h in history]), hide_index=True, width="stretch")
         st.markdown("**More like this**")
@@ -309,14 +312,14 @@ with st.expander("Export"):
     fmt = st.selectbox("Format", FORMATS, key="ds_format",
                        help="csv / jsonl: a table + images/; imagefolder: label/file + metadata.jsonl; "
                             "hf: a Hugging Face dataset (datasets.load_from_disk)")
-    deidentify = st.checkbox("De-identify", value=settings.redact_text, key="ds_deidentify",
-                             disabled=settings.redact_text,
+    deidentify = st.checkbox("De-identify", value=shown.redacting, key="ds_deidentify",
+                             disabled=shown.redacting,
                              help="Redact names, dates, phone numbers, addresses and record numbers in captions, "
                                   "page text and file names, and black out those words on the pages where OCR "
                                   "recorded their boxes" + (" (always on while the app de-identifies)"
-                                                            if settings.redact_text else ""))
+                                                            if shown.redacting else ""))
     exporting = (job := session_job("export_job")) is not None and not job.finished
     if st.button("Prepare the download", key="export", disabled=exporting):
         st.session_state["export_job"] = queue_job(settings, store, project.name, "export", {
-            "format": fmt, "deidentify": deidentify or settings.redact_text}, user).id
+            "format": fmt, "deidentify": deidentify or shown.redacting}, user).id
     export_status()

@@ -17,7 +17,7 @@ from fusion.ml.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
 from fusion.imaging.images import load_image
 from fusion.imaging.ocr import OcrResult
 from fusion.privacy.deidentify import NOTICE
-from fusion.privacy.deidentified_view import phi_boxes, shown_reason, top_words
+from fusion.privacy.shown import Shown
 from fusion.privacy.display_text import literal
 from fusion.imaging.overlay import black_out, blend_heatmap
 from fusion.ml.pipeline import compose_text
@@ -25,6 +25,7 @@ from fusion.ml.pipeline import compose_text
 streamlit_cache.require_app_shell()
 app_session.require_page("evaluate")
 settings = streamlit_cache.settings()
+shown = Shown.under(settings)
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
 GALLERY = 8
@@ -32,21 +33,21 @@ LISTED = 50       # rows of a table of items: a cell or a comparison can hold th
 
 
 @st.cache_data(max_entries=200, show_spinner=False)
-def gradcam_picture(project_name: str, version: str, item_id: int, redacted: bool = False):
+def gradcam_picture(project_name: str, version: str, item_id: int, redacting: bool = False):
     """The page with the version's Grad-CAM for its own prediction (explained once, then cached),
-    its top words and its reason in words; `redacted`: PHI words blacked out (where OCR kept their
-    boxes) and hidden."""
+    its top words and its reason in words, as shown (de-identifying: PHI words blacked out where
+    OCR kept their boxes, and hidden)."""
+    shown = Shown(redacting)
     item = store.item(project_name, item_id)
     image = load_image(store.image_path(item))
     as_version = dataclasses.replace(store.project(project_name), active_model=version)
     prediction = streamlit_cache.engine().predict(image, as_version, caption=item.caption,
                                                   ocr_result=OcrResult(item.ocr_text or ""), with_explanation=True)
     picture = blend_heatmap(image, prediction.explanation.heatmap, 0.45)
-    if redacted:
-        picture = black_out(picture, phi_boxes(item.ocr_text or "", store.ocr_words(item)))
+    picture = black_out(picture, shown.boxes_to_hide(item.ocr_text or "", store.ocr_words(item)))
     picture.thumbnail((360, 360))
-    words = top_words(prediction.explanation, compose_text(item.ocr_text or "", item.caption), redacted)
-    return picture, [w for w, _ in words], shown_reason(prediction, redacted)
+    words = shown.top_words(prediction.explanation, compose_text(item.ocr_text or "", item.caption))
+    return picture, [w for w, _ in words], shown.reason(prediction)
 
 
 def headline(v: registry.ModelVersion) -> pd.DataFrame:
@@ -106,7 +107,7 @@ def item_rows(predictions) -> pd.DataFrame:
     for p in predictions:
         item = store.item(project.name, p.item_id)
         top = {h: max(p.probs[h], key=p.probs[h].get) for h in version_report.HEADS}
-        rows.append({"thumbnail": streamlit_cache.thumbnail_url(item), "file": item.filename,
+        rows.append({"thumbnail": streamlit_cache.thumbnail_url(item), "file": shown.filename(item.filename),
                      "true": p.truth, "fused": f"{p.predicted} {p.confidence:.0%}",
                      "image-only": f"{top['image']} {p.probs['image'][top['image']]:.0%}",
                      "text-only": f"{top['text']} {p.probs['text'][top['text']]:.0%}"})
@@ -124,7 +125,7 @@ def show_items(predictions, empty: str) -> None:
 
 
 st.title("Evaluate")
-if settings.redact_text:
+if shown.redacting:
     st.caption(f":material/visibility_off: {NOTICE}; on the pages below, black boxes hide them where OCR "
                "recorded where the words are (pages whose text was imported show as scanned).")
 found = registry.versions(store, project.name)
@@ -170,7 +171,7 @@ if wrong:
 if wrong and st.toggle(f"Grad-CAM of the most confident errors (up to {GALLERY})", key="eval_gradcam"):
     columns = st.columns(4)
     for n, p in enumerate(wrong[:GALLERY]):
-        picture, words, reason = gradcam_picture(project.name, chosen.version, p.item_id, settings.redact_text)
+        picture, words, reason = gradcam_picture(project.name, chosen.version, p.item_id, shown.redacting)
         columns[n % 4].image(picture, caption=f"true {p.truth} · predicted {p.predicted} · {', '.join(words)}")
         columns[n % 4].caption(literal(reason, limit=1000))
 

@@ -18,8 +18,8 @@ from fusion.jobs.queue import Jobs
 from fusion.jobs.worker import queue_job
 from fusion.imaging.images import load_upload
 from fusion.imaging.overlay import black_out, blend_heatmap, colored_words_html, draw_boxes
-from fusion.privacy.deidentify import NOTICE, as_shown
-from fusion.privacy.deidentified_view import phi_boxes, redact_scored, restore_placeholders, shown_reason
+from fusion.privacy.deidentify import NOTICE
+from fusion.privacy.shown import Shown
 from fusion.ml.encoders import MAX_CHUNKS
 from fusion.ml.pipeline import compose_text
 from fusion.ui.similar_view import similar_pages
@@ -30,6 +30,7 @@ SHORTCUTS = "123456789"  # label k of the project: key k
 streamlit_cache.require_app_shell()
 app_session.require_page("review")
 settings = streamlit_cache.settings()
+shown = Shown.under(settings)
 engine = streamlit_cache.engine()
 store = streamlit_cache.store()
 project = store.project(st.session_state.get("project", settings.demo_project))
@@ -41,7 +42,7 @@ def open_item(item, name: str, data: bytes) -> None:
     try:
         image = load_upload(data, settings)
     except FusionError as e:   # the page under review stays on screen: nothing of it is lost
-        st.error(f"{literal(name)}: {literal(e)}")
+        st.error(f"{literal(shown.filename(name))}: {literal(e)}")
         return
     result = review.stored_ocr(store, item)
     read_earlier = result is not None
@@ -53,8 +54,8 @@ def open_item(item, name: str, data: bytes) -> None:
     st.session_state["page"] = {"name": name, "image": image, "ocr": result, "item_id": item.id,
                                 "version": item.version, "caption": item.caption, "read_earlier": read_earlier}
     # De-identified: the boxes show redacted text; the model reads the originals (model_caption).
-    st.session_state["ocr_text"] = as_shown(result.text, settings.redact_text)
-    st.session_state["caption"] = as_shown(item.caption, settings.redact_text)
+    st.session_state["ocr_text"] = shown.text(result.text)
+    st.session_state["caption"] = shown.text(item.caption)
 
 
 def ocr_timing(page: dict) -> str:
@@ -67,14 +68,14 @@ def model_caption() -> str:
     """The caption as the model reads it and a decision saves it. De-identified, the box shows
     placeholders: an edit that keeps them gets the hidden words back; any other edit is kept as typed."""
     typed = st.session_state["caption"]
-    return restore_placeholders(typed, st.session_state["page"].get("caption", "")) if settings.redact_text else typed
+    return shown.edit(typed, st.session_state["page"].get("caption", ""))
 
 
 def edited_page_text():
     """The page's reading with the reviewer's edit of its text, for a decision to save; None if
     not edited, or while de-identified (the box is read-only and shows placeholders)."""
     reading, typed = st.session_state["page"]["ocr"], st.session_state["ocr_text"]
-    if settings.redact_text or typed == reading.text:
+    if shown.redacting or typed == reading.text:
         return None
     return dataclasses.replace(reading, text=typed)
 
@@ -84,7 +85,7 @@ def open_upload(name: str, data: bytes) -> None:
     try:
         item = review.add_upload(store, project.name, name, data, user)
     except FusionError as e:   # the page under review stays on screen: nothing of it is lost
-        st.error(f"{literal(name)}: {literal(e)}")
+        st.error(f"{literal(shown.filename(name))}: {literal(e)}")
         return
     open_item(item, name, data)
 
@@ -160,7 +161,7 @@ def show_prediction(prediction) -> None:
 
 def reason_in_words(prediction) -> str:
     """The prediction's reason in words, redacted like the rest when de-identified (markdown-safe)."""
-    return literal(shown_reason(prediction, settings.redact_text), limit=1000)
+    return literal(shown.reason(prediction), limit=1000)
 
 
 def save_decision(label: str | None) -> None:
@@ -177,8 +178,8 @@ def save_decision(label: str | None) -> None:
         return
     verb = {"accepted": "Accepted", "corrected": "Corrected to", "skipped": "Skipped"}[saved.status]
     # Shown by the app's run that opens the next item: a fragment's callback should not draw.
-    st.session_state["saved_toast"] = f"{verb} {saved.label if label else ''} · {literal(saved.filename)} " \
-                                      f"(saved, version {saved.version})"
+    st.session_state["saved_toast"] = (f"{verb} {saved.label if label else ''} · "
+                                       f"{literal(shown.filename(saved.filename))} (saved, version {saved.version})")
     st.session_state["open_next"] = True
 
 
@@ -207,7 +208,7 @@ def prelabel_status() -> None:
 
 
 st.title("Review")
-if settings.redact_text:
+if shown.redacting:
     st.caption(f":material/visibility_off: {NOTICE}.")
 queued = store.list_items(project.name, review.queue_filter(strategy()), limit=0).total
 pick, buttons = st.columns([3, 1], vertical_alignment="bottom")
@@ -247,7 +248,7 @@ def edit_boxes(ocr_info) -> tuple[str, str]:
                  placeholder="e.g. 'follow-up ECG, patient reports chest pain'")
     caption = model_caption()
     turned = f", page turned {ocr_info.angle}°" if ocr_info.angle else ""
-    redacting = settings.redact_text
+    redacting = shown.redacting
     if redacting:
         st.caption("The model reads the original caption. An edit that keeps the [NAME]-style placeholders "
                    "keeps the words they hide; any other edit is saved as typed.")
@@ -277,7 +278,7 @@ def current_prediction(page: dict, item, caption: str, ocr_text: str):
 def decision_buttons(item, prediction) -> None:
     now = f"now **{item.label}** ({item.status}" + (f" by {literal(item.updated_by)})" if item.version > 1 else ")") \
         if item.label else f"{item.status}"
-    st.markdown(f"**Your decision** on {literal(item.filename)} · {now}")
+    st.markdown(f"**Your decision** on {literal(shown.filename(item.filename))} · {now}")
     refused = app_session.why_may_not_change(item)   # e.g. an annotator on a page someone decided
     if refused:
         st.caption(f":material/block: {literal(refused)}")
@@ -331,8 +332,7 @@ def word_colours(prediction, page: dict, caption: str, ocr_text: str) -> None:
                          "its line's zero-shot vote loses without it); green for, red against. Attention: "
                          "attention rollout through the text encoder.")
     words = explanation.word_attribution if mode == "attribution" else explanation.word_attention
-    if settings.redact_text:
-        words = redact_scored(words, compose_text(ocr_text, caption))
+    words = shown.scored_words(words, compose_text(ocr_text, caption))
     # A long page's words scroll in their own box: the caption and page text stay in reach below.
     with st.container(height=260 if len(words) > 150 else "content", border=False):
         st.markdown(colored_words_html(words), unsafe_allow_html=True)  # words are HTML-escaped
@@ -357,12 +357,13 @@ def page_with_heatmap(explanation, page: dict) -> None:
         c1.caption(f"Heatmap: {which} (red: what drove the prediction most)")
     opacity = c2.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key="heatmap_opacity")
     show_boxes = c3.toggle("OCR boxes", value=True)
-    shown = blend_heatmap(page["image"], maps[which], opacity)
+    picture = blend_heatmap(page["image"], maps[which], opacity)
     if show_boxes:
-        shown = draw_boxes(shown, [w.box for w in page["ocr"].words])
-    if settings.redact_text:   # the page itself must not show what the text hides
-        shown = black_out(shown, phi_boxes(page["ocr"].text, page["ocr"].words))
-    st.image(shown, caption=f"{literal(page['name'])} · {page['image'].width}x{page['image'].height}", width="stretch")
+        picture = draw_boxes(picture, [w.box for w in page["ocr"].words])
+    # The page itself must not show what the text hides.
+    picture = black_out(picture, shown.boxes_to_hide(page["ocr"].text, page["ocr"].words))
+    st.image(picture, caption=f"{literal(shown.filename(page['name']))} · {page['image'].width}x{page['image'].height}",
+             width="stretch")
 
 
 @st.fragment

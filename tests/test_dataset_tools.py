@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from fusion.privacy.shown import Shown
 from fusion.services import review
 from fusion.store.labeling import ItemFilter, NewItem
 
@@ -149,10 +150,10 @@ def test_map_samples_past_its_limit_and_colours_by_what_is_asked():
     assert points.frame["item_id"].is_unique and map_points(embeddings, facts, limit=1000).frame.equals(points.frame)
     row = points.frame.iloc[0]
     assert row["filename"] == f"{row['item_id'] - 1}.png"            # each point's facts are its own
-    by_label = map_figure(points, "label")
+    by_label = map_figure(points, "label", Shown(False))
     assert sorted(t.name for t in by_label.data) == ["a", "b", "none"]
     assert sum(len(t.x) for t in by_label.data) == 1000
-    by_score = map_figure(points, "likely-error score")
+    by_score = map_figure(points, "likely-error score", Shown(False))
     assert [t.name for t in by_score.data] == ["not checked", "checked"]
     assert np.allclose(by_score.data[1].marker.color, 0.9)
 

@@ -345,6 +345,69 @@ def test_search_finds_only_what_the_deidentified_screen_shows(phi_project):
         assert (page.total, len(page.items)) == (redacted, redacted), query
 
 
+def everything_shown(app) -> str:
+    """Every element's content on the app's screen (its protobuf as text: values, options, labels,
+    tables, chart specs), with the thumbnails' data: URLs left out (base64 could spell anything)."""
+    import re
+
+    def walk(node):
+        yield str(getattr(node, "proto", ""))
+        for child in getattr(node, "children", {}).values():
+            yield from walk(child)
+    return re.sub(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", "", "\n".join(walk(app._tree)))
+
+
+def test_no_screen_or_cli_output_shows_phi_while_deidentifying(settings, demo_project, deidentifying, capsys):
+    """The Dataset page (table, map, its selection's pages, an item's history, similar pages) and
+    the CLI's label, history and similar, for a page whose file name, caption and text hold PHI."""
+    from streamlit.testing.v1 import AppTest
+
+    from fusion.cli.main import main
+    from fusion.imaging.images import check_image_file
+    from fusion.imaging.ocr import ENGINE
+    from fusion.ml.embeddings import compute_embeddings
+    from fusion.store.labeling import NewItem, open_store
+
+    store, name = open_store(settings), "phi-screens"
+    if name not in store.project_names():
+        store.create_project(name, {"lab": "", "cardio": ""}, user="tester")
+        pages = [page_with_words(lines, bytes([n, 9, 9])) for n, lines in enumerate(
+            (["Patient: Jane Doe", "MRN 00123456", "Hemoglobin 13.2"], ["Hemoglobin 12.9"], ["ECG sinus rhythm"],
+             ["QT interval 410 ms"]))]
+        store.add_items(name, [NewItem(check_image_file(data, settings), filename, label, caption, text, words, ENGINE)
+                               for (data, text, words), filename, label, caption in zip(
+            pages, ("Jane_Doe_2024-01-05.png", "lab.png", "ecg.png", "qt.png"), ("lab", "lab", "cardio", "cardio"),
+            ("seen by Dr. Hale on 2024-01-05", "", "", ""))], user="tester")
+        compute_embeddings(settings, store, name)
+    secret = next(i for i in store.iter_items(name) if "Doe" in i.filename)
+
+    app = AppTest.from_file(str(APP), default_timeout=300)
+    app.session_state["user"] = "reviewer"
+    app.session_state["project"] = name
+    app.run()
+    app.switch_page("pages/dataset.py").run()
+    app.session_state["ds_map"] = {"selection": {"points": [{"customdata": [i.id]} for i in store.iter_items(name)],
+                                                 "point_indices": [], "box": [], "lasso": []}}
+    app.run()
+    picker = app.selectbox(key="ds_item")
+    picker.select_index(next(n for n, item in enumerate(picker.options) if item.startswith(f"{secret.id} "))).run()
+    assert not app.exception, app.exception
+    screen = everything_shown(app)
+    assert "[NAME]_[DATE].png" in screen and "Dr. [NAME] on [DATE]" in screen     # it was on screen, redacted
+    assert "similarity" in screen and len(app.get("image")) == 4
+    assert not [s for s in ("Doe", "00123456", "Hale", "2024-01-05") if s in screen]
+
+    home = str(store.settings.home)
+    for command in (["label", name, str(secret.id), "lab"], ["history", name, str(secret.id)],
+                    ["similar", name, str(secret.id)]):
+        for output in ([], ["--json"]):
+            assert main(["--home", home, *command, *output]) == 0, command
+            printed = capsys.readouterr().out
+            named = command[0] == "history" or not output   # label's and similar's JSON name no file
+            assert "[NAME]" in printed or not named, (command, printed)
+            assert not [s for s in ("Doe", "00123456", "Hale", "2024-01-05") if s in printed], (command, printed)
+
+
 # ---- logs ---------------------------------------------------------------------------------------
 
 def test_logs_never_hold_page_text_or_captions(settings, demo_project, tmp_path, caplog, capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion.core.settings import Settings
+from fusion.privacy.shown import Shown
 
 ITEMS = 100_000
 QUERIES = 50
@@ -129,7 +130,7 @@ def bench_similar(settings: Settings, items: int = ITEMS) -> dict:
     figures = []
 
     def build(_: int) -> None:
-        figures.append(map_figure(map_points(big, facts), "label").to_json())
+        figures.append(map_figure(map_points(big, facts), "label", Shown(False)).to_json())
 
     map_ms = _median_ms(build, 5)
     return {"project": project.name, "demo": {"items": len(demo.item_ids), "embed_s": round(embed_s, 2),

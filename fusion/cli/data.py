@@ -79,6 +79,7 @@ def cmd_export(args, settings) -> None:
 
 
 def cmd_label(args, settings) -> None:
+    from fusion.privacy.shown import Shown
     from fusion.store.labeling import open_store
 
     store = open_store(settings)
@@ -86,22 +87,20 @@ def cmd_label(args, settings) -> None:
     expected = item.version if args.expect_version is None else args.expect_version
     item = store.set_label(args.project, item.id, args.label, args.user, expected)
     emit({"item": item.id, "label": item.label, "status": item.status, "version": item.version}, args.json,
-          f"item {item.id} ({item.filename}): {item.label}, {item.status}")
+          f"item {item.id} ({Shown.under(settings).filename(item.filename)}): {item.label}, {item.status}")
 
 
 def cmd_history(args, settings) -> None:
+    from fusion.privacy.shown import Shown
     from fusion.store.labeling import open_store
 
     rows = open_store(settings).history(args.project, args.item)
     keys = ("at", "user", "action", "item_version", "old_label", "new_label", "old_status", "new_status",
             "old_caption", "new_caption", "old_text", "new_text", "model_version", "shown_label", "shown_confidence",
             "source")
-    data = [{k: (getattr(r, k).isoformat() if k == "at" else getattr(r, k)) for k in keys} for r in rows]
-    if settings.redact_text:
-        from fusion.privacy.deidentify import redact
-
-        data = [r | {k: r[k] and redact(r[k]) for k in ("old_caption", "new_caption", "old_text", "new_text")}
-                for r in data]
+    shown = Shown.under(settings)
+    data = [{k: (getattr(r, k).isoformat() if k == "at" else getattr(r, k)) for k in keys}
+            | {k: v for k, v in shown.history(r).items() if getattr(r, k) is not None} for r in rows]
 
     def line(r: dict) -> str:
         text = f"{r['at'][:19]}Z  {r['user']}  {r['action']}"

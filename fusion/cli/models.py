@@ -162,6 +162,7 @@ def cmd_label_issues(args, settings) -> None:
 
 def cmd_similar(args, settings) -> None:
     from fusion.ml.embeddings import compute_embeddings, load_embeddings, nearest
+    from fusion.privacy.shown import Shown
     from fusion.store.labeling import open_store
 
     store = open_store(settings)
@@ -174,10 +175,11 @@ def cmd_similar(args, settings) -> None:
     found = nearest(embeddings, item.id, args.top)
     ms = (time.perf_counter() - started) * 1000
     labels = {row.id: row for row in store.items_by_id(args.project, [i for i, _ in found])}
+    shown = Shown.under(settings)
     data = {"project": args.project, "item": item.id, "version": embeddings.version, "query_ms": round(ms, 2),
-            "similar": [{"item_id": i, "filename": labels[i].filename, "label": labels[i].label,
+            "similar": [{"item_id": i, "filename": shown.filename(labels[i].filename), "label": labels[i].label,
                          "status": labels[i].status, "similarity": round(score, 4)} for i, score in found]}
-    emit(data, args.json, f"most like {item.id} ({item.filename}, {item.label or item.status}), "
+    emit(data, args.json, f"most like {item.id} ({shown.filename(item.filename)}, {item.label or item.status}), "
                           f"by {embeddings.version}:\n"
          + "\n".join(f"{s['similarity']:.3f}  {s['item_id']:>7}  {s['filename']}  {s['label'] or s['status']}"
                      for s in data["similar"]))

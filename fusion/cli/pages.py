@@ -7,17 +7,11 @@ from fusion.cli.common import emit, show_progress
 def cmd_ocr(args, settings) -> None:
     from fusion.imaging.images import load_upload
     from fusion.imaging.ocr import read_text
+    from fusion.privacy.shown import Shown
 
     result = read_text(load_upload(args.image, settings), max_side=settings.ocr_max_side, cache_dir=settings.ocr_cache_dir,
                        gpu=settings.resolved_device().startswith("cuda"))
-    data = result.to_dict()
-    if settings.redact_text:   # FUSION_DEIDENTIFY / FUSION_DEMO_MODE: what is shown is redacted
-        from fusion.privacy.deidentified_view import redact_words
-        from fusion.privacy.deidentify import redact
-
-        shown = redact_words([w["text"] for w in data["words"]], result.text)
-        data["words"] = [dict(w, text=s) for w, s in zip(data["words"], shown)]
-        data["text"] = redact(result.text)
+    data = Shown.under(settings).reading(result)   # FUSION_DEIDENTIFY / FUSION_DEMO_MODE: redacted
     emit({k: data[k] for k in ("text", "words", "ms", "angle")}, args.json, data["text"])
 
 
@@ -25,6 +19,7 @@ def cmd_predict(args, settings) -> None:
     from fusion.demo.build import ensure_demo_project
     from fusion.imaging.images import load_upload
     from fusion.ml.pipeline import get_engine
+    from fusion.privacy.shown import Shown
     from fusion.store.labeling import open_store
 
     image = load_upload(args.image, settings)
@@ -35,11 +30,7 @@ def cmd_predict(args, settings) -> None:
         project = open_store(settings).project(args.project)
     prediction = engine.predict(image, project, caption=args.caption, with_explanation=args.explain)
     summary = f"{prediction.label} ({prediction.confidence:.1%}) by model {prediction.model_version}"
-    data = prediction.to_dict()
-    if settings.redact_text:
-        from fusion.privacy.deidentified_view import redact_prediction
-
-        data = redact_prediction(data, prediction.explanation)
+    data = Shown.under(settings).prediction(prediction)
     emit(data, args.json, summary)
 
 

@@ -4,15 +4,15 @@ screen shows.
 The store searches the stored text, names included. Listed as they are, its hits would tell
 whoever searches which pages hold the name they typed, although every page then shows [NAME].
 So while de-identifying, the store's matches are checked against the redacted text: an item is
-listed only if its file name, redacted caption or redacted page text still holds every searched
-word (the last one may be the start of a word, as in the store's search). Redacting costs about
+listed only if its file name, caption or page text as shown (fusion.privacy.shown) still holds
+every searched word (the last one may be the start of a word, as in the store's search). Redacting costs about
 half a millisecond an item, so only the first MAX_CHECKED matches (in the chosen order) are checked.
 """
 from __future__ import annotations
 
 import re
 
-from fusion.privacy.deidentify import redact
+from fusion.privacy.shown import Shown
 from fusion.store.labeling import Item, ItemFilter, Page, Store
 
 MAX_CHECKED = 1000
@@ -20,7 +20,9 @@ MAX_CHECKED = 1000
 
 def visible_match(item: Item, words: list[str]) -> bool:
     """Whether every word is in what the item shows de-identified (the last one as a prefix)."""
-    shown = " ".join((item.filename, redact(item.caption), redact(item.ocr_text))).lower()
+    visible = Shown(True)
+    shown = " ".join((visible.filename(item.filename), visible.text(item.caption), visible.text(item.ocr_text)))
+    shown = shown.lower()
     tokens = set(re.findall(r"\w+", shown))
     *whole, last = words
     return all(w in tokens for w in whole) and any(t.startswith(last) for t in tokens)

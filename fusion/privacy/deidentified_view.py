@@ -89,13 +89,6 @@ def redact_prediction(data: dict, explanation=None) -> dict:
     return out
 
 
-def shown_reason(prediction, redacted: bool) -> str:
-    """A prediction's reason in words as a page shows it: said from the redacted words when
-    de-identified."""
-    shown = prediction.to_dict()
-    return (redact_prediction(shown, prediction.explanation) if redacted else shown)["explanation_text"]
-
-
 def top_words(explanation, text: str, redacted: bool, n: int = 5) -> list[tuple[str, float]]:
     """An explanation's n words most for its class (of `text`, what it explained); redacted, a
     placeholder stands in for the words it hides."""

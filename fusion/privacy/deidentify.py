@@ -494,8 +494,3 @@ def apply_spans(text: str, spans: list[Span]) -> str:
 def redact(text: str | None) -> str:
     """`text` with every PHI span replaced by its placeholder ("Patient: [NAME] MRN [ID]")."""
     return apply_spans(text, find_phi(text)) if text else (text or "")
-
-
-def as_shown(text: str | None, on: bool) -> str:
-    """What a screen or export shows of `text`: redacted when de-identification is on."""
-    return redact(text) if on else (text or "")

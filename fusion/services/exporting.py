@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 from fusion.privacy import deidentify as deid
 from fusion.privacy.deidentified_view import phi_boxes
+from fusion.privacy.shown import Shown
 from fusion.core.errors import FusionError
 from fusion.store.labeling import Item, Store
 from PIL import Image
@@ -44,7 +45,7 @@ def _unique_paths(items: list[Item], folder_of: Callable[[Item], str],
     """folder/original name, unless two different images would share it (or the name is unsafe)."""
     taken: set[str] = set()
     for item in items:
-        filename = deid.as_shown(item.filename, deidentify)
+        filename = Shown(deidentify).filename(item.filename)
         stem, suffix = os.path.splitext(os.path.basename(filename.replace("\\", "/")))
         name = f"{stem}{item.extension}" if stem and suffix.lower() == item.extension else \
             f"{stem or item.sha256[:12]}{item.extension}"
@@ -56,11 +57,10 @@ def _unique_paths(items: list[Item], folder_of: Callable[[Item], str],
 
 
 def _record(item: Item, image: str, deidentify: bool = False) -> dict:
-    def text(value: str | None) -> str:
-        return deid.as_shown(value, deidentify)
-    return {"image": image, "label": item.label or "", "caption": text(item.caption), "filename": text(item.filename),
-            "ocr_text": text(item.ocr_text), "ocr_engine": item.ocr_engine or "", "status": item.status,
-            "split": item.split, "sha256": item.sha256}
+    shown = Shown(deidentify)
+    return {"image": image, "label": item.label or "", "caption": shown.text(item.caption),
+            "filename": shown.filename(item.filename), "ocr_text": shown.text(item.ocr_text),
+            "ocr_engine": item.ocr_engine or "", "status": item.status, "split": item.split, "sha256": item.sha256}
 
 
 _FORMAT_OF = {".png": "PNG", ".jpg": "JPEG", ".tif": "TIFF", ".bmp": "BMP", ".webp": "WEBP"}

@@ -11,10 +11,11 @@ from fusion.ml.pipeline import Engine, get_engine
 from fusion.core.settings import Settings, load_settings
 from fusion.store.labeling import Store, open_store
 from fusion.jobs.recovery import recover_workspace
-from fusion.imaging.thumbnails import data_url, thumbnail
+from fusion.imaging.thumbnails import SIZE, data_url, thumbnail
 from fusion.ml.embeddings import ZERO_SHOT, Embeddings, embeddings_path, load_embeddings
 from fusion.services import version_report
 from fusion.services.dataset_map import MapPoints, map_figure, map_points
+from fusion.privacy.shown import Shown
 
 
 @st.cache_resource(show_spinner=False)
@@ -48,8 +49,11 @@ def thumbnail_url(item) -> str | None:
     return _thumbnail_url(str(store().image_path(item)), item.sha256)
 
 
-def preview(item, size: int = 240) -> bytes | None:
-    """A larger thumbnail (JPEG, kept beside the images) to look at a page without opening it."""
+def preview(item) -> bytes | None:
+    """A larger thumbnail (JPEG, kept beside the images) to look at a page without opening it:
+    240 pixels, or the table's 96 while de-identifying (small print unreadable; the Review page
+    shows a page whole with its PHI blacked out)."""
+    size = SIZE if Shown.under(settings()).redacting else 240
     return thumbnail(settings().images_dir, store().image_path(item), item.sha256, size)
 
 
@@ -76,7 +80,7 @@ def embeddings(project) -> Embeddings | None:
 @st.cache_resource(ttl=10, max_entries=8, show_spinner=False)
 def _dataset_map(project_name: str, version: str, saved_ns: int, colour_by: str) -> tuple[MapPoints, go.Figure]:
     points = map_points(_embeddings(project_name, version, saved_ns), store().item_facts(project_name))
-    return points, map_figure(points, colour_by)
+    return points, map_figure(points, colour_by, Shown.under(settings()))
 
 
 def dataset_map(project, colour_by: str) -> tuple[MapPoints, go.Figure] | None:

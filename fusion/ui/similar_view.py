@@ -11,6 +11,7 @@ from fusion.core.errors import FusionError
 from fusion.jobs.queue import Jobs
 from fusion.jobs.worker import queue_job
 from fusion.ml.embeddings import nearest
+from fusion.privacy.shown import Shown
 from fusion.ui import resources
 from fusion.ui.session import current_user
 
@@ -43,8 +44,9 @@ def similar_pages(project, item_id: int, key: str) -> None:
         return offer_embeddings(project, str(e), key)
     ms = (time.perf_counter() - started) * 1000
     items = {i.id: i for i in resources.store().items_by_id(project.name, [i for i, _ in found])}
+    shown = Shown.under(resources.settings())
     st.dataframe(pd.DataFrame([{
-        "thumbnail": resources.thumbnail_url(items[i]), "id": i, "file": items[i].filename,
+        "thumbnail": resources.thumbnail_url(items[i]), "id": i, "file": shown.filename(items[i].filename),
         "label": items[i].label or f"({items[i].status})", "suggested": items[i].pred_label or "",
         "similarity": score} for i, score in found if i in items]),
         hide_index=True, width="stretch", row_height=50, key=f"similar_{key}",
