@@ -210,6 +210,22 @@ def test_upload_predict_edit_and_correct_with_the_keyboard(server, demo_project,
     print("browser timings:", timings)
 
 
+def check_rendered(driver, name: str) -> None:
+    """Save the screenshot and check what it shows: no error box, nothing wider than the window
+    (a sideways scroll), and a picture with something drawn in it (not a blank or one-colour page)."""
+    from selenium.webdriver.common.by import By
+
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stException]"), name
+    overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"{name}: {overflow} px wider than the window"
+    with Image.open(path) as shot:
+        grey = shot.convert("L")
+        darkest, lightest = grey.getextrema()
+        assert lightest - darkest > 100 and len(grey.getcolors()) > 20, name
+
+
 @pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
 def test_pages_render_at_common_sizes(server, size):
     from selenium.webdriver.common.by import By
@@ -218,20 +234,20 @@ def test_pages_render_at_common_sizes(server, size):
     try:
         driver.get(server)
         wait_for(lambda: "Next in queue" in body_text(driver))
-        driver.save_screenshot(str(ARTIFACTS / f"review-empty-{size[0]}x{size[1]}.png"))
+        check_rendered(driver, f"review-empty-{size[0]}x{size[1]}")
         driver.get(server + "/dataset")
         start = time.time()
         wait_for(lambda: "items match" in body_text(driver)
                  and driver.find_elements(By.CSS_SELECTOR, "[data-testid=stDataFrame]"))
         loaded = time.time() - start
         time.sleep(1)  # let the grid paint its thumbnails
-        driver.save_screenshot(str(ARTIFACTS / f"dataset-{size[0]}x{size[1]}.png"))
+        check_rendered(driver, f"dataset-{size[0]}x{size[1]}")
         print(f"dataset page at {size}: {loaded:.2f} s")
         for page, ready in (("train", "Model versions"), ("evaluate", "Learning curve")):
             driver.get(f"{server}/{page}")
             wait_for(lambda: ready in body_text(driver))
             time.sleep(1)
-            driver.save_screenshot(str(ARTIFACTS / f"{page}-{size[0]}x{size[1]}.png"))
+            check_rendered(driver, f"{page}-{size[0]}x{size[1]}")
     finally:
         driver.quit()
 

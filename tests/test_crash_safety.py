@@ -622,7 +622,6 @@ def test_sigkill_of_the_real_worker_and_the_pages_background_import(lab, real_wo
     recover(wlab)
     check_workspace(wlab)
     ended = wjobs.get(job.id)
-    assert ended.status in ("failed", "succeeded"), ended.status
-    if ended.status == "failed":
-        assert "Resume" in ended.error
+    # Either the worker that took it over finished it, or it failed saying how to resume it.
+    assert ended.status == "succeeded" or (ended.status == "failed" and "Resume" in ended.error), ended
     print(f"\nreal processes killed: {dict(lab.kills)}; the worker at {stage}, its job {ended.status}")

@@ -195,11 +195,9 @@ def test_eight_processes_saving_200_corrections_each_lose_nothing(tmp_path):
         # Each decision was made against the state the previous one left: no overwritten decision.
         assert [h.old_label for h in events] == [None] + [h.new_label for h in events[:-1]]
         assert {h.action for h in events} <= ({"accept", "correct"} if item_id in predicted else {"label"})
-        if events:
-            assert label == events[-1].new_label
-            assert status == ("corrected" if events[-1].action == "correct" else "accepted")
-        else:
-            assert label is None
+        last = events[-1] if events else None
+        assert label == (last.new_label if last else None)
+        assert not last or status == ("corrected" if last.action == "correct" else "accepted")
         assert store.item("race", item_id).version == version
         total += len(events)
     assert total == workers * saves

@@ -97,6 +97,16 @@ def _flag(text: str) -> bool:
     raise FusionError(f"expected a yes/no setting (1/0, true/false, yes/no, on/off), got {text!r}")
 
 
+def _from_env(var: str, cast):
+    text = os.environ[var]
+    if cast == "bool":
+        return _flag(text)
+    try:
+        return cast(text)
+    except ValueError:
+        raise FusionError(f"{var} must be {'a whole number' if cast is int else 'a number'}, got {text!r}") from None
+
+
 def load_settings(**overrides) -> Settings:
     """Settings from env and $FUSION_HOME/fusion.toml; keyword overrides win."""
     values: dict = {}
@@ -107,7 +117,7 @@ def load_settings(**overrides) -> Settings:
             values.update(tomllib.load(f))
     for name, (var, cast) in _ENV.items():
         if os.environ.get(var):
-            values[name] = _flag(os.environ[var]) if cast == "bool" else cast(os.environ[var])
+            values[name] = _from_env(var, cast)
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name: f.type for f in dataclasses.fields(Settings)}
     unknown = set(values) - set(known)
