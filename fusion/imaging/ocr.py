@@ -329,15 +329,7 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
     grey = page if max_side >= RECOGNIZE_MAX_SIDE else _grey_for_ocr(image, max_side)
     if grey.std() < BLANK_GREY_SPREAD:      # one uniform tone: nothing to find (CRAFT took 3.7 s on a blank A4)
         return OcrResult(text="", words=[], ms=_ms_since(start), angle=0)
-    regions = _text_regions(reader, grey)
-    height = float(np.median([min(np.ptp(r[:, 0]), np.ptp(r[:, 1])) for r in regions])) if regions else 0.0
-    if 0 < height < SMALL_TEXT_PX:
-        # Small print (scanned forms ~13 px high, arXiv pages ~12 px once shrunk to 1,280): CRAFT
-        # misses many such words, so they are found again on the page scaled to make them TEXT_PX.
-        side = min(RECOGNIZE_MAX_SIDE, MAX_MAGNIFY * max(image.size), round(max(grey.shape) * TEXT_PX / height))
-        if side > 1.1 * max(grey.shape):
-            grey = _grey_for_ocr(image, side, magnify=True)
-            regions = _text_regions(reader, grey)
+    grey, regions = _find_text(reader, image, grey)
     if not regions:
         return OcrResult(text="", words=[], ms=_ms_since(start), angle=0)
     # Which way up, to a quarter turn: words are wider than high. The regions are grouped into
@@ -348,13 +340,50 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
     if not rects:
         return OcrResult(text="", words=[], ms=_ms_since(start), angle=0)
     say(f"Reading {len(rects)} line{'s' if len(rects) != 1 else ''}…")
+    angle, upright_shape, results = _read_upright(reader, page, grey, rects, candidates)
+    k_back = (angle // 90) % 4
+    sx, sy = image.width / page.shape[1], image.height / page.shape[0]
+    items = []
+    for rect, text, conf in results:
+        x0, y0, x1, y1 = _rot90_rect(rect, k_back, upright_shape)
+        box = (
+            max(0, int(x0 * sx)), max(0, int(y0 * sy)),
+            min(image.width, int(np.ceil(x1 * sx))), min(image.height, int(np.ceil(y1 * sy))),
+        )
+        items.append((rect, Word(text=text, conf=round(conf, 4), box=box)))
+
+    lines = _reading_order(items)  # decided in the upright frame
+    return OcrResult(
+        text="\n".join(" ".join(w.text for w in line) for line in lines),
+        words=[w for line in lines for w in line],
+        ms=_ms_since(start),
+        angle=angle,
+    )
+
+
+def _find_text(reader, image: Image.Image, grey: np.ndarray) -> tuple[np.ndarray, list]:
+    """CRAFT's text regions of the page, and the grey page they were found on."""
+    regions = _text_regions(reader, grey)
+    height = float(np.median([min(np.ptp(r[:, 0]), np.ptp(r[:, 1])) for r in regions])) if regions else 0.0
+    if 0 < height < SMALL_TEXT_PX:
+        # Small print (scanned forms ~13 px high, arXiv pages ~12 px once shrunk to 1,280): CRAFT
+        # misses many such words, so they are found again on the page scaled to make them TEXT_PX.
+        side = min(RECOGNIZE_MAX_SIDE, MAX_MAGNIFY * max(image.size), round(max(grey.shape) * TEXT_PX / height))
+        if side > 1.1 * max(grey.shape):
+            grey = _grey_for_ocr(image, side, magnify=True)
+            regions = _text_regions(reader, grey)
+    return grey, regions
+
+
+def _read_upright(reader, page: np.ndarray, grey: np.ndarray, rects: list[tuple], candidates: tuple[int, int]):
+    """The page's angle among the two `candidates`, and its lines read the right way up:
+    (angle, the upright page's shape, [(rect in the upright page, text, confidence)])."""
     fx, fy = page.shape[1] / grey.shape[1], page.shape[0] / grey.shape[0]
 
     def on_page(found: list[tuple]) -> list[tuple]:
         return [(x0 * fx, y0 * fy, x1 * fx, y1 * fy) for x0, y0, x1, y1 in found]
 
     rects = on_page(rects)
-
     # One detect serves both remaining orientations: only the boxes and the grey image are turned.
     # The orientation is chosen on a sample of the largest boxes; only then is the page read, once.
     # (Read whole in each, a scan, whose mean confidence is ~0.6 even upright, was read twice.)
@@ -371,36 +400,17 @@ def read_text(image: Image.Image, *, max_side: int = 2560, gpu: bool = False, ca
         sampled[candidates[1]] = read(candidates[1], sample)
     best_angle = max(sampled, key=lambda a: _mean_conf(sampled[a][1]))   # the first on a tie
     if best_angle == 0:
-        (uh, uw), results = sampled[0]
-        if rest:
-            results = results + read(0, rest)[1]
-    else:
-        # CRAFT links a word's letters left to right: on a turned page it finds fewer whole words
-        # (forms turned 90-270°: recall 0.40-0.65 against 0.46-0.67 upright). So a turned page's
-        # words are found again on the page turned upright, then read.
-        k = -best_angle // 90
-        turned = np.ascontiguousarray(np.rot90(grey, k))
-        rects = on_page([_rot90_rect(r, -k, turned.shape)
-                         for r in _line_boxes(_text_regions(reader, turned), 0, turned.shape)])
-        (uh, uw), results = read(best_angle, list(range(len(rects))))
-    k_back = (best_angle // 90) % 4
-    sx, sy = image.width / page.shape[1], image.height / page.shape[0]
-    items = []
-    for rect, text, conf in results:
-        x0, y0, x1, y1 = _rot90_rect(rect, k_back, (uh, uw))
-        box = (
-            max(0, int(x0 * sx)), max(0, int(y0 * sy)),
-            min(image.width, int(np.ceil(x1 * sx))), min(image.height, int(np.ceil(y1 * sy))),
-        )
-        items.append((rect, Word(text=text, conf=round(conf, 4), box=box)))
-
-    lines = _reading_order(items)  # decided in the upright frame
-    return OcrResult(
-        text="\n".join(" ".join(w.text for w in line) for line in lines),
-        words=[w for line in lines for w in line],
-        ms=_ms_since(start),
-        angle=best_angle,
-    )
+        shape, results = sampled[0]
+        return 0, shape, results + (read(0, rest)[1] if rest else [])
+    # CRAFT links a word's letters left to right: on a turned page it finds fewer whole words
+    # (forms turned 90-270°: recall 0.40-0.65 against 0.46-0.67 upright). So a turned page's
+    # words are found again on the page turned upright, then read.
+    k = -best_angle // 90
+    turned = np.ascontiguousarray(np.rot90(grey, k))
+    found = _line_boxes(_text_regions(reader, turned), 0, turned.shape)
+    rects = on_page([_rot90_rect(r, -k, turned.shape) for r in found])
+    shape, results = read(best_angle, list(range(len(rects))))
+    return best_angle, shape, results
 
 
 def _ms_since(start: float) -> float:

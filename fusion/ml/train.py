@@ -200,10 +200,8 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
     if config.mode == "head":
         # Over frozen features the probed heads are already at their optimum: Adam could only
         # overfit them. Fine-tuning trains what fuses them (fused residual, votes, gate, attention).
-        fusion = trainable.fusion
-        for part in (fusion.image_head, fusion.text_head):
+        for part in (trainable.fusion.image_head, trainable.fusion.text_head, trainable.fusion.prior_weights):
             part.requires_grad_(False)
-        fusion.prior_weights.requires_grad_(False)
     anchor = pretrained_anchor(trainable) if config.l2sp > 0 else None
     model = trainable
     if world > 1:
@@ -219,38 +217,17 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
 
     epoch_size = max(len(train), MIN_STEPS_PER_EPOCH * config.batch_size)
     steps = math.ceil(epoch_size / config.batch_size)
-    started, last_report = time.perf_counter(), 0.0
+    started = time.perf_counter()
     for epoch in range(start, config.epochs + 1):
         if since_best >= config.patience:
             break
         t0 = time.perf_counter()
         torch.manual_seed(config.seed * 10_007 + epoch)   # same order and dropout on every rank, and on resume
         order = torch.cat([torch.randperm(len(train)) for _ in range(math.ceil(epoch_size / len(train)))])
-        trainable.train()
-        total, seen = 0.0, 0
-        for step in range(steps):
-            index = order[step * config.batch_size:(step + 1) * config.batch_size]
-            if len(index) < world:
-                continue                                  # every rank needs a share of the batch
-            batch = train.subset(index[rank::world])
-            with autocast(device, config.mode):
-                out = model(*batch.inputs(device))
-                loss = trainable.fusion.loss(out, batch.targets.to(device), class_weights)
-                if anchor is not None:
-                    loss = loss + config.l2sp * l2sp_penalty(trainable, anchor)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            seen += len(index)
-            now = time.perf_counter()
-            if report and now - last_report >= REPORT_EVERY_S:
-                last_report = now
-                rate = seen / (now - t0)
-                remaining = (config.epochs - epoch + 1) * epoch_size - seen
-                report({"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step + 1,
-                        "steps": steps, "loss": round(total / seen, 4), "samples_per_s": round(rate, 1),
-                        "eta_s": round(remaining / rate, 1), **_gpu_memory(device)})
+        total, seen = _train_epoch(
+            model, trainable, train, order, steps, config, device, class_weights, anchor, optimizer,
+            lambda step, total, seen: report and report(_progress(config, device, epoch, step, steps, total, seen, t0,
+                                                                  epoch_size)))
         seconds = time.perf_counter() - t0
         val_loss, val_items, val_scores = _val_loss(trainable, val, device, config.mode, class_weights)
         row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val_loss": val_loss, "val": val_scores,
@@ -277,6 +254,45 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
         for n, v in best.items():
             params[n].copy_(v)
     return history
+
+
+def _train_epoch(model, trainable, train, order, steps: int, config: TrainConfig, device: str, class_weights, anchor,
+                 optimizer, progress) -> tuple[float, int]:
+    """`steps` batches taken from `order` in turn; each rank trains on its share of every batch.
+    Calls progress(step, total loss, items seen) on the first step and then at most every
+    REPORT_EVERY_S; returns (total loss, items seen)."""
+    rank, world = distributed()
+    trainable.train()
+    total, seen, last_report = 0.0, 0, 0.0
+    for step in range(steps):
+        index = order[step * config.batch_size:(step + 1) * config.batch_size]
+        if len(index) < world:
+            continue                                  # every rank needs a share of the batch
+        batch = train.subset(index[rank::world])
+        with autocast(device, config.mode):
+            out = model(*batch.inputs(device))
+            loss = trainable.fusion.loss(out, batch.targets.to(device), class_weights)
+            if anchor is not None:
+                loss = loss + config.l2sp * l2sp_penalty(trainable, anchor)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(index)
+        seen += len(index)
+        if time.perf_counter() - last_report >= REPORT_EVERY_S:
+            last_report = time.perf_counter()
+            progress(step, total, seen)
+    return total, seen
+
+
+def _progress(config: TrainConfig, device: str, epoch: int, step: int, steps: int, total: float, seen: int,
+              epoch_started: float, epoch_size: int) -> dict:
+    """A training job's progress within an epoch: step, loss so far, speed and time left."""
+    rate = seen / (time.perf_counter() - epoch_started)
+    remaining = (config.epochs - epoch + 1) * epoch_size - seen
+    return {"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step + 1, "steps": steps,
+            "loss": round(total / seen, 4), "samples_per_s": round(rate, 1), "eta_s": round(remaining / rate, 1),
+            **_gpu_memory(device)}
 
 
 # -- a model version -----------------------------------------------------------------------
