@@ -87,12 +87,13 @@ def test_a_head_trained_on_a_separable_set_is_not_certain(settings, demo_project
     (train_version with the default config, as the app does) on pages separable by construction
     (68 validation, 79 test items), gets its validation split all right. Its mean test confidence
     stays within Laplace's (n + 1) / (n + 2) for the validation split (0.986) and so below 0.99,
-    and its ECE is at most 0.05: with every test item right the ECE is 1 - confidence, at least
-    1 / (n + 2) = 0.014 by construction, and at 79 items a perfectly calibrated model shows a few
-    hundredths by chance (ECE_MIN_ITEMS's comment), so a tighter bound would test noise. The
-    registry says the ECE rests on fewer items than it can support.
-    Measured: T 4.34, mean confidence 0.971, ECE 0.029 (79 items, 3 bins); before, T sat at the
-    grid's bound 0.08 with confidence 1.000 in one bin and ECE 0.000."""
+    and its ECE is no more than a perfectly calibrated model's with the same confidences shows by
+    chance 19 times in 20 (simulated; at 79 items that is several hundredths, ECE_MIN_ITEMS's
+    comment), or 0.05. The registry says the ECE rests on fewer items than it can support.
+    Measured: T 4.34, mean confidence 0.971, ECE 0.029 (79 items, 3 bins) on one CPU; T 7.78,
+    confidence 0.949, accuracy 0.987, ECE 0.053 (6 bins) on another, where chance alone gives a
+    median 0.043 and a 95th percentile 0.068. Before, T sat at the grid's bound 0.08 with
+    confidence 1.000 in one bin and ECE 0.000."""
     metrics = get_version(open_store(settings), demo_project.name, "v1").metrics
     fused = metrics["test"]["fused"]
     assert "ece_items" in fused, "a FUSION_TEST_HOME built before honest calibration: delete it to rebuild the demo"
@@ -105,7 +106,11 @@ def test_a_head_trained_on_a_separable_set_is_not_certain(settings, demo_project
     assert fused["accuracy"] >= 0.95                               # separable: the head learned it
     assert TEMPERATURE_RANGE[0] * GRID_STEP < t < TEMPERATURE_RANGE[1] / GRID_STEP
     assert confidence <= (n_val + 1) / (n_val + 2) + 0.002 and confidence < 0.99
-    assert fused["ece"] <= 0.05
+    probs = np.array(stored["probs"]["fused"])
+    top, rng = probs.argmax(1), np.random.default_rng(0)
+    by_chance = [expected_calibration_error(probs, np.where(rng.random(len(probs)) < probs.max(1), top,
+                                                            (top + 1) % probs.shape[1])) for _ in range(2000)]
+    assert fused["ece"] <= max(0.05, float(np.quantile(by_chance, 0.95))), np.quantile(by_chance, [0.5, 0.95])
     assert fused["ece_items"] == n_test and sum(b["count"] for b in fused["reliability"]) == n_test
     assert fused["ece_enough_items"] == (n_test >= ECE_MIN_ITEMS)
     assert describe_ece(fused).endswith("; too few items to trust)") == (n_test < ECE_MIN_ITEMS)
