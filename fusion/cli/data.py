@@ -100,7 +100,7 @@ def cmd_history(args, settings) -> None:
             "source")
     shown = Shown.under(settings)
     data = [{k: (getattr(r, k).isoformat() if k == "at" else getattr(r, k)) for k in keys}
-            | {k: v for k, v in shown.history(r).items() if getattr(r, k) is not None} for r in rows]
+            | shown.history(r) for r in rows]
 
     def line(r: dict) -> str:
         text = f"{r['at'][:19]}Z  {r['user']}  {r['action']}"

@@ -33,9 +33,10 @@ class Shown:
             return name or ""
         return apply_spans(name, find_phi(name.replace("_", " ")))
 
-    def history(self, row) -> dict[str, str]:
-        """A history row's texts: old and new caption and page text."""
-        return {k: self.text(getattr(row, k)) for k in ("old_caption", "new_caption", "old_text", "new_text")}
+    def history(self, row) -> dict[str, str | None]:
+        """A history row's texts: old and new caption and page text (None where the row has none)."""
+        texts = {k: getattr(row, k) for k in ("old_caption", "new_caption", "old_text", "new_text")}
+        return {k: None if v is None else self.text(v) for k, v in texts.items()}
 
     def words(self, words: list[str], text: str | None = None) -> list[str]:
         """OCR words as shown (a hidden span's placeholder on its first word, "" on the rest)."""
