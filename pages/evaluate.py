@@ -13,7 +13,7 @@ from fusion.ui import resources as streamlit_cache
 from fusion.ui.similar_view import similar_pages
 from fusion.services import version_report
 from fusion.ui.charts import learning_curve_figure
-from fusion.ml.evaluation import ECE_MIN_ITEMS, describe_ece, ece_support
+from fusion.ml.metrics import ECE_MIN_ITEMS, HeadScores
 from fusion.imaging.images import load_image
 from fusion.imaging.ocr import OcrResult
 from fusion.privacy.deidentify import NOTICE
@@ -52,11 +52,10 @@ def gradcam_picture(project_name: str, version: str, item_id: int, redacting: bo
 
 def headline(v: registry.ModelVersion) -> pd.DataFrame:
     """Each head's scores; the ECE with the items and bins it rests on (never a bare number)."""
-    def row(model: str, s: dict) -> dict:
-        return {"model": model, "accuracy": s.get("accuracy"), "macro_f1": s.get("macro_f1"),
-                "ECE": describe_ece(s, prefix="")}
-    rows = [row(f"{h} ({v.version})", v.metrics["test"][h]) for h in version_report.HEADS]
-    rows.append(row(f"zero-shot fused (on {v.version}'s test)", v.metrics["zero_shot_test"]["fused"]))
+    def row(model: str, s: HeadScores) -> dict:
+        return {"model": model, "accuracy": s.accuracy, "macro_f1": s.macro_f1, "ECE": s.describe_ece(prefix="")}
+    rows = [row(f"{h} ({v.version})", v.metrics.test[h]) for h in version_report.HEADS]
+    rows.append(row(f"zero-shot fused (on {v.version}'s test)", v.metrics.zero_shot_test["fused"]))
     return pd.DataFrame(rows)
 
 
@@ -64,7 +63,7 @@ def confusion_chart(v: registry.ModelVersion):
     """The fused head's confusion matrix. Each cell also holds a clear square marker: Plotly's
     heatmaps send no click to Streamlit, scatter points do, so clicking a cell selects its items."""
     labels = project.label_names
-    matrix = v.metrics["test"]["fused"]["confusion"]
+    matrix = v.metrics.test["fused"].confusion
     hover = "true %{y}<br>predicted %{x}<br>%{text} items<extra></extra>"
     fig = go.Figure(go.Heatmap(z=matrix, x=labels, y=labels, colorscale="Blues", text=matrix, texttemplate="%{text}",
                                hovertemplate=hover, showscale=False))
@@ -84,19 +83,19 @@ def confusion_chart(v: registry.ModelVersion):
 
 def reliability_chart(v: registry.ModelVersion) -> None:
     """Accuracy by confidence bin, each bar labelled with its item count; the ECE says what it rests on."""
-    fused = v.metrics["test"]["fused"]
-    bins = fused.get("reliability", [])
+    fused = v.metrics.test["fused"]
+    bins = fused.reliability or []
     fig = go.Figure()
-    fig.add_bar(x=[(b["lo"] + b["hi"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
-                width=[b["hi"] - b["lo"] for b in bins], name="accuracy", customdata=[b["count"] for b in bins],
-                text=[f"n={b['count']}" for b in bins], textposition="auto",
+    fig.add_bar(x=[(b.lo + b.hi) / 2 for b in bins], y=[b.accuracy for b in bins],
+                width=[b.hi - b.lo for b in bins], name="accuracy", customdata=[b.count for b in bins],
+                text=[f"n={b.count}" for b in bins], textposition="auto",
                 hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{customdata} items<extra></extra>")
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line={"dash": "dash"})
     fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 50, "b": 10}, xaxis_title="confidence",
                       yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1.02], showlegend=False,
-                      title=f"Reliability (fused)<br><sup>{describe_ece(fused)}</sup>")
+                      title=f"Reliability (fused)<br><sup>{fused.describe_ece()}</sup>")
     st.plotly_chart(fig, width="stretch", config={"displayModeBar": False})
-    if ece_support(fused)["ece_enough_items"] is False:
+    if fused.ece_enough_items is False:
         st.caption(f":material/warning: This ECE rests on fewer than {ECE_MIN_ITEMS} test items: by chance alone "
                    "a perfectly calibrated model would show a few hundredths here. Read the bars' item counts "
                    "before the number.")
@@ -138,7 +137,7 @@ pick, other = st.columns(2)
 chosen = found[names.index(pick.selectbox("Version", names, index=names.index(active), key="eval_version"))]
 compare_to = other.selectbox("Compare with", ["(none)"] + [n for n in names if n != chosen.version], key="eval_other")
 predictions = streamlit_cache.test_predictions(project.name, chosen.version)
-st.caption(f"{chosen.metrics.get('counts', {}).get('test', len(predictions))} test items · trained by "
+st.caption(f"{chosen.metrics.counts.get('test', len(predictions))} test items · trained by "
            f"{chosen.created_by} on {chosen.created_at:%Y-%m-%d %H:%M} · mode {chosen.params.get('mode', '?')}"
            + (" · active" if chosen.active else ""))
 
@@ -157,7 +156,7 @@ else:
 
 reliability_chart(chosen)
 with st.expander("Per-class precision, recall and F1", expanded=False):
-    st.dataframe(pd.DataFrame([{"label": k, **v} for k, v in chosen.metrics["test"]["fused"]["per_class"].items()]),
+    st.dataframe(pd.DataFrame([{"label": k, **dataclasses.asdict(s)} for k, s in chosen.metrics.test["fused"].per_class.items()]),
                  hide_index=True, width="stretch")
 
 st.subheader("Errors")

@@ -14,6 +14,7 @@ from fusion.services import review
 from fusion.ui import resources as streamlit_cache
 from fusion.privacy.display_text import literal
 from fusion.core.errors import FusionError
+from fusion.core.progress import Progress
 from fusion.jobs.queue import Jobs
 from fusion.jobs.worker import queue_job
 from fusion.imaging.images import load_upload
@@ -198,10 +199,10 @@ def queue_settings() -> None:
 def prelabel_status() -> None:
     recent = Jobs(store).list(project.name, limit=1, kind="prelabel")
     if recent and not recent[0].finished:
-        p = recent[0].progress or {}
-        doing = {"reading": "reading pages", "predicting": "predicting"}.get(p.get("stage"), "starting")
-        st.progress(p.get("step", 0) / max(p.get("steps", 1), 1), text=f"Pre-labeling: {doing} {p.get('step', 0)}/"
-                    f"{p.get('steps', '…')} ({recent[0].status})")
+        p = recent[0].progress or Progress("starting", step=0)
+        doing = {"reading": "reading pages", "predicting": "predicting"}.get(p.stage, "starting")
+        st.progress(p.fraction() or 0.0, text=f"Pre-labeling: {doing} {p.step or 0}/{p.steps or '…'} "
+                                             f"({recent[0].status})")
     elif recent and recent[0].result:
         st.caption(f"Last pre-labeled {recent[0].finished_at:%Y-%m-%d %H:%M} UTC: "
                    f"{recent[0].result['predicted']} items by {recent[0].result['version']}")

@@ -14,8 +14,9 @@ from fusion.services import version_report
 from fusion.ml import zero_shot_measure
 from fusion.ui.charts import learning_curve_figure
 from fusion.core.errors import FusionError
-from fusion.ml.evaluation import describe_ece
+from fusion.core.progress import Progress
 from fusion.ml.finetune import MODES
+from fusion.ml.metrics import HeadScores
 from fusion.jobs.queue import Job, Jobs
 from fusion.ml.train import TrainConfig
 from fusion.jobs.worker import change_active_model, describe_labels, queue_job, reap_dead_jobs, resume_job
@@ -69,11 +70,11 @@ def curves(job: Job) -> None:
     rows = job.curve or []
     if not rows:
         return
-    epochs = [r["epoch"] for r in rows]
+    epochs = [r.epoch for r in rows]
     fig = go.Figure()
-    fig.add_scatter(x=epochs, y=[r["loss"] for r in rows], name="train loss", yaxis="y")
+    fig.add_scatter(x=epochs, y=[r.loss for r in rows], name="train loss", yaxis="y")
     for head, dash in zip(HEADS, ("solid", "dot", "dash")):
-        fig.add_scatter(x=epochs, y=[r["val"][head]["macro_f1"] for r in rows], name=f"val macro-F1 ({head})",
+        fig.add_scatter(x=epochs, y=[r.val[head].macro_f1 for r in rows], name=f"val macro-F1 ({head})",
                         yaxis="y2", line={"dash": dash})
     fig.update_layout(height=280, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis_title="epoch",
                       yaxis={"title": "loss"}, yaxis2={"title": "macro-F1", "overlaying": "y", "side": "right",
@@ -84,24 +85,24 @@ def curves(job: Job) -> None:
 
 
 def progress_of(job: Job) -> None:
-    p = job.progress or {}
+    p = job.progress or Progress("preparing")
     if job.status == "queued":
         st.progress(0.0, text="Queued: waiting for the worker")
     elif job.status == "running":
-        if p.get("stage") in ("training", "epoch"):
-            done = (p["epoch"] - 1 + p["step"] / p["steps"]) / p["epochs"]
-            eta = f", about {p['eta_s'] / 60:.0f} min left at most" if p.get("eta_s", 0) > 90 else \
-                f", under {max(p.get('eta_s', 0), 1):.0f} s left at most"
-            st.progress(min(done, 1.0), text=f"Epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['steps']}: "
-                                             f"loss {p['loss']}, {p['samples_per_s']:.0f} samples/s{eta}")
-        elif p.get("stage") == "encoding":
-            st.progress(p["step"] / max(p["steps"], 1), text=f"Encoding items: {p['step']}/{p['steps']}")
+        if p.stage in ("training", "epoch"):
+            done = (p.epoch - 1 + p.step / p.steps) / p.epochs
+            eta = p.eta_s or 0
+            left = f", about {eta / 60:.0f} min left at most" if eta > 90 else f", under {max(eta, 1):.0f} s left at most"
+            st.progress(min(done, 1.0), text=f"Epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}: "
+                                             f"loss {p.loss}, {p.samples_per_s:.0f} samples/s{left}")
+        elif p.stage == "encoding":
+            st.progress(p.fraction(), text=f"Encoding items: {p.step}/{p.steps}")
         else:
             st.progress(0.0, text="Preparing (loading encoders and data)…")
     stale = job.seconds_since_heartbeat()
     facts = [f"device `{job.device or '…'}`", f"by {job.created_by}", f"queued {job.created_at:%H:%M:%S} UTC"]
-    if "gpu_memory_gb" in p:
-        facts.append(f"GPU memory {p['gpu_memory_gb']} / {p['gpu_total_gb']} GB")
+    if p.gpu_memory_gb is not None:
+        facts.append(f"GPU memory {p.gpu_memory_gb} / {p.gpu_total_gb} GB")
     if job.status == "running" and stale is not None and stale > 30:
         facts.append(f":orange[no heartbeat for {stale:.0f} s]")
     st.caption(" · ".join(facts))
@@ -118,9 +119,9 @@ def current_job() -> None:
     st.subheader(f"Job {job.id}: {job.params.get('mode')} · {icon} {job.status}")
     progress_of(job)
     if job.status == "succeeded" and job.result:
-        r = job.result
-        st.success(f"Version **{r['version']}**: test accuracy {r['test']['fused']['accuracy']:.1%}, macro-F1 "
-                   f"{r['test']['fused']['macro_f1']:.3f}" + (" · promoted automatically" if r.get("promoted") else ""))
+        r, fused = job.result, HeadScores.from_json(job.result["test"]["fused"])
+        st.success(f"Version **{r['version']}**: test accuracy {fused.accuracy:.1%}, macro-F1 "
+                   f"{fused.macro_f1:.3f}" + (" · promoted automatically" if r.get("promoted") else ""))
     if job.status == "failed":
         st.error(job.error)
     cols = st.columns(4)
@@ -142,12 +143,12 @@ def current_job() -> None:
 def versions_table(found: list[registry.ModelVersion]) -> None:
     rows = []    # what fits at 1280 px; its mode, who trained it and its zero-shot are on the Evaluate page
     for v in found:
-        test = v.metrics.get("test", {})
+        test = v.metrics.test
         rows.append({"version": v.version, "active": "●" if v.active else "",
-                     "fused acc": test["fused"]["accuracy"], "fused F1": test["fused"]["macro_f1"],
-                     "image F1": test["image"]["macro_f1"], "text F1": test["text"]["macro_f1"],
-                     "ECE": describe_ece(test["fused"], prefix=""),   # with the items and bins it rests on
-                     "test items": v.metrics.get("counts", {}).get("test"), "when": v.created_at})
+                     "fused acc": test["fused"].accuracy, "fused F1": test["fused"].macro_f1,
+                     "image F1": test["image"].macro_f1, "text F1": test["text"].macro_f1,
+                     "ECE": test["fused"].describe_ece(prefix=""),   # with the items and bins it rests on
+                     "test items": v.metrics.counts.get("test"), "when": v.created_at})
     score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "version": st.column_config.TextColumn("version", width=70),
@@ -162,19 +163,20 @@ def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
     tested_a = streamlit_cache.test_predictions(project.name, a.version)
     tested_b = streamlit_cache.test_predictions(project.name, b.version)
     if {p.item_id for p in tested_a} == {p.item_id for p in tested_b}:
-        shared, scores_a, scores_b = len(tested_a), a.metrics["test"], b.metrics["test"]
+        shared, scores_a, scores_b = len(tested_a), a.metrics.test, b.metrics.test
     else:    # relabeling moved items in or out of the test split: score both on what both saw
         shared, scores_a, scores_b = version_report.scores_on_shared(tested_a, tested_b, HEADS)
         st.caption(f"{a.version} was tested on {len(tested_a)} items and {b.version} on {len(tested_b)}: accuracy "
                    f"and macro-F1 below are on the {shared} test items both saw (each ECE on its own test split).")
-    heads = pd.DataFrame([{"head": h, "metric": m, a.version: scores_a[h].get(m), b.version: scores_b[h].get(m)}
+    heads = pd.DataFrame([{"head": h, "metric": m, a.version: getattr(scores_a[h], m), b.version: getattr(scores_b[h], m)}
                           for h in HEADS for m in ("accuracy", "macro_f1")])
     # the ECEs apart: each with the items and bins it rests on, a text beside no bare number
-    ece = pd.DataFrame([{"head": h, f"ECE {a.version}": describe_ece(a.metrics["test"][h], prefix=""),
-                         f"ECE {b.version}": describe_ece(b.metrics["test"][h], prefix="")} for h in HEADS])
-    per_class = pd.DataFrame([{"label": label, f"F1 {a.version}": a.metrics["test"]["fused"]["per_class"][label]["f1"],
-                               f"F1 {b.version}": b.metrics["test"]["fused"]["per_class"].get(label, {}).get("f1")}
-                              for label in a.metrics["test"]["fused"].get("per_class", {})])
+    ece = pd.DataFrame([{"head": h, f"ECE {a.version}": a.metrics.test[h].describe_ece(prefix=""),
+                         f"ECE {b.version}": b.metrics.test[h].describe_ece(prefix="")} for h in HEADS])
+    classes_a, classes_b = a.metrics.test["fused"].per_class, b.metrics.test["fused"].per_class
+    per_class = pd.DataFrame([{"label": label, f"F1 {a.version}": s.f1,
+                               f"F1 {b.version}": classes_b[label].f1 if label in classes_b else None}
+                              for label, s in classes_a.items()])
     left, right = st.columns(2)
     left.dataframe(heads, hide_index=True, width="stretch")
     left.dataframe(ece, hide_index=True, width="stretch")
@@ -208,8 +210,8 @@ def descriptions_form() -> None:
 def zero_shot_measurement() -> None:
     recent = jobs.list(project.name, limit=1, kind="zero_shot")
     if recent and not recent[0].finished:
-        p = recent[0].progress or {}
-        st.progress(p.get("step", 0) / max(p.get("steps", 1), 1), text=f"Measuring zero-shot ({recent[0].status})…")
+        p = recent[0].progress
+        st.progress(p and p.fraction() or 0.0, text=f"Measuring zero-shot ({recent[0].status})…")
     elif recent and recent[0].status == "failed":
         st.error(f"Measuring zero-shot failed: {recent[0].error}")
     measurement = zero_shot_measure.measured(project)

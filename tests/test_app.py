@@ -9,7 +9,6 @@ import time
 import zipfile
 from pathlib import Path
 
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from fusion.jobs.queue import Jobs
@@ -123,7 +122,7 @@ def test_first_run_builds_the_demo_as_a_job_of_the_worker(tmp_path, monkeypatch)
         job = jobs.get(app.session_state["demo_build"])
         assert job.kind == "demo" and job.project == "demo"
         deadline = time.monotonic() + 120
-        while (job := jobs.get(job.id)).progress is None or "steps" not in job.progress:
+        while (job := jobs.get(job.id)).progress is None or job.progress.steps is None:
             assert time.monotonic() < deadline and not job.finished, (job.status, job.error, jobs.log_tail(job.id))
             time.sleep(0.2)
         worker_pid = job.worker_pid

@@ -25,7 +25,7 @@ def test_evaluate_page_shows_scores_errors_and_a_comparison(settings, demo_proje
     version = registry.get_version(store, corrected.name, weak)
     assert list(headline["model"]) == [f"fused ({weak})", f"image ({weak})", f"text ({weak})",
                                       f"zero-shot fused (on {weak}'s test)"]
-    assert headline["accuracy"].iloc[0] == version.metrics["test"]["fused"]["accuracy"]
+    assert headline["accuracy"].iloc[0] == version.score("fused", "accuracy")
     assert len(app.get("plotly_chart")) == 3          # confusion, reliability, learning curve
 
     wrong = version_report.errors(version_report.test_predictions(store, corrected, weak))

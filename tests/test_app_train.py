@@ -32,7 +32,7 @@ def test_train_page_runs_a_job_then_promotes_and_rolls_back(settings, demo_proje
         time.sleep(1)
     done = jobs.get(job.id)
     assert done.status == "succeeded", (done.error, jobs.log_tail(job.id))
-    assert [r["epoch"] for r in done.curve] == [1, 2, 3]
+    assert [r.epoch for r in done.curve] == [1, 2, 3]
 
     app.run()
     assert not app.exception, app.exception

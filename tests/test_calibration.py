@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.ml.evaluation import (ECE_MIN_ITEMS, TEMPERATURE_RANGE, describe_ece, expected_calibration_error,
-                               fit_temperature, scores)
+from fusion.ml.evaluation import TEMPERATURE_RANGE, expected_calibration_error, fit_temperature, scores
+from fusion.ml.metrics import ECE_MIN_ITEMS, HeadScores
 from fusion.ml.registry import get_version
 from fusion.store.labeling import open_store
 
@@ -68,18 +68,20 @@ def test_scores_carry_what_the_ece_rests_on():
     probs = np.array([[0.97, 0.03]] * 40 + [[0.6, 0.4]] * 32)
     targets = np.zeros(72, dtype=int)
     s = scores(probs, targets, ["a", "b"])
-    assert s["ece"] == pytest.approx(expected_calibration_error(probs, targets), abs=1e-4)
-    assert (s["ece_items"], s["ece_bins"], s["ece_enough_items"]) == (72, 2, False)
-    assert [b["count"] for b in s["reliability"]] == [32, 40]
-    assert describe_ece(s) == f"ECE {s['ece']:.3f} (72 items, 2 bins; too few items to trust)"
+    assert s.ece == pytest.approx(expected_calibration_error(probs, targets), abs=1e-4)
+    assert (s.ece_items, s.ece_bins, s.ece_enough_items) == (72, 2, False)
+    assert [b.count for b in s.reliability] == [32, 40]
+    assert s.describe_ece() == f"ECE {s.ece:.3f} (72 items, 2 bins; too few items to trust)"
     many = scores(np.tile(probs, (2, 1)), np.zeros(144, dtype=int), ["a", "b"])
-    assert many["ece_enough_items"] and ECE_MIN_ITEMS <= 144
-    assert describe_ece(many, prefix="") == f"{many['ece']:.3f} (144 items, 2 bins)"
-    # registry rows older than the counts: from their reliability bins, else unknown
-    old = {k: v for k, v in s.items() if not k.startswith("ece_")}
-    assert describe_ece(old) == describe_ece(s)
-    assert describe_ece({"ece": 0.0123}) == "ECE 0.012 (item count unknown)"
-    assert describe_ece({}) == "ECE unknown"
+    assert many.ece_enough_items and ECE_MIN_ITEMS <= 144
+    assert many.describe_ece(prefix="") == f"{many.ece:.3f} (144 items, 2 bins)"
+    # registry rows as JSON: the same back; rows older than the counts get them from their
+    # reliability bins, else they are unknown
+    assert HeadScores.from_json(s.to_json()) == s
+    old = {k: v for k, v in s.to_json().items() if not k.startswith("ece_")}
+    assert HeadScores.from_json(old) == s
+    assert HeadScores.from_json({"ece": 0.0123}).describe_ece() == "ECE 0.012 (item count unknown)"
+    assert HeadScores.from_json({}).describe_ece() == "ECE unknown"
 
 
 def test_a_head_trained_on_a_separable_set_is_not_certain(settings, demo_project):
@@ -95,25 +97,25 @@ def test_a_head_trained_on_a_separable_set_is_not_certain(settings, demo_project
     median 0.043 and a 95th percentile 0.068. Before, T sat at the grid's bound 0.08 with
     confidence 1.000 in one bin and ECE 0.000."""
     metrics = get_version(open_store(settings), demo_project.name, "v1").metrics
-    fused = metrics["test"]["fused"]
-    assert "ece_items" in fused, "a FUSION_TEST_HOME built before honest calibration: delete it to rebuild the demo"
-    n_val, n_test = metrics["counts"]["val"], metrics["counts"]["test"]
+    fused = metrics.test["fused"]
+    assert fused.ece_items is not None, "a FUSION_TEST_HOME built before honest calibration: delete it to rebuild the demo"
+    n_val, n_test = metrics.counts["val"], metrics.counts["test"]
     stored = json.loads((demo_project.model_dir("v1") / "test_predictions.json").read_text())
     confidence = float(np.array(stored["probs"]["fused"]).max(1).mean())
-    t = metrics["temperatures"]["fused"]
-    print(f"fused T {t}, val {n_val} items, test {n_test} items, accuracy {fused['accuracy']:.3f}, "
-          f"mean confidence {confidence:.4f} (Laplace {(n_val + 1) / (n_val + 2):.4f}), {describe_ece(fused)}")
-    assert fused["accuracy"] >= 0.95                               # separable: the head learned it
+    t = metrics.temperatures["fused"]
+    print(f"fused T {t}, val {n_val} items, test {n_test} items, accuracy {fused.accuracy:.3f}, "
+          f"mean confidence {confidence:.4f} (Laplace {(n_val + 1) / (n_val + 2):.4f}), {fused.describe_ece()}")
+    assert fused.accuracy >= 0.95                               # separable: the head learned it
     assert TEMPERATURE_RANGE[0] * GRID_STEP < t < TEMPERATURE_RANGE[1] / GRID_STEP
     assert confidence <= (n_val + 1) / (n_val + 2) + 0.002 and confidence < 0.99
     probs = np.array(stored["probs"]["fused"])
     top, rng = probs.argmax(1), np.random.default_rng(0)
     by_chance = [expected_calibration_error(probs, np.where(rng.random(len(probs)) < probs.max(1), top,
                                                             (top + 1) % probs.shape[1])) for _ in range(2000)]
-    assert fused["ece"] <= max(0.05, float(np.quantile(by_chance, 0.95))), np.quantile(by_chance, [0.5, 0.95])
-    assert fused["ece_items"] == n_test and sum(b["count"] for b in fused["reliability"]) == n_test
-    assert fused["ece_enough_items"] == (n_test >= ECE_MIN_ITEMS)
-    assert describe_ece(fused).endswith("; too few items to trust)") == (n_test < ECE_MIN_ITEMS)
+    assert fused.ece <= max(0.05, float(np.quantile(by_chance, 0.95))), np.quantile(by_chance, [0.5, 0.95])
+    assert fused.ece_items == n_test and sum(b.count for b in fused.reliability) == n_test
+    assert fused.ece_enough_items == (n_test >= ECE_MIN_ITEMS)
+    assert fused.describe_ece().endswith("; too few items to trust)") == (n_test < ECE_MIN_ITEMS)
 
 
 def test_the_pages_show_what_an_ece_rests_on(settings, demo_project):
@@ -121,17 +123,17 @@ def test_the_pages_show_what_an_ece_rests_on(settings, demo_project):
     ECE_MIN_ITEMS items, say it is too few to trust; the reliability bars carry their counts."""
     from helpers import started
 
-    fused = get_version(open_store(settings), demo_project.name, "v1").metrics["test"]["fused"]
-    shown = describe_ece(fused, prefix="")
+    fused = get_version(open_store(settings), demo_project.name, "v1").metrics.test["fused"]
+    shown = fused.describe_ece(prefix="")
     app = started(demo_project)
     app.switch_page("pages/evaluate.py").run()
     assert not app.exception, app.exception
     headline = app.dataframe[0].value
-    assert headline["ECE"].iloc[0] == shown and f"{fused['ece_items']} items" in shown
+    assert headline["ECE"].iloc[0] == shown and f"{fused.ece_items} items" in shown
     reliability = app.get("plotly_chart")[1].proto.spec
-    assert describe_ece(fused) in reliability and all(f"n={b['count']}" in reliability for b in fused["reliability"])
+    assert fused.describe_ece() in reliability and all(f"n={b.count}" in reliability for b in fused.reliability)
     warned = any(f"fewer than {ECE_MIN_ITEMS} test items" in c.value for c in app.caption)
-    assert warned == (not fused["ece_enough_items"])
+    assert warned == (not fused.ece_enough_items)
 
     app.switch_page("pages/train.py").run()
     assert not app.exception, app.exception

@@ -255,9 +255,10 @@ def training_stage(lab: Lab, job_id: int) -> str:
         return "saving its version"
     if job.finished:
         return "after its end"
-    progress = job.progress or {}
-    return f"epoch {progress.get('epoch')}" if progress.get("stage") in ("training", "epoch") else \
-        progress.get("stage", "before it started")
+    progress = job.progress
+    if progress is None:
+        return "before it started"
+    return f"epoch {progress.epoch}" if progress.stage in ("training", "epoch") else progress.stage
 
 
 # ---- what the children do (the calls the pages make) ------------------------------------------

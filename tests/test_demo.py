@@ -45,13 +45,14 @@ def test_demo_baseline_fused_beats_best_single_modality_by_ten_points(demo_proje
     index = {name: k for k, name in enumerate(demo_project.label_names)}
     test = load_feature_set(files, [index[i.label] for i in items])
     scores = quick_scores(predict_logits(HeadsOnFeatures(FusionModel.load(model_dir)), test, "cpu"), test.targets)
-    assert scores == {h: {k: metrics["test"][h][k] for k in ("accuracy", "macro_f1")} for h in scores}
+    assert {h: (s.accuracy, s.macro_f1) for h, s in scores.items()} == \
+        {h: (metrics.test[h].accuracy, metrics.test[h].macro_f1) for h in scores}
 
-    fused, image, text = (scores[h]["accuracy"] for h in ("fused", "image", "text"))
+    fused, image, text = (scores[h].accuracy for h in ("fused", "image", "text"))
     print(f"demo test accuracy: fused {fused:.3f}, image-only {image:.3f}, text-only {text:.3f}")
     assert fused >= max(image, text) + 0.10
-    assert fused >= metrics["zero_shot_test"]["fused"]["accuracy"]  # training never ends below zero-shot
-    assert len(demo_project.labels) >= 6 and sum(metrics["counts"].values()) >= 400
+    assert fused >= metrics.zero_shot_test["fused"].accuracy  # training never ends below zero-shot
+    assert len(demo_project.labels) >= 6 and sum(metrics.counts.values()) >= 400
 
 
 def test_demo_is_built_once(demo_project, settings):

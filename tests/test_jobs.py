@@ -89,7 +89,7 @@ def test_worker_killed_mid_training_leaves_a_failed_resumable_job(settings, jobs
     out, _ = worker.communicate(timeout=300)
     done = jobs.get(resumed.id)
     assert done.status == "succeeded", (done.error, out, jobs.log_tail(resumed.id))
-    epochs = [row["epoch"] for row in done.curve]
+    epochs = [row.epoch for row in done.curve]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) == 12   # continued, not restarted
     version = done.result["version"]
     assert version not in versions_before and registry.get_version(store, corrected.name, version).job_id == resumed.id
@@ -99,7 +99,7 @@ def test_cancel_stops_a_running_job_within_seconds(settings, jobs, corrected):
     job = jobs.submit(corrected.name, "train", params(epochs=1000, patience=1000, batch_size=4), ANNOTATOR)
     worker = start_worker(settings)
     try:
-        wait_for(lambda: (jobs.get(job.id).progress or {}).get("stage") in ("training", "epoch"), 180, "training")
+        wait_for(lambda: getattr(jobs.get(job.id).progress, "stage", None) in ("training", "epoch"), 180, "training")
         asked = time.monotonic()
         jobs.cancel(job.id, "reviewer rae")
         wait_for(lambda: jobs.get(job.id).status == "cancelled", 15, "the job to stop")

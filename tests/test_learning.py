@@ -95,13 +95,14 @@ def test_learning_curve_starts_at_zero_shot_and_puts_the_probe_beside_versions()
     from datetime import datetime
 
     from fusion.ml.registry import ModelVersion
+    from fusion.ml.metrics import HeadScores, VersionMetrics
     from fusion.services.version_report import PROBE, TRAINED, ZERO_SHOT, learning_curve
 
     def version(name, train, acc, probe, day):
         return ModelVersion(name, None, datetime(2026, 1, day), "x", None, {"mode": "head"}, {},
-                            {"counts": {"train": train}, "test": {"fused": {"accuracy": acc}},
-                             "zero_shot_test": {"fused": {"accuracy": [0.41, 0.42][day - 1]}},
-                             "probe_test": probe and {"concat": probe}}, False)
+                            VersionMetrics(counts={"train": train}, test={"fused": HeadScores(accuracy=acc)},
+                                           zero_shot_test={"fused": HeadScores(accuracy=[0.41, 0.42][day - 1])},
+                                           probe_test=probe and {"concat": probe}), False)
 
     points = learning_curve([version("v2", 40, 0.9, 0.88, 2), version("v1", 6, 0.7, None, 1)])
     assert [(p["series"], p["train_items"], p["accuracy"]) for p in points] == [

@@ -9,6 +9,7 @@ import pytest
 from fusion.services import review
 from fusion.demo.build import DEMO_USER
 from fusion.core.errors import FusionError
+from fusion.core.progress import Progress
 from fusion.imaging.images import check_image_file
 from fusion.services.prelabel import prelabel_project
 from fusion.core.settings import load_settings
@@ -75,8 +76,8 @@ def test_prelabeling_fills_every_undecided_items_prediction(settings, demo_proje
     project = project_of_demo_pages(settings, demo_project, "prelabel", 30, into=store)
     seen = []
     result = prelabel_project(store.settings, store, project.name, report=seen.append)
-    assert result["predicted"] == 30 and result["version"] == "zero-shot" and seen[-1]["step"] == 30
-    assert seen[0] == {"stage": "predicting", "step": 0, "steps": 30}   # the total is known from the start
+    assert result["predicted"] == 30 and result["version"] == "zero-shot" and seen[-1].step == 30
+    assert seen[0] == Progress("predicting", step=0, steps=30)   # the total is known from the start
     items = list(store.iter_items(project.name))
     assert all(i.status == "predicted" and i.pred_label in project.labels and i.pred_model == "zero-shot"
                for i in items)

@@ -27,11 +27,11 @@ def version(settings, corrected):
 def test_evaluate_on_the_test_split_reproduces_the_registry(settings, corrected, version, capsys):
     assert main(["evaluate", corrected.name, "--version", version.version, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["items"] == version.metrics["counts"]["test"] and result["data"] == "test split"
+    assert result["items"] == version.metrics.counts["test"] and result["data"] == "test split"
     for head in ("fused", "image", "text"):
-        assert result[head]["accuracy"] == version.metrics["test"][head]["accuracy"]
-        assert result[head]["confusion"] == version.metrics["test"][head]["confusion"]
-    assert result["zero_shot"]["macro_f1"] == version.metrics["zero_shot_test"]["fused"]["macro_f1"]
+        assert result[head]["accuracy"] == version.metrics.test[head].accuracy
+        assert result[head]["confusion"] == version.metrics.test[head].confusion
+    assert result["zero_shot"]["macro_f1"] == version.metrics.zero_shot_test["fused"].macro_f1
     assert result["fused"]["macro_f1"] > result["zero_shot"]["macro_f1"]
     assert main(["evaluate", corrected.name, "--version", "v999"]) == 2
     assert "no model version 'v999'" in capsys.readouterr().err
@@ -103,4 +103,4 @@ def test_two_versions_are_compared_on_the_test_items_both_saw():
     b = [tested(1, "x", "y"), tested(2, "y", "y"), tested(4, "x", "x")]            # item 4 only in b, right
     shared, scores_a, scores_b = scores_on_shared(a, b, ["fused"])
     assert shared == 2
-    assert scores_a["fused"]["accuracy"] == 1.0 and scores_b["fused"]["accuracy"] == 0.5
+    assert scores_a["fused"].accuracy == 1.0 and scores_b["fused"].accuracy == 0.5

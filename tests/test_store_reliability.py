@@ -4,7 +4,6 @@ every workspace is a fresh tmp_path (none of conftest's demo fixtures)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fusion.core.errors import FusionError
 from fusion.imaging.images import check_image_file

@@ -3,6 +3,7 @@ fine-tuning modes carry their own encoders, metrics agree with scikit-learn, and
 promotes and rolls back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -27,33 +28,33 @@ def test_training_on_corrected_data_beats_zero_shot(settings, corrected):
     statuses = {i.status for i in store.iter_items(corrected.name)}
     assert statuses == {"accepted", "corrected"}, statuses
     version, metrics = train_version(settings, store, corrected.name, TrainConfig(epochs=15), user=ANNOTATOR)
-    fused, zero_shot = metrics["test"]["fused"], metrics["zero_shot_test"]["fused"]
-    print(f"corrected data: test macro-F1 {fused['macro_f1']:.3f} vs zero-shot {zero_shot['macro_f1']:.3f}")
-    assert fused["macro_f1"] >= zero_shot["macro_f1"] + 0.3
-    assert fused["accuracy"] >= zero_shot["accuracy"] + 0.3
-    assert registry.beats_active({**metrics, "parent_test": None})   # no active version: against zero-shot
+    fused, zero_shot = metrics.test["fused"], metrics.zero_shot_test["fused"]
+    print(f"corrected data: test macro-F1 {fused.macro_f1:.3f} vs zero-shot {zero_shot.macro_f1:.3f}")
+    assert fused.macro_f1 >= zero_shot.macro_f1 + 0.3
+    assert fused.accuracy >= zero_shot.accuracy + 0.3
+    assert registry.beats_active(dataclasses.replace(metrics, parent_test=None))   # no active version: against zero-shot
 
     saved = registry.get_version(store, corrected.name, version)
     assert saved.created_by == ANNOTATOR and saved.params["mode"] == "head" and not saved.active
     examples = labeled_examples(store, corrected.name)
     assert saved.data["item_ids"] == examples.ids and saved.data["labels_hash"] == examples.snapshot()["labels_hash"]
     for head in ("fused", "image", "text"):
-        s = saved.metrics["test"][head]
-        assert set(s) >= {"accuracy", "macro_f1", "ece", "per_class", "confusion", "reliability"}
-        assert sum(map(sum, s["confusion"])) == metrics["counts"]["test"]
+        s = saved.metrics.test[head]
+        assert None not in (s.accuracy, s.macro_f1, s.ece, s.reliability) and set(s.per_class) == set(corrected.labels)
+        assert sum(map(sum, s.confusion)) == metrics.counts["test"]
     # the saved per-item test predictions are the ones the metrics came from
     stored = json.loads((corrected.model_dir(version) / "test_predictions.json").read_text())
-    assert len(stored["item_ids"]) == metrics["counts"]["test"]
+    assert len(stored["item_ids"]) == metrics.counts["test"]
     truth = {i.id: corrected.label_names.index(i.label) for i in store.iter_items(corrected.name)}
     pred = np.array(stored["probs"]["fused"]).argmax(1)
-    assert accuracy_score([truth[i] for i in stored["item_ids"]], pred) == pytest.approx(fused["accuracy"], abs=1e-4)
+    assert accuracy_score([truth[i] for i in stored["item_ids"]], pred) == pytest.approx(fused.accuracy, abs=1e-4)
 
 
 def test_calibrated_temperatures_are_stored_and_used(settings, corrected):
     store = open_store(settings)
     newest = registry.versions(store, corrected.name)[0]
     config = json.loads((corrected.model_dir(newest.version) / "config.json").read_text())
-    assert config["temperatures"] == [newest.metrics["temperatures"][h] for h in ("fused", "image", "text")]
+    assert config["temperatures"] == [newest.metrics.temperatures[h] for h in ("fused", "image", "text")]
     assert all(t > 0 for t in config["temperatures"])
 
 
@@ -91,15 +92,15 @@ def test_an_interrupted_run_resumes_to_the_same_model(settings, corrected, tmp_p
     checkpoint = tmp_path / "checkpoint.safetensors"
 
     def stop_after_epoch_2(row):
-        if row["stage"] == "epoch" and row["epoch"] == 2:
+        if row.stage == "epoch" and row.epoch == 2:
             raise JobCancelled()
     with pytest.raises(JobCancelled):
         train_version(settings, store, corrected.name, config, user=ANNOTATOR, report=stop_after_epoch_2,
                       checkpoint=checkpoint)
     version, resumed = train_version(settings, store, corrected.name, config, user=ANNOTATOR, resume=checkpoint)
-    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in straight["history"]]
-    assert resumed["test"]["fused"]["accuracy"] == straight["test"]["fused"]["accuracy"]
-    assert resumed["temperatures"] == straight["temperatures"]
+    assert [r.loss for r in resumed.history] == [r.loss for r in straight.history]
+    assert resumed.score("fused", "accuracy") == straight.score("fused", "accuracy")
+    assert resumed.temperatures == straight.temperatures
 
 
 def test_partial_mode_with_lora_and_l2sp_saves_its_own_encoders(settings, engine, demo_project):
@@ -112,7 +113,7 @@ def test_partial_mode_with_lora_and_l2sp_saves_its_own_encoders(settings, engine
     directory = project.model_dir(version)
     assert (directory / "encoders.safetensors").is_file()
     assert json.loads((directory / "config.json").read_text())["finetuned_encoders"] is True
-    assert metrics["epochs_run"] == 1 and metrics["history"][0]["samples_per_s"] > 0
+    assert metrics.epochs_run == 1 and metrics.history[0].samples_per_s > 0
 
     registry.promote(store, project.name, version, ANNOTATOR)
     loaded = engine.model_for(store.project(project.name))
@@ -165,13 +166,13 @@ def test_scores_match_scikit_learn_on_a_fixed_example():
                       [.1, .1, .8], [.5, .2, .3], [.2, .2, .6], [.9, .05, .05]])
     s = scores(probs, targets, labels)
     pred = probs.argmax(1)
-    assert s["accuracy"] == round(accuracy_score(targets, pred), 4)
-    assert s["macro_f1"] == round(f1_score(targets, pred, average="macro"), 4)
+    assert s.accuracy == round(accuracy_score(targets, pred), 4)
+    assert s.macro_f1 == round(f1_score(targets, pred, average="macro"), 4)
     p, r, f, n = precision_recall_fscore_support(targets, pred, labels=[0, 1, 2], zero_division=0)
-    assert [s["per_class"][k]["precision"] for k in labels] == [round(x, 4) for x in p]
-    assert [s["per_class"][k]["recall"] for k in labels] == [round(x, 4) for x in r]
-    assert [s["per_class"][k]["support"] for k in labels] == list(n)
-    assert s["confusion"] == confusion_matrix(targets, pred).tolist()
+    assert [s.per_class[k].precision for k in labels] == [round(x, 4) for x in p]
+    assert [s.per_class[k].recall for k in labels] == [round(x, 4) for x in r]
+    assert [s.per_class[k].support for k in labels] == list(n)
+    assert s.confusion == confusion_matrix(targets, pred).tolist()
     # ECE by hand: bins (0.6,0.667] {.6,.6,.7?}: computed directly from the definition
     conf, correct = probs.max(1), pred == targets
     edges = np.linspace(0, 1, 16)
@@ -179,7 +180,7 @@ def test_scores_match_scikit_learn_on_a_fixed_example():
                                                             - conf[(conf > lo) & (conf <= hi)].mean())
                  for lo, hi in zip(edges[:-1], edges[1:]) if ((conf > lo) & (conf <= hi)).any())
     assert expected_calibration_error(probs, targets) == pytest.approx(manual)
-    assert sum(b["count"] for b in s["reliability"]) == len(targets)
+    assert sum(b.count for b in s.reliability) == len(targets)
 
 
 def test_temperature_scaling_calms_an_overconfident_model():
@@ -201,5 +202,5 @@ def test_full_mode_on_the_gpu_in_bf16(settings, engine, demo_project):
     store = open_store(settings)
     version, metrics = train_version(settings, store, project.name,
                                      TrainConfig(mode="full", epochs=2, batch_size=64, device="cuda"), user=ANNOTATOR)
-    assert metrics["device"].startswith("cuda") and (project.model_dir(version) / "encoders.safetensors").is_file()
-    assert metrics["test"]["fused"]["accuracy"] >= metrics["zero_shot_test"]["fused"]["accuracy"]
+    assert metrics.device.startswith("cuda") and (project.model_dir(version) / "encoders.safetensors").is_file()
+    assert metrics.score("fused", "accuracy") >= metrics.zero_shot_test["fused"].accuracy

@@ -55,6 +55,7 @@ def _register_version(store, settings: Settings, ids: list[int]) -> str:
     """The zero-shot model saved as v1, with drawn test probabilities and the scores they give."""
     from fusion.ml import registry
     from fusion.ml.evaluation import scores
+    from fusion.ml.metrics import VersionMetrics
     from fusion.ml.model import ModelConfig
     from fusion.ml.pipeline import get_engine
     from fusion.ml.zeroshot import build_zero_shot_model
@@ -71,9 +72,10 @@ def _register_version(store, settings: Settings, ids: list[int]) -> str:
         logits[np.arange(len(ids)), np.where(hit, targets, rng.integers(0, len(labels), len(ids)))] += 3
         p = np.exp(logits)
         probs[head] = p / p.sum(1, keepdims=True)
-    metrics = {"test": {h: scores(p, targets, labels) for h, p in probs.items()},
-               "zero_shot_test": {h: scores(np.full_like(p, 1 / len(labels)), targets, labels) for h, p in probs.items()},
-               "counts": {"train": 0, "val": 0, "test": len(ids)}}
+    metrics = VersionMetrics(test={h: scores(p, targets, labels) for h, p in probs.items()},
+                             zero_shot_test={h: scores(np.full_like(p, 1 / len(labels)), targets, labels)
+                                             for h, p in probs.items()},
+                             counts={"train": 0, "val": 0, "test": len(ids)})
     engine = get_engine(settings)
     fusion = build_zero_shot_model(ModelConfig(labels, project.labels), engine.image_encoder, engine.text_encoder)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from fusion.core.progress import Progress
 from fusion.core.settings import Settings, describe_device, load_settings
 
 ITEMS = 1000
@@ -124,11 +125,11 @@ def _full_mode(settings: Settings, store, project: str, device: str) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     history = fit(trainable, data, data.subset(torch.arange(min(64, n))), config, device)
-    rate = max(row["samples_per_s"] for row in history[1:] or history)  # the first epoch warms up
+    rate = max(row.samples_per_s for row in history[1:] or history)  # the first epoch warms up
     reference = _bare_reference(engine, device, batch, steps=20 if cuda else 3)
     result = {"device": describe_device(device), "items": n, "image_size": IMAGE_SIZE, "tokens": 128,
               "batch_size": batch, "bf16": cuda, "channels_last": cuda, "decode_images_per_s": round(decode_rate, 1),
-              "samples_per_s": round(rate, 1), "epochs": [row["samples_per_s"] for row in history],
+              "samples_per_s": round(rate, 1), "epochs": [row.samples_per_s for row in history],
               "bare_encoders_samples_per_s": round(reference, 1), "ratio_to_bare": round(rate / reference, 3),
               "train_gflops_per_sample": round(flops / 1e9, 2)}
     if cuda:
@@ -155,8 +156,8 @@ def bench_train(settings: Settings, items: int = ITEMS) -> dict:
 
         stages: dict[str, list] = {}
 
-        def report(row: dict) -> None:
-            stages.setdefault(row["stage"], []).append((time.perf_counter(), row))
+        def report(progress: Progress) -> None:
+            stages.setdefault(progress.stage, []).append((time.perf_counter(), progress))
         config = TrainConfig(mode="head", epochs=20, patience=20, device="cpu")
         t0 = time.perf_counter()
         train_version(bench_settings, store, project, config, user="bench", report=report)
@@ -166,11 +167,11 @@ def bench_train(settings: Settings, items: int = ITEMS) -> dict:
         t1 = time.perf_counter()
         _, cached = train_version(bench_settings, store, project, config, user="bench")   # features now cached
         cached_seconds = time.perf_counter() - t1
-        head = {"device": describe_device("cpu"), "items": items, "epochs": len(cached["history"]),
-                "feature_cache_images_per_s": round(encoded[1]["steps"] / cache_seconds, 1),
+        head = {"device": describe_device("cpu"), "items": items, "epochs": len(cached.history),
+                "feature_cache_images_per_s": round(encoded[1].steps / cache_seconds, 1),
                 "first_run_seconds": round(total, 2),
                 "cached_run_seconds": round(cached_seconds, 2),
-                "cached_train_seconds": cached["seconds"]["train"],
-                "test_accuracy": cached["test"]["fused"]["accuracy"]}
+                "cached_train_seconds": cached.seconds["train"],
+                "test_accuracy": cached.score("fused", "accuracy")}
         full = _full_mode(bench_settings, store, project, resolve_device(settings.device))
     return {"setup_seconds": round(setup, 1), "head_mode_cpu": head, "full_mode": full}

@@ -23,7 +23,12 @@ def show_progress(stage: str, done: int, total: int) -> None:
 
 
 def emit(data: dict, as_json: bool, summary: str) -> None:
-    print(json.dumps(data, default=str) if as_json else summary)
+    print(json.dumps(data, default=_as_json) if as_json else summary)
+
+
+def _as_json(value):
+    """Typed records (fusion.ml.metrics) as their JSON; times and the rest as text."""
+    return value.to_json() if hasattr(value, "to_json") else str(value)
 
 
 def read_descriptions(path: str | None) -> dict[str, str]:
@@ -47,10 +52,3 @@ def read_descriptions(path: str | None) -> dict[str, str]:
     pairs = (line.partition(":") for line in text.splitlines() if line.strip())
     return {label.strip(): description.strip() for label, _, description in pairs}
 
-
-def head_scores(by_head: dict) -> dict:
-    """The headline numbers of each head (the full per-class scores are in `models --json`); the
-    ECE with the items and occupied bins it rests on and whether they are enough (None: unknown)."""
-    from fusion.ml.evaluation import ece_support
-
-    return {h: {**{k: s[k] for k in ("accuracy", "macro_f1", "ece")}, **ece_support(s)} for h, s in by_head.items()}

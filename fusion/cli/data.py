@@ -5,19 +5,20 @@ import argparse
 import getpass
 import sys
 
-from fusion.cli.common import read_descriptions, emit, head_scores, show_progress
+from fusion.cli.common import read_descriptions, emit, show_progress
 
 
 def cmd_demo(args, settings) -> None:
     from fusion.demo.build import ensure_demo_project
+    from fusion.ml.metrics import headlines
     from fusion.ml.registry import get_version
     from fusion.store.labeling import open_store
 
     project = ensure_demo_project(settings, show_progress)
     metrics = get_version(open_store(settings), project.name, project.active_model).metrics
-    data = {"project": project.name, "model_version": project.active_model, "counts": metrics["counts"],
-            "test": head_scores(metrics["test"]), "zero_shot_test": head_scores(metrics["zero_shot_test"])}
-    acc = {h: f"{v['accuracy']:.1%}" for h, v in metrics["test"].items()}
+    data = {"project": project.name, "model_version": project.active_model, "counts": metrics.counts,
+            "test": headlines(metrics.test), "zero_shot_test": headlines(metrics.zero_shot_test)}
+    acc = {h: f"{s.accuracy:.1%}" for h, s in metrics.test.items()}
     emit(data, args.json, f"demo project ready at {project.directory}; test accuracy {acc}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 import time
 
-from fusion.cli.common import read_descriptions, emit, head_scores, show_progress
+from fusion.cli.common import read_descriptions, emit, show_progress
 
 
 def _train_config(args, settings):
@@ -29,7 +29,8 @@ def cmd_train(args, settings) -> None:
 
     from fusion.jobs.worker import change_active_model
     from fusion.ml import registry
-    from fusion.ml.model import HEADS
+    from fusion.core.progress import Progress
+    from fusion.ml.metrics import headlines
     from fusion.store.labeling import open_store
     from fusion.ml.train import train_version
 
@@ -39,11 +40,11 @@ def cmd_train(args, settings) -> None:
         _queue(args, settings, store, "train", config.job_params(auto_promote=args.promote == "auto"))
         return
 
-    def report(row: dict) -> None:
-        if row["stage"] == "encoding":
-            show_progress("encoding", row["step"], row["steps"])
-        elif row["stage"] == "epoch":
-            show_progress("epochs", row["epoch"], row["epochs"])
+    def report(p: Progress) -> None:
+        if p.stage == "encoding":
+            show_progress("encoding", p.step, p.steps)
+        elif p.stage == "epoch":
+            show_progress("epochs", p.epoch, p.epochs)
 
     version, metrics = train_version(settings, store, args.project, config, args.user, report=report)
     if version is None:
@@ -52,31 +53,32 @@ def cmd_train(args, settings) -> None:
     if promoted:
         change_active_model(settings, store, args.project, args.user, version)
     data = {"project": args.project, "version": version, "promoted": promoted, "params": asdict(config),
-            "test": head_scores(metrics["test"]), "zero_shot_test": head_scores(metrics["zero_shot_test"]),
-            "parent_test": metrics["parent_test"] and {"version": metrics["parent_test"]["version"],
-                                                       **head_scores({h: metrics["parent_test"][h] for h in HEADS})},
-            "counts": metrics["counts"], "epochs_run": metrics["epochs_run"], "seconds": metrics["seconds"],
-            "history": [{"epoch": r["epoch"], "loss": r["loss"], "val_macro_f1": r["val"]["fused"]["macro_f1"]}
-                        for r in metrics["history"]],
-            "device": metrics["device"], "world_size": metrics["world_size"]}
-    fused = metrics["test"]["fused"]
-    emit(data, args.json, f"{args.project} {version}: test accuracy {fused['accuracy']:.1%}, macro-F1 "
-          f"{fused['macro_f1']:.3f} (zero-shot {metrics['zero_shot_test']['fused']['macro_f1']:.3f})"
+            "test": headlines(metrics.test), "zero_shot_test": headlines(metrics.zero_shot_test),
+            "parent_test": metrics.parent_test and {"version": metrics.parent_version,
+                                                    **headlines(metrics.parent_test)},
+            "counts": metrics.counts, "epochs_run": metrics.epochs_run, "seconds": metrics.seconds,
+            "history": [{"epoch": r.epoch, "loss": r.loss, "val_macro_f1": r.val["fused"].macro_f1}
+                        for r in metrics.history],
+            "device": metrics.device, "world_size": metrics.world_size}
+    fused = metrics.test["fused"]
+    emit(data, args.json, f"{args.project} {version}: test accuracy {fused.accuracy:.1%}, macro-F1 "
+          f"{fused.macro_f1:.3f} (zero-shot {metrics.zero_shot_test['fused'].macro_f1:.3f})"
           + ("; promoted" if promoted else ""))
 
 
 def cmd_models(args, settings) -> None:
+    from fusion.ml.metrics import headlines
     from fusion.ml.registry import versions
     from fusion.store.labeling import open_store
 
     found = versions(open_store(settings), args.project)
     data = [{"version": v.version, "active": v.active, "parent": v.parent, "created_at": v.created_at,
-             "created_by": v.created_by, "mode": v.params.get("mode"), "counts": v.metrics.get("counts"),
-             "test": head_scores(v.metrics["test"]) if args.brief or not args.json else v.metrics["test"]}
+             "created_by": v.created_by, "mode": v.params.get("mode"), "counts": v.metrics.counts,
+             "test": headlines(v.metrics.test) if args.brief or not args.json else v.metrics.test}
             for v in found]
-    lines = [f"{'*' if v['active'] else ' '} {v['version']:>5}  {v['mode'] or '?':7}  fused acc "
-             f"{v['test']['fused']['accuracy']:.1%}  macro-F1 {v['test']['fused']['macro_f1']:.3f}  "
-             f"by {v['created_by']} at {v['created_at']:%Y-%m-%d %H:%M}" for v in data]
+    lines = [f"{'*' if v.active else ' '} {v.version:>5}  {v.params.get('mode') or '?':7}  fused acc "
+             f"{v.score('fused', 'accuracy'):.1%}  macro-F1 {v.score('fused', 'macro_f1'):.3f}  "
+             f"by {v.created_by} at {v.created_at:%Y-%m-%d %H:%M}" for v in found]
     emit({"project": args.project, "versions": data}, args.json, "\n".join(lines) or "no trained versions yet")
 
 
@@ -92,15 +94,14 @@ def cmd_promote(args, settings) -> None:
 
 
 def cmd_evaluate(args, settings) -> None:
-    from fusion.ml.evaluation import describe_ece
     from fusion.services.evaluate import score_version
     from fusion.store.labeling import open_store
 
     result = score_version(settings, open_store(settings), args.project, args.version, args.data, show_progress)
     heads = [h for h in ("fused", "image", "text", "zero_shot") if h in result]
     lines = [f"{result['project']} {result['version'] or 'zero-shot'} on {result['data']} ({result['items']} items):"]
-    lines += [f"  {h:9} accuracy {result[h]['accuracy']:.1%}  macro-F1 {result[h]['macro_f1']:.3f}  "
-              f"{describe_ece(result[h])}" for h in heads]
+    lines += [f"  {h:9} accuracy {result[h].accuracy:.1%}  macro-F1 {result[h].macro_f1:.3f}  "
+              f"{result[h].describe_ece()}" for h in heads]
     lines += [f"  skipped {p['where']}: {p['reason']}" for p in result["problems"]]
     emit(result, args.json, "\n".join(lines))
 

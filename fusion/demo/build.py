@@ -15,6 +15,8 @@ from fusion.demo import documents as demo_data
 from fusion.ml import registry
 from fusion.ml.embeddings import compute_embeddings, embeddings_path
 from fusion.core.errors import UnknownProject
+from fusion.core.progress import Progress
+from fusion.ml.metrics import VersionMetrics
 from fusion.imaging.images import check_image_file
 from fusion.core.project import Project
 from fusion.core.settings import Settings
@@ -57,7 +59,7 @@ def _baseline_predates_ood(store: Store, project: Project) -> bool:
     """The active model is the demo's own baseline from before OOD scores (step 8): a demo then
     could not say "none of these", so it gets a new baseline. A version someone trained is kept."""
     version = registry.get_version(store, project.name, project.active_model)
-    return version.created_by == DEMO_USER and "ood" not in version.metrics
+    return version.created_by == DEMO_USER and version.metrics.ood is None
 
 
 def import_demo_items(settings: Settings, store: Store,
@@ -76,12 +78,12 @@ def import_demo_items(settings: Settings, store: Store,
 
 
 def train_demo_baseline(settings: Settings, store: Store,
-                        progress: Callable[[str, int, int], None] | None = None) -> tuple[str, dict]:
-    def report(row: dict) -> None:
-        if progress and row["stage"] == "encoding":
-            progress("encoding", row["step"], row["steps"])
-        elif progress and row["stage"] == "epoch":
-            progress("training", row["epoch"], row["epochs"])
+                        progress: Callable[[str, int, int], None] | None = None) -> tuple[str, VersionMetrics]:
+    def report(p: Progress) -> None:
+        if progress and p.stage == "encoding":
+            progress("encoding", p.step, p.steps)
+        elif progress and p.stage == "epoch":
+            progress("training", p.epoch, p.epochs)
 
     return train_version(settings, store, settings.demo_project, TrainConfig(), user=DEMO_USER, report=report)
 

@@ -1,7 +1,7 @@
 """What a worker runs for each kind of job: one base, a small variant a kind.
 
-Every kind reports its progress the same way, {"stage": ..., "step": n, "steps": m} (training adds
-its epochs), through the worker's `report`, which also raises JobCancelled once someone asked to
+Every kind reports its progress the same way, a fusion.core.progress.Progress (stage, step, steps;
+training adds its epochs), through the worker's `report`, which also raises JobCancelled once someone asked to
 cancel; the pages read it from the job's row (fusion.ui.job_view). Each variant calls the library
 function the CLI calls in the foreground (`import`, `export`, `demo`, `train`, ...), so a job and
 a command do the same work. Each loads what it needs when it runs: a worker that only imports
@@ -11,19 +11,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable
 
+from fusion.core.progress import Progress, Report, stage_progress
 from fusion.core.settings import Settings, describe_device
 from fusion.jobs.queue import Job, Jobs
 from fusion.store.labeling import Store
-
-Report = Callable[[dict], None]
-
-
-def stage_progress(report: Report) -> Callable[[str, int, int], None]:
-    """The library's `progress(stage, done, total)` as a job's report."""
-    return lambda stage, done, total: report({"stage": stage, "step": done, "steps": total})
-
 
 class JobKind:
     name = ""
@@ -38,13 +30,13 @@ class Train(JobKind):
 
     def run(self, settings, store, jobs, job, report):
         from fusion.ml import registry   # each kind loads what it needs
-        from fusion.ml.evaluation import ece_support
+        from fusion.ml.metrics import headlines
         from fusion.ml.train import TrainConfig, resolve_device, train_version
 
         config = TrainConfig.from_dict(job.params)
         if config.device == "auto":           # the job leaves it to the worker (`worker --device`)
             config.device = settings.device
-        jobs.beat(job.id, {"stage": "preparing"}, device=describe_device(resolve_device(config.device)))
+        jobs.beat(job.id, Progress("preparing"), device=describe_device(resolve_device(config.device)))
         resume = jobs.checkpoint_path(job.resume_of) if job.resume_of else None
         version, metrics = train_version(settings, store, job.project, config, user=job.created_by, report=report,
                                          job_id=job.id, checkpoint=jobs.checkpoint_path(job.id), resume=resume)
@@ -52,11 +44,9 @@ class Train(JobKind):
         if promoted:
             registry.promote(store, job.project, version, user=job.created_by, action="auto-promote")
             jobs.submit(job.project, "embed", {}, job.created_by)     # the new version's map, next
-        jobs.log(job.id, f"version {version}: test macro-F1 {metrics['test']['fused']['macro_f1']}"
+        jobs.log(job.id, f"version {version}: test macro-F1 {metrics.test['fused'].macro_f1}"
                          + (", promoted (beat the active version)" if promoted else ""))
-        return {"version": version, "promoted": promoted,
-                "test": {h: {**{k: s[k] for k in ("accuracy", "macro_f1", "ece")}, **ece_support(s)}  # with what the ECE rests on
-                         for h, s in metrics["test"].items()}}
+        return {"version": version, "promoted": promoted, "test": headlines(metrics.test)}
 
 
 class Prelabel(JobKind):

@@ -18,6 +18,8 @@ from sqlalchemy import select
 
 from fusion.core.atomic import pid_alive
 from fusion.core.errors import FusionError
+from fusion.core.progress import Progress
+from fusion.ml.metrics import EpochRecord, VersionMetrics, headlines
 from fusion.store.schema import JobRow, ModelVersionRow, ProjectRow
 from fusion.store.labeling import Store, utcnow
 
@@ -47,8 +49,8 @@ class Job:
     worker_pid: int | None
     worker_host: str | None
     device: str | None
-    progress: dict | None
-    curve: list | None
+    progress: Progress | None
+    curve: list[EpochRecord] | None     # a training job's epochs so far
     cancel_requested: bool
     resume_of: int | None
     error: str | None
@@ -90,7 +92,10 @@ class Jobs:
 
     # -- reading --------------------------------------------------------------------------
     def _job(self, row: JobRow, project: str) -> Job:
-        return Job(project=project, **{c: getattr(row, c) for c in _COLUMNS})
+        job = Job(project=project, **{c: getattr(row, c) for c in _COLUMNS})
+        job.progress = Progress.from_json(row.progress)
+        job.curve = [EpochRecord.from_json(r) for r in row.curve or []]
+        return job
 
     def get(self, job_id: int) -> Job:
         with self.db.read() as session:
@@ -119,13 +124,13 @@ class Jobs:
 
     # -- the app's side -------------------------------------------------------------------
     def submit(self, project: str, kind: str, params: dict, user: str, resume_of: int | None = None,
-               curve: list | None = None) -> Job:
+               curve: list[EpochRecord] | None = None) -> Job:
         if kind not in KINDS:
             raise FusionError(f"unknown job kind {kind!r}; known: {', '.join(KINDS)}")
         with self.db.write() as session:
             row = JobRow(project_id=self.store._project_row(session, project).id, kind=kind, params=params,
                          status="queued", created_at=utcnow(), created_by=user, cancel_requested=False,
-                         resume_of=resume_of, curve=curve or [])
+                         resume_of=resume_of, curve=[r.to_json() for r in curve or []])
             session.add(row)
             session.flush()
             job_id = row.id
@@ -177,16 +182,16 @@ class Jobs:
         self.log(job_id, f"started by worker pid {pid} on {HOST}")
         return self.get(job_id)
 
-    def beat(self, job_id: int, progress: dict | None = None, curve_row: dict | None = None,
+    def beat(self, job_id: int, progress: Progress | None = None, curve_row: EpochRecord | None = None,
              device: str | None = None) -> bool:
         """Heartbeat (+ progress); returns whether a cancel was requested."""
         with self.db.write() as session:
             row = session.get(JobRow, job_id)
             row.heartbeat_at = utcnow()
             if progress is not None:
-                row.progress = progress
+                row.progress = progress.to_json()
             if curve_row is not None:
-                row.curve = [*(row.curve or []), curve_row]  # a new list: JSON columns track assignment
+                row.curve = [*(row.curve or []), curve_row.to_json()]  # a new list: JSON columns track assignment
             if device is not None:
                 row.device = device
             return row.cancel_requested or row.status != "running"   # or it was ended as dead
@@ -205,8 +210,6 @@ class Jobs:
         ago (a worker on another machine). A training job whose worker died after registering its
         model version did its work: it is marked succeeded with that version, so nobody resumes
         it into a duplicate."""
-        from fusion.ml.evaluation import ece_support   # here, not at the top: it loads torch
-
         silent_since = utcnow() - timedelta(seconds=DEAD_AFTER_S)
 
         def dead(row: JobRow) -> bool:
@@ -228,8 +231,7 @@ class Jobs:
                 row.finished_at = utcnow()
                 if row.id in registered:
                     version, metrics = registered[row.id]
-                    test = {h: {**{k: scores.get(k) for k in ("accuracy", "macro_f1", "ece")}, **ece_support(scores)}
-                            for h, scores in (metrics or {}).get("test", {}).items()}
+                    test = headlines(VersionMetrics.from_json(metrics).test)
                     row.status, row.error = "succeeded", None
                     row.result = {"version": version, "promoted": False, "recovered": True, "test": test}
                     ended.append((row.id, f"succeeded: version {version} was registered before the worker "

@@ -20,6 +20,7 @@ import time
 import traceback
 
 from fusion.core.errors import FusionError, UnknownProject
+from fusion.core.progress import Progress
 from fusion.jobs.kinds import KINDS
 from fusion.jobs.queue import Job, JobCancelled, Jobs
 from fusion.jobs.recovery import active_uploads, describe, recover_files
@@ -172,23 +173,22 @@ def run_worker(settings: Settings, idle_exit_s: float = IDLE_EXIT_S, kinds: tupl
 def run_job(settings: Settings, store: Store, jobs: Jobs, job: Job) -> None:
     """Run one claimed job to its end state. A heartbeat thread keeps the job's row fresh (and
     notices cancel requests) even while one step runs long, e.g. encoding a batch."""
-    latest: dict = {}
+    latest: list[Progress | None] = [None]      # the newest report, for the heartbeat to write
     cancel = threading.Event()
     done = threading.Event()
 
     def heartbeat() -> None:
         while not done.wait(HEARTBEAT_S):
-            if jobs.beat(job.id, dict(latest) or None):
+            if jobs.beat(job.id, latest[0]):
                 cancel.set()
 
-    def report(progress: dict) -> None:
-        row = progress.pop("row", None)
-        latest.clear()
-        latest.update(progress)
+    def report(progress: Progress) -> None:
+        latest[0] = progress
+        row = progress.ended_epoch
         if row is not None:                 # an epoch ended: its curve point is written now
-            jobs.log(job.id, f"epoch {row['epoch']}: loss {row['loss']}, val macro-F1 "
-                             f"{row['val']['fused']['macro_f1']}, {row['samples_per_s']} samples/s")
-            if jobs.beat(job.id, dict(progress), curve_row=row):
+            jobs.log(job.id, f"epoch {row.epoch}: loss {row.loss}, val macro-F1 "
+                             f"{row.val['fused'].macro_f1}, {row.samples_per_s} samples/s")
+            if jobs.beat(job.id, progress, curve_row=row):
                 cancel.set()
         if cancel.is_set():
             raise JobCancelled()

@@ -1,8 +1,8 @@
 """Scores of a classifier's probabilities against the true labels, and temperature scaling.
 
-`scores` is what the registry stores for every head of every version: accuracy, macro-F1,
-per-class precision/recall/F1, the confusion matrix and the expected calibration error with
-what it rests on (items, occupied bins, each bin's count; `describe_ece` is how it is shown).
+`scores` is what the registry stores for every head of every version (fusion.ml.metrics.HeadScores):
+accuracy, macro-F1, per-class precision/recall/F1, the confusion matrix and the expected
+calibration error with what it rests on (items, occupied bins, each bin's count).
 `fit_temperature` calibrates a head on the validation split without claiming more certainty
 than that split's size supports.
 """
@@ -15,14 +15,9 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from fusion.ml.metrics import ECE_MIN_ITEMS, ClassScores, HeadScores, ReliabilityBin
+
 ECE_BINS = 15
-# Below this many items an ECE is flagged as too few to trust. Its sampling error: a perfectly
-# calibrated model whose m items share a bin of confidence c still shows |accuracy - c| of about
-# sqrt(2/pi) * sqrt(c (1 - c) / m), so its ECE is about 0.8 * sqrt(c (1 - c) * B / n) over B
-# occupied bins by chance alone: at c = 0.9 and one bin 0.028 at n = 72, 0.024 at n = 100 and
-# 0.012 at n = 400. Under 100 items that noise is as large as the miscalibration one wants to
-# see (a few hundredths), so the number is shown with its item count and this warning.
-ECE_MIN_ITEMS = 100
 TEMPERATURE_RANGE = (0.05, 20.0)     # fit_temperature's first grid
 TEMPERATURE_LIMITS = (1e-4, 1e4)     # how far it widens the grid when the best T is at an end
 
@@ -40,64 +35,39 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, bins: int
     return float(ece)
 
 
-def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
-    """Per confidence bin: its range, item count, mean confidence and accuracy (for a diagram)."""
+def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = ECE_BINS) -> list[ReliabilityBin]:
+    """Per occupied confidence bin: its range, item count, mean confidence and accuracy (for a diagram)."""
     confidence, correct = probs.max(1), probs.argmax(1) == targets
     edges = np.linspace(0.0, 1.0, bins + 1)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
-            rows.append({"lo": round(float(lo), 4), "hi": round(float(hi), 4), "count": int(in_bin.sum()),
-                         "confidence": round(float(confidence[in_bin].mean()), 4),
-                         "accuracy": round(float(correct[in_bin].mean()), 4)})
+            rows.append(ReliabilityBin(lo=round(float(lo), 4), hi=round(float(hi), 4), count=int(in_bin.sum()),
+                                       confidence=round(float(confidence[in_bin].mean()), 4),
+                                       accuracy=round(float(correct[in_bin].mean()), 4)))
     return rows
 
 
-def scores(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> dict:
+def scores(probs: np.ndarray, targets: np.ndarray, labels: list[str]) -> HeadScores:
     """probs (N, K), targets (N,) label indices."""
     k = len(labels)
     pred = probs.argmax(1)
     bins = reliability(probs, targets)
+    items = sum(b.count for b in bins)
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, pred, labels=np.arange(k), zero_division=0)
-    return {
-        "accuracy": round(float(accuracy_score(targets, pred)), 4),
+    return HeadScores(
+        accuracy=round(float(accuracy_score(targets, pred)), 4),
         # over the labels that occur (in truth or prediction): an absent label has no F1 to average
-        "macro_f1": round(float(f1_score(targets, pred, average="macro", zero_division=0)), 4),
-        "ece": round(expected_calibration_error(probs, targets), 4),
-        **ece_support({"reliability": bins}),      # what the ECE rests on: items, occupied bins, enough?
-        "per_class": {name: {"precision": round(float(p), 4), "recall": round(float(r), 4),
-                             "f1": round(float(f), 4), "support": int(s)}
-                      for name, p, r, f, s in zip(labels, precision, recall, f1, support)},
-        "confusion": confusion_matrix(targets, pred, labels=np.arange(k)).tolist(),  # rows: true, cols: predicted
-        "reliability": bins,
-    }
-
-
-def ece_support(s: dict) -> dict:
-    """What a `scores` dict's ECE rests on: the number of items, of occupied bins (each bin's
-    count is in its reliability rows) and whether the items are enough (ECE_MIN_ITEMS).
-    Registry rows older than these fields get them from their reliability bins; rows with
-    neither get None: unknown, never a guess."""
-    bins = s.get("reliability")
-    items = s.get("ece_items", sum(b["count"] for b in bins) if bins is not None else None)
-    occupied = s.get("ece_bins", len(bins) if bins is not None else None)
-    return {"ece_items": items, "ece_bins": occupied,
-            "ece_enough_items": s.get("ece_enough_items", None if items is None else items >= ECE_MIN_ITEMS)}
-
-
-def describe_ece(s: dict, prefix: str = "ECE ") -> str:
-    """The ECE with what it rests on, e.g. "ECE 0.015 (72 items, 2 bins; too few items to trust)":
-    the one way every page and command shows an ECE."""
-    if s.get("ece") is None:
-        return f"{prefix}unknown"
-    support = ece_support(s)
-    if support["ece_items"] is None:
-        return f"{prefix}{s['ece']:.3f} (item count unknown)"
-    bins = support["ece_bins"]
-    caveat = "" if support["ece_enough_items"] else "; too few items to trust"
-    return f"{prefix}{s['ece']:.3f} ({support['ece_items']} items, {bins} bin{'' if bins == 1 else 's'}{caveat})"
+        macro_f1=round(float(f1_score(targets, pred, average="macro", zero_division=0)), 4),
+        ece=round(expected_calibration_error(probs, targets), 4),
+        ece_items=items, ece_bins=len(bins), ece_enough_items=items >= ECE_MIN_ITEMS,
+        per_class={name: ClassScores(precision=round(float(p), 4), recall=round(float(r), 4), f1=round(float(f), 4),
+                                     support=int(n))
+                   for name, p, r, f, n in zip(labels, precision, recall, f1, support)},
+        confusion=confusion_matrix(targets, pred, labels=np.arange(k)).tolist(),
+        reliability=bins)
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from fusion.core.atomic import fsync_dir, temp_path
 from fusion.ml.encoders import ENCODERS_FILE
 from fusion.core.errors import FusionError
+from fusion.ml.metrics import VersionMetrics
 from fusion.ml.model import FusionModel
 from fusion.core.project import Project
 from fusion.ml.safe_weights import safetensors_metadata
@@ -36,11 +37,11 @@ class ModelVersion:
     job_id: int | None
     params: dict
     data: dict
-    metrics: dict
+    metrics: VersionMetrics
     active: bool
 
     def score(self, head: str = "fused", metric: str = "macro_f1") -> float | None:
-        return self.metrics.get("test", {}).get(head, {}).get(metric)
+        return self.metrics.score(head, metric)
 
 
 @dataclass
@@ -58,7 +59,7 @@ def _version_number(name: str) -> int:
 
 def save_version(store: Store, project: Project, fusion: FusionModel, extra_files: Callable[[Path], None],
                  parent: str | None, user: str, job_id: int | None, params: dict, data: dict,
-                 metrics: dict) -> str:
+                 metrics: VersionMetrics) -> str:
     """Register a version under the next free name. Returns the name.
 
     Like image files (fusion.store.blobs): the files are written to a staging folder, the row is
@@ -83,7 +84,7 @@ def save_version(store: Store, project: Project, fusion: FusionModel, extra_file
                 project_id = store._project_row(session, project.name).id
                 session.add(ModelVersionRow(project_id=project_id, version=version, parent=parent,
                                             created_at=utcnow(), created_by=user, job_id=job_id, params=params,
-                                            data=data, metrics=metrics))
+                                            data=data, metrics=metrics.to_json()))
         except IntegrityError:               # another trainer registered this name meanwhile
             shutil.rmtree(staged, ignore_errors=True)
             number += 1
@@ -123,8 +124,8 @@ def versions(store: Store, project_name: str) -> list[ModelVersion]:
     if any(p.parent.name not in known for p in (project.directory / "models").glob("v*/metrics.json")):
         _adopt_unregistered(store, project, known)
         return versions(store, project_name)
-    found = [ModelVersion(r.version, r.parent, r.created_at, r.created_by, r.job_id, r.params, r.data, r.metrics,
-                          r.version == project.active_model) for r in rows]
+    found = [ModelVersion(r.version, r.parent, r.created_at, r.created_by, r.job_id, r.params, r.data,
+                          VersionMetrics.from_json(r.metrics), r.version == project.active_model) for r in rows]
     return sorted(found, key=lambda v: _version_number(v.version), reverse=True)
 
 
@@ -176,9 +177,8 @@ def rollback(store: Store, project_name: str, user: str, to: str | None = None) 
     return promote(store, project_name, to, user, action="rollback")
 
 
-def beats_active(metrics: dict) -> bool:
+def beats_active(metrics: VersionMetrics) -> bool:
     """Auto-promotion rule: a higher fused macro-F1 than the active version on the same test
     items (or than zero-shot when none is active); ties keep the active one."""
-    new = metrics["test"]["fused"]["macro_f1"]
-    baseline = metrics.get("parent_test") or metrics["zero_shot_test"]
-    return new > baseline["fused"]["macro_f1"]
+    baseline = metrics.parent_test or metrics.zero_shot_test
+    return metrics.test["fused"].macro_f1 > baseline["fused"].macro_f1

@@ -17,7 +17,6 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,12 +28,14 @@ from torch.nn import functional as F
 from fusion.ml import ood
 from fusion.ml.checkpoints import load_checkpoint, save_checkpoint, trained_parameters
 from fusion.core.errors import FusionError
+from fusion.core.progress import Progress, Report
 from fusion.ml.evaluation import fit_temperature, scores
 from fusion.ml.features import FeatureSet, cache_features, load_feature_set
 from fusion.ml.finetune import (MODES, EndToEnd, HeadsOnFeatures, encoders_for_training, l2sp_penalty, merge_lora,
                        parameter_groups, pretrained_anchor)
 from fusion.ml.encoders import mean_pool, save_encoders
 from fusion.ml.inference import HEADS, autocast, predict_logits, version_logits
+from fusion.ml.metrics import EpochRecord, HeadScores, Heads, VersionMetrics
 from fusion.ml.model import FusionModel, ModelConfig
 from fusion.ml.probe import PooledFeatures, fit_linear_heads, logistic_probes, pooled_features
 from fusion.ml.training_data import Examples, labeled_examples, pixel_set
@@ -46,7 +47,6 @@ SIGNIFICANCE = 2.0        # standard errors by which fine-tuning must beat the p
 MIN_VALIDATION = 30       # validation items below which the probed start is kept
 MIN_STEPS_PER_EPOCH = 8   # small projects: an epoch repeats its items up to this many batches
 REPORT_EVERY_S = 1.0          # progress rows (and cancel checks) at most this often
-Report = Callable[[dict], None]  # receives progress; may raise to stop (the worker's cancel)
 
 
 @dataclass
@@ -113,14 +113,14 @@ def _macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return round(float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro", zero_division=0)), 4)
 
 
-def quick_scores(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, dict[str, float]]:
+def quick_scores(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> Heads:
     """Accuracy and macro-F1 of each head: what an epoch reports."""
-    return {h: {"accuracy": round(float((l.argmax(-1) == targets).float().mean()), 4),
-                "macro_f1": _macro_f1(l, targets)} for h, l in logits.items()}
+    return {h: HeadScores(accuracy=round(float((l.argmax(-1) == targets).float().mean()), 4),
+                          macro_f1=_macro_f1(l, targets)) for h, l in logits.items()}
 
 
 # -- the loop ------------------------------------------------------------------------------
-def _gpu_memory(device: str) -> dict:
+def _gpu_memory(device: str) -> dict[str, float]:
     if not device.startswith("cuda"):
         return {}
     return {"gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
@@ -161,7 +161,7 @@ def _fit_ood(trainable, train, val, device: str, mode: str) -> dict:
     return ood.fit(fusion, *train_z, *val_z)
 
 
-def _val_loss(trainable, val, device: str, mode: str, class_weights: torch.Tensor) -> tuple[float, torch.Tensor, dict]:
+def _val_loss(trainable, val, device: str, mode: str, class_weights: torch.Tensor) -> tuple[float, torch.Tensor, Heads]:
     """The joint loss on the validation split (what early stopping watches), each item's share of
     it (N,), and each head's scores."""
     logits = predict_logits(trainable, val, device, mode)
@@ -185,7 +185,7 @@ def _clearly_lower(items: torch.Tensor, start: torch.Tensor) -> bool:
 
 
 def fit(trainable, train, val, config: TrainConfig, device: str, report: Report | None = None,
-        checkpoint: Path | None = None, resume: Path | None = None) -> list[dict]:
+        checkpoint: Path | None = None, resume: Path | None = None) -> list[EpochRecord]:
     """Train `trainable` in place; leaves it at its best validation epoch. Returns one row per epoch.
 
     It starts from probed heads (fusion.ml.probe). Early stopping watches the joint validation loss,
@@ -213,7 +213,8 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
     best = {n: p.detach().clone() for n, p in trained_parameters(trainable).items()}
     if resume is not None:
         best, meta = load_checkpoint(resume, trainable, optimizer)
-        start, since_best, best_loss, history = meta["epoch"] + 1, meta["since_best"], meta["best_loss"], meta["history"]
+        start, since_best, best_loss = meta["epoch"] + 1, meta["since_best"], meta["best_loss"]
+        history = [EpochRecord.from_json(r) for r in meta["history"]]
 
     epoch_size = max(len(train), MIN_STEPS_PER_EPOCH * config.batch_size)
     steps = math.ceil(epoch_size / config.batch_size)
@@ -230,8 +231,8 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
                                                                   epoch_size)))
         seconds = time.perf_counter() - t0
         val_loss, val_items, val_scores = _val_loss(trainable, val, device, config.mode, class_weights)
-        row = {"epoch": epoch, "loss": round(total / max(seen, 1), 4), "val_loss": val_loss, "val": val_scores,
-               "seconds": round(seconds, 3), "samples_per_s": round(seen / seconds, 1)}
+        row = EpochRecord(epoch=epoch, loss=round(total / max(seen, 1), 4), val_loss=val_loss, val=val_scores,
+                          seconds=round(seconds, 3), samples_per_s=round(seen / seconds, 1))
         history.append(row)
         # Over frozen features the probed start is only replaced on clear evidence; when the
         # encoders train (partial, full) a lower validation loss is enough, as before.
@@ -242,13 +243,14 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
             since_best += 1
         if rank == 0 and checkpoint is not None:
             save_checkpoint(checkpoint, trainable, optimizer, best,
-                            {"epoch": epoch, "since_best": since_best, "best_loss": best_loss, "history": history})
+                            {"epoch": epoch, "since_best": since_best, "best_loss": best_loss,
+                             "history": [r.to_json() for r in history]})
         if report:
             elapsed = time.perf_counter() - started
-            report({"stage": "epoch", "epoch": epoch, "epochs": config.epochs, "step": steps, "steps": steps,
-                    "loss": row["loss"], "val_loss": val_loss, "best_val_loss": best_loss,
-                    "val_macro_f1": val_scores["fused"]["macro_f1"], "samples_per_s": row["samples_per_s"],
-                    "eta_s": round(elapsed / (epoch - start + 1) * (config.epochs - epoch), 1), "row": row})
+            report(Progress("epoch", epoch=epoch, epochs=config.epochs, step=steps, steps=steps, loss=row.loss,
+                            val_loss=val_loss, best_val_loss=best_loss, val_macro_f1=val_scores["fused"].macro_f1,
+                            samples_per_s=row.samples_per_s,
+                            eta_s=round(elapsed / (epoch - start + 1) * (config.epochs - epoch), 1), ended_epoch=row))
     with torch.no_grad():
         params = trained_parameters(trainable)
         for n, v in best.items():
@@ -286,13 +288,13 @@ def _train_epoch(model, trainable, train, order, steps: int, config: TrainConfig
 
 
 def _progress(config: TrainConfig, device: str, epoch: int, step: int, steps: int, total: float, seen: int,
-              epoch_started: float, epoch_size: int) -> dict:
+              epoch_started: float, epoch_size: int) -> Progress:
     """A training job's progress within an epoch: step, loss so far, speed and time left."""
     rate = seen / (time.perf_counter() - epoch_started)
     remaining = (config.epochs - epoch + 1) * epoch_size - seen
-    return {"stage": "training", "epoch": epoch, "epochs": config.epochs, "step": step + 1, "steps": steps,
-            "loss": round(total / seen, 4), "samples_per_s": round(rate, 1), "eta_s": round(remaining / rate, 1),
-            **_gpu_memory(device)}
+    return Progress("training", epoch=epoch, epochs=config.epochs, step=step + 1, steps=steps,
+                    loss=round(total / seen, 4), samples_per_s=round(rate, 1), eta_s=round(remaining / rate, 1),
+                    **_gpu_memory(device))
 
 
 # -- a model version -----------------------------------------------------------------------
@@ -300,7 +302,7 @@ def _encode(engine, project, examples: Examples, index: torch.Tensor, targets: l
             report: Report | None) -> FeatureSet:
     def progress(done, total):
         if report:
-            report({"stage": "encoding", "step": done, "steps": total})
+            report(Progress("encoding", step=done, steps=total))
     rows = index.tolist()
     files = cache_features(engine, project.directory / "features", [examples.paths[i] for i in rows],
                            [examples.texts[i] for i in rows], progress)
@@ -313,7 +315,7 @@ def _calibrate(trainable, val, device: str, mode: str) -> tuple[float, float, fl
     return tuple(fit_temperature(logits[h], val.targets) for h in HEADS)
 
 
-def _scores(logits: dict[str, torch.Tensor], targets: torch.Tensor, labels: list[str]) -> dict:
+def _scores(logits: dict[str, torch.Tensor], targets: torch.Tensor, labels: list[str]) -> Heads:
     return {h: scores(l.softmax(-1).numpy(), targets.numpy(), labels) for h, l in logits.items()}
 
 
@@ -331,7 +333,7 @@ def _training_data(engine, project, examples, targets: list[int], test_index: to
     else:
         test_features = _encode(engine, project, examples, test_index, targets, report)
         if report:
-            report({"stage": "decoding", "step": 0, "steps": len(targets)})
+            report(Progress("decoding", step=0, steps=len(targets)))
         data = pixel_set(examples.paths, examples.texts, targets, engine.text_encoder).on_gpu_if_it_fits(device)
     if rank == 0 and world > 1:
         dist.barrier()
@@ -349,7 +351,7 @@ def _trainable(engine, fusion: FusionModel, config: TrainConfig, device: str) ->
 
 def train_version(settings, store, project_name: str, config: TrainConfig, user: str,
                   report: Report | None = None, job_id: int | None = None,
-                  checkpoint: Path | None = None, resume: Path | None = None) -> tuple[str | None, dict]:
+                  checkpoint: Path | None = None, resume: Path | None = None) -> tuple[str | None, VersionMetrics]:
     """Train, calibrate, evaluate on the test split and register a new model version (not made
     active: see registry.promote). Returns (version, metrics); version is None on ranks > 0."""
     rank, world = distributed()
@@ -386,23 +388,24 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     ood_fit = _fit_ood(trainable, data.subset(split["train"]), data.subset(split["val"]), device, config.mode)
     test = data.subset(split["test"])
     test_logits = predict_logits(trainable, test, device, config.mode)
-    metrics = {
-        "test": _scores(test_logits, test.targets, project.label_names),
-        "zero_shot_test": zero_shot_test,
-        "probe_test": _probe_scores(data, test_features, split) if config.mode == "head" else None,
-        "temperatures": dict(zip(HEADS, fusion.config.temperatures)),
-        "ood": ood_fit,
-        "counts": {s: len(v) for s, v in split.items()},
-        "epochs_run": len(history),
-        "history": history,
-        "device": engine.device_name,
-        "world_size": world,
-        "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
-    }
+    metrics = VersionMetrics(
+        test=_scores(test_logits, test.targets, project.label_names),
+        zero_shot_test=zero_shot_test,
+        probe_test=_probe_scores(data, test_features, split) if config.mode == "head" else None,
+        temperatures=dict(zip(HEADS, fusion.config.temperatures)),
+        ood=ood_fit,
+        counts={s: len(v) for s, v in split.items()},
+        epochs_run=len(history),
+        history=history,
+        device=engine.device_name,
+        world_size=world,
+        seconds={"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
+    )
     if rank > 0:
         return None, metrics
     parent = project.active_model
-    metrics["parent_test"] = _parent_scores(engine, project, parent, test_features, examples, split["test"], device)
+    metrics = dataclasses.replace(metrics, parent_version=parent, parent_test=_parent_scores(
+        engine, project, parent, test_features, examples, split["test"], device))
 
     def extra_files(directory: Path) -> None:
         if config.mode != "head":
@@ -418,7 +421,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     return version, metrics
 
 
-def _probe_scores(data: FeatureSet, test: FeatureSet, split: dict[str, torch.Tensor]) -> dict | None:
+def _probe_scores(data: FeatureSet, test: FeatureSet, split: dict[str, torch.Tensor]) -> dict[str, float] | None:
     """Test accuracy of logistic regressions on the same frozen features (train split), beside
     the trained heads; None when a class has fewer than two training items."""
     train = data.subset(split["train"])
@@ -430,7 +433,7 @@ def _probe_scores(data: FeatureSet, test: FeatureSet, split: dict[str, torch.Ten
 
 
 def _parent_scores(engine, project, parent: str | None, test_features: FeatureSet, examples: Examples,
-                   test_index: torch.Tensor, device: str) -> dict | None:
+                   test_index: torch.Tensor, device: str) -> Heads | None:
     """The active version's scores on the same test items, for auto-promotion and comparison."""
     if parent is None:
         return None
@@ -440,4 +443,4 @@ def _parent_scores(engine, project, parent: str | None, test_features: FeatureSe
                                 [examples.texts[i] for i in rows], device)
     except (FileNotFoundError, FusionError):
         return None                                       # a version whose files are gone
-    return {"version": parent, **_scores(logits, test_features.targets, project.label_names)}
+    return _scores(logits, test_features.targets, project.label_names)

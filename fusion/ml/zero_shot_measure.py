@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import random
 from datetime import datetime, timezone
-from typing import Callable
 
 import torch
 
 from fusion.core.atomic import write_atomic
+from fusion.core.progress import Progress, Report
 from fusion.ml.features import cache_features, load_feature_set
 from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.pipeline import get_engine
@@ -37,7 +37,7 @@ def _accuracy(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[st
 
 
 def measure_zero_shot(settings, store, project_name: str, user: str,
-                      report: Callable[[dict], None] | None = None) -> dict:
+                      report: Report | None = None) -> dict:
     project = store.project(project_name)
     engine = get_engine(settings)
     examples = labeled_examples(store, project_name)
@@ -51,7 +51,7 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
     if rows:
         def progress(done, total):
             if report:
-                report({"stage": "encoding", "step": done, "steps": total})
+                report(Progress("encoding", step=done, steps=total))
 
         index = {name: k for k, name in enumerate(project.label_names)}
         files = cache_features(engine, project.directory / "features", [examples.paths[i] for i in rows],

@@ -7,8 +7,7 @@ pretrained features (and the version's own encoders when it fine-tuned them).
 """
 from __future__ import annotations
 
-from typing import Callable
-
+from fusion.core.progress import Progress, Report
 from fusion.imaging.images import load_image
 from fusion.ml.pipeline import compose_text, get_engine
 from fusion.services.review import QUEUE_STATUSES, store_ocr
@@ -18,7 +17,7 @@ from fusion.store.labeling import ItemFilter, Store
 BATCH = 64
 
 
-def prelabel_project(settings, store: Store, project_name: str, report: Callable[[dict], None] | None = None,
+def prelabel_project(settings, store: Store, project_name: str, report: Report | None = None,
                      user: str = "model") -> dict:
     project = store.project(project_name)
     engine = get_engine(settings)
@@ -27,7 +26,7 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
     unread = sum(i.ocr_text is None for i in items)
     done = read = 0
     if report:           # the page shows the total at once, not "0/…" for the whole first batch
-        report({"stage": "reading" if unread else "predicting", "step": 0, "steps": unread or len(items)})
+        report(Progress("reading" if unread else "predicting", step=0, steps=unread or len(items)))
     for start in range(0, len(items), BATCH):
         batch = items[start:start + BATCH]
         for n, item in enumerate(batch):
@@ -36,7 +35,7 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
                 batch[n] = store_ocr(store, project_name, item.id, ocr, user)
                 read += 1
                 if report:   # OCR takes seconds a page: say each one
-                    report({"stage": "reading", "step": read, "steps": unread})
+                    report(Progress("reading", step=read, steps=unread))
         paths = [store.image_path(i) for i in batch]
         texts = [compose_text(i.ocr_text or "", i.caption) for i in batch]
         found = item_predictions(engine, project, paths, texts, project.directory / "features")
@@ -47,6 +46,6 @@ def prelabel_project(settings, store: Store, project_name: str, report: Callable
                                     ood_score=named["ood_score"])
         done += len(batch)
         if report:
-            report({"stage": "predicting", "step": done, "steps": len(items)})
+            report(Progress("predicting", step=done, steps=len(items)))
     return {"version": version, "predicted": done, "read_by_ocr": read,
             "undecided": store.list_items(project_name, ItemFilter(status=QUEUE_STATUSES), limit=0).total}

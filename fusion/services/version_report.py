@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 
 from fusion.core.project import Project
+from fusion.ml.metrics import HeadScores, Heads
 from fusion.ml.registry import ModelVersion
 from fusion.ml.model import HEADS
-
 
 
 @dataclass
@@ -53,21 +53,21 @@ def changed(a: list[TestPrediction], b: list[TestPrediction]) -> list[tuple[Test
     return [(p, other[p.item_id]) for p in a if p.item_id in other and other[p.item_id].predicted != p.predicted]
 
 
-def scores_on_shared(a: list[TestPrediction], b: list[TestPrediction], heads) -> tuple[int, dict, dict]:
+def scores_on_shared(a: list[TestPrediction], b: list[TestPrediction], heads) -> tuple[int, Heads, Heads]:
     """Two versions' test predictions scored on the items both predicted (their test splits
-    differ once labels change): (how many, {head: {accuracy, macro_f1}} of a, the same of b)."""
+    differ once labels change): (how many, each head's accuracy and macro-F1 for a, the same for b)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     shared = {p.item_id for p in a} & {p.item_id for p in b}
 
-    def scores(predictions: list[TestPrediction]) -> dict:
+    def scores(predictions: list[TestPrediction]) -> Heads:
         mine = sorted((p for p in predictions if p.item_id in shared), key=lambda p: p.item_id)
         truth = [p.truth for p in mine]
         out = {}
         for head in heads:
             guess = [max(p.probs[head], key=p.probs[head].get) for p in mine]
-            out[head] = {"accuracy": accuracy_score(truth, guess) if mine else None,
-                         "macro_f1": f1_score(truth, guess, average="macro", zero_division=0) if mine else None}
+            out[head] = HeadScores(accuracy=accuracy_score(truth, guess) if mine else None,
+                                   macro_f1=f1_score(truth, guess, average="macro", zero_division=0) if mine else None)
         return out
     return len(shared), scores(a), scores(b)
 
@@ -81,17 +81,17 @@ def learning_curve(found: list[ModelVersion]) -> list[dict]:
     with at least two training items a class, a logistic regression on the same features."""
     points = []
     for v in found:
-        items = v.metrics.get("counts", {}).get("train")
+        items = v.metrics.counts.get("train")
         if items is None:
             continue
         points.append({"series": TRAINED, "version": v.version, "train_items": items,
                        "accuracy": v.score("fused", "accuracy"), "mode": v.params.get("mode")})
-        probe = (v.metrics.get("probe_test") or {}).get("concat")
+        probe = (v.metrics.probe_test or {}).get("concat")
         if probe is not None:
             points.append({"series": PROBE, "version": v.version, "train_items": items, "accuracy": probe,
                            "mode": "head"})
     newest = max(found, key=lambda v: v.created_at, default=None)
-    zero = newest.metrics.get("zero_shot_test", {}).get("fused", {}).get("accuracy") if newest else None
+    zero = newest.metrics.zero_shot_test.get("fused", HeadScores()).accuracy if newest else None
     if zero is not None:
         points.append({"series": ZERO_SHOT, "version": "zero-shot", "train_items": 0, "accuracy": zero, "mode": None})
     return sorted(points, key=lambda p: (p["series"], p["train_items"]))

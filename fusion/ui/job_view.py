@@ -13,12 +13,11 @@ STAGES = {"generating": "Generating documents", "importing": "Importing", "encod
 
 def job_progress(job: Job, stages: dict[str, str] = STAGES) -> None:
     """A queued or running job's progress bar; a failed or cancelled one's reason."""
-    p = job.progress or {}
+    p = job.progress
     if job.status == "queued":
         st.progress(0.0, text="Queued: waiting for the worker")
-    elif job.status == "running" and "steps" in p:
-        stage = stages.get(p.get("stage"), p.get("stage") or "Working")
-        st.progress(min(p["step"] / max(p["steps"], 1), 1.0), text=f"{stage}: {p['step']}/{p['steps']}")
+    elif job.status == "running" and p is not None and p.fraction() is not None:
+        st.progress(p.fraction(), text=f"{stages.get(p.stage, p.stage)}: {p.step}/{p.steps}")
     elif job.status == "running":
         st.progress(0.0, text="Starting…")
     elif job.status == "failed":
