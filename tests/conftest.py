@@ -14,6 +14,12 @@ ANNOTATOR = "annotator ana"
 # models built from EasyOCR's weights: built once per machine (~40 s), not once per workspace.
 os.environ.setdefault("FUSION_OCR_CACHE", str(Path(tempfile.gettempdir()) / "fusion-easyocr"))
 
+# Under `pytest -n N` each worker gets its share of the cores for torch's and ONNX Runtime's
+# thread pools (and so do the processes a test starts): N workers each running a pool as wide
+# as the machine wait on each other's spinning threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
 
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory) -> Path:
@@ -117,6 +123,18 @@ def make_corrected_project(settings, engine, demo_project, name: str, count: int
 @pytest.fixture(scope="session")
 def corrected(settings, engine, demo_project):
     return make_corrected_project(settings, engine, demo_project, "corrected")
+
+
+@pytest.fixture
+def deidentifying(monkeypatch):
+    """FUSION_DEIDENTIFY on for the app under test: its settings are a process-wide cache."""
+    from fusion.ui import resources as streamlit_cache
+
+    monkeypatch.setenv("FUSION_DEIDENTIFY", "1")
+    streamlit_cache.settings.clear()
+    yield
+    monkeypatch.delenv("FUSION_DEIDENTIFY")
+    streamlit_cache.settings.clear()
 
 
 @pytest.fixture(autouse=True)

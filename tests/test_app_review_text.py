@@ -7,7 +7,6 @@ import io
 import os
 from pathlib import Path
 
-import pytest
 from PIL import Image, ImageDraw, ImageFont
 from streamlit.testing.v1 import AppTest
 
@@ -73,18 +72,6 @@ def test_an_edited_page_text_is_saved_on_accept_and_shown_next_time(demo_project
     assert NEW_WORD in again.session_state["prediction"].ocr_text
     assert {h.action for h in store.history(demo_project.name, item.id)[before:]} <= {"predict"}
     assert store.item(demo_project.name, item.id).ocr_text == typed
-
-
-@pytest.fixture
-def deidentifying(monkeypatch):
-    """FUSION_DEIDENTIFY on for the app under test: its settings are a process-wide cache."""
-    from fusion.ui import resources as streamlit_cache
-
-    monkeypatch.setenv("FUSION_DEIDENTIFY", "1")
-    streamlit_cache.settings.clear()
-    yield
-    monkeypatch.delenv("FUSION_DEIDENTIFY")
-    streamlit_cache.settings.clear()
 
 
 def test_de_identified_the_page_text_is_read_only_and_not_saved(demo_project, deidentifying):

@@ -152,18 +152,6 @@ def phi_page() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def deidentifying(monkeypatch):
-    """FUSION_DEIDENTIFY on for the app under test: its settings are a process-wide cache."""
-    from fusion.ui import resources as streamlit_cache
-
-    monkeypatch.setenv("FUSION_DEIDENTIFY", "1")
-    streamlit_cache.settings.clear()
-    yield
-    monkeypatch.delenv("FUSION_DEIDENTIFY")
-    streamlit_cache.settings.clear()
-
-
 def test_review_page_shows_redacted_text_words_and_page(demo_project, deidentifying):
     from streamlit.testing.v1 import AppTest
 
@@ -406,6 +394,51 @@ def test_no_screen_or_cli_output_shows_phi_while_deidentifying(settings, demo_pr
             named = command[0] == "history" or not output   # label's and similar's JSON name no file
             assert "[NAME]" in printed or not named, (command, printed)
             assert not [s for s in ("Doe", "00123456", "Hale", "2024-01-05") if s in printed], (command, printed)
+
+
+def test_the_evaluate_page_shows_no_phi_while_deidentifying(settings, demo_project, deidentifying):
+    """A version trained on pages whose test split holds a misread page with PHI in its file name,
+    caption and text: its scores, the confusion cell, the error table and the Grad-CAM gallery
+    (with its words and reason) show it redacted."""
+    from streamlit.testing.v1 import AppTest
+
+    from fusion.imaging.images import check_image_file
+    from fusion.imaging.ocr import ENGINE
+    from fusion.ml.train import TrainConfig, train_version
+    from fusion.services.version_report import test_predictions
+    from fusion.store.labeling import NewItem, open_store, split_of
+
+    store, name = open_store(settings), "phi-evaluate"
+    store.create_project(name, {"lab": "", "cardio": ""}, user="tester")
+    new = [NewItem(check_image_file(data, settings), f"{label}_{n}.png", label, "", text, words, ENGINE)
+           for n in range(12) for label, lines in (("lab", [f"Hemoglobin 1{n % 5}.{n} g/dL", "Hematocrit 41 %"]),
+                                                   ("cardio", [f"ECG sinus rhythm {60 + n} bpm", "QT interval 410 ms"]))
+           for data, text, words in [page_with_words(lines, bytes([n, 7, len(label)]))]]
+    for tag in range(256):   # the PHI page in the test split, labeled cardio though it reads as a lab page
+        data, text, words = page_with_words(["Patient: Jane Doe", "MRN 00123456", "Hemoglobin 13.2 g/dL"],
+                                            bytes([tag, 1, 1]))
+        secret = check_image_file(data, settings)
+        if split_of(secret.sha256) == "test":
+            break
+    new.append(NewItem(secret, "Jane_Doe_2024-01-05.png", "cardio", "seen by Dr. Hale on 2024-01-05", text, words,
+                       ENGINE))
+    store.add_items(name, new, user="tester")
+    version, _ = train_version(settings, store, name, TrainConfig(epochs=3), user="tester")
+    secret_id = next(i.id for i in store.iter_items(name) if "Doe" in i.filename)
+    tested = {p.item_id: p for p in test_predictions(store, store.project(name), version)}
+    assert tested[secret_id].predicted == "lab"          # misread: it is in the error table and the gallery
+
+    app = AppTest.from_file(str(APP), default_timeout=300)
+    app.session_state["user"] = "reviewer"
+    app.session_state["project"] = name
+    app.run()
+    app.switch_page("pages/evaluate.py").run()
+    app.session_state["confusion"] = {"selection": {"points": [{"x": "lab", "y": "cardio"}]}}
+    app.toggle(key="eval_gradcam").set_value(True).run()
+    assert not app.exception, app.exception
+    screen = everything_shown(app)
+    assert screen.count("[NAME]_[DATE].png") >= 2 and "predicted lab" in screen   # cell, errors, gallery
+    assert not [s for s in ("Doe", "00123456", "Hale", "2024-01-05") if s in screen]
 
 
 # ---- logs ---------------------------------------------------------------------------------------
