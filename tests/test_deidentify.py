@@ -182,6 +182,8 @@ def test_review_page_shows_redacted_text_words_and_page(demo_project, deidentify
     words = next(m.value for m in app.markdown if "<span" in m.value)
     assert "[NAME]" in words and "Hemoglobin" in words
     assert not any(secret in words for secret in ("Doe", "00123456", "Hale", "2024-01-05"))
+    screen = everything_shown(app)                              # and nowhere else on the page
+    assert "Dr. [NAME] on [DATE]" in screen and not [s for s in ("Doe", "00123456", "Hale", "2024-01-05") if s in screen]
 
     # The model read the original text; the picture blacks out the words OCR found PHI in.
     page = app.session_state["page"]
