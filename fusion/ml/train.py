@@ -17,6 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -246,11 +247,7 @@ def fit(trainable, train, val, config: TrainConfig, device: str, report: Report 
                             {"epoch": epoch, "since_best": since_best, "best_loss": best_loss,
                              "history": [r.to_json() for r in history]})
         if report:
-            elapsed = time.perf_counter() - started
-            report(Progress("epoch", epoch=epoch, epochs=config.epochs, step=steps, steps=steps, loss=row.loss,
-                            val_loss=val_loss, best_val_loss=best_loss, val_macro_f1=val_scores["fused"].macro_f1,
-                            samples_per_s=row.samples_per_s,
-                            eta_s=round(elapsed / (epoch - start + 1) * (config.epochs - epoch), 1), ended_epoch=row))
+            report(_epoch_ended(config, row, steps, best_loss, (time.perf_counter() - started) / (epoch - start + 1)))
     with torch.no_grad():
         params = trained_parameters(trainable)
         for n, v in best.items():
@@ -285,6 +282,14 @@ def _train_epoch(model, trainable, train, order, steps: int, config: TrainConfig
             last_report = time.perf_counter()
             progress(step, total, seen)
     return total, seen
+
+
+def _epoch_ended(config: TrainConfig, row: EpochRecord, steps: int, best_loss: float, epoch_seconds: float) -> Progress:
+    """A training job's progress at an epoch's end, with the epoch's record for its curve."""
+    return Progress("epoch", epoch=row.epoch, epochs=config.epochs, step=steps, steps=steps, loss=row.loss,
+                    val_loss=row.val_loss, best_val_loss=best_loss, val_macro_f1=row.val["fused"].macro_f1,
+                    samples_per_s=row.samples_per_s, eta_s=round(epoch_seconds * (config.epochs - row.epoch), 1),
+                    ended_epoch=row)
 
 
 def _progress(config: TrainConfig, device: str, epoch: int, step: int, steps: int, total: float, seen: int,
@@ -388,37 +393,38 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     ood_fit = _fit_ood(trainable, data.subset(split["train"]), data.subset(split["val"]), device, config.mode)
     test = data.subset(split["test"])
     test_logits = predict_logits(trainable, test, device, config.mode)
+    parent = project.active_model    # its scores on the same test items (rank 0 only: it registers)
     metrics = VersionMetrics(
-        test=_scores(test_logits, test.targets, project.label_names),
-        zero_shot_test=zero_shot_test,
+        test=_scores(test_logits, test.targets, project.label_names), zero_shot_test=zero_shot_test,
         probe_test=_probe_scores(data, test_features, split) if config.mode == "head" else None,
-        temperatures=dict(zip(HEADS, fusion.config.temperatures)),
-        ood=ood_fit,
-        counts={s: len(v) for s, v in split.items()},
-        epochs_run=len(history),
-        history=history,
-        device=engine.device_name,
-        world_size=world,
-        seconds={"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
-    )
+        parent_version=parent, parent_test=None if rank > 0 else _parent_scores(
+            engine, project, parent, test_features, examples, split["test"], device),
+        temperatures=dict(zip(HEADS, fusion.config.temperatures)), ood=ood_fit,
+        counts={s: len(v) for s, v in split.items()}, epochs_run=len(history), history=history,
+        device=engine.device_name, world_size=world,
+        seconds={"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)})
     if rank > 0:
         return None, metrics
-    parent = project.active_model
-    metrics = dataclasses.replace(metrics, parent_version=parent, parent_test=_parent_scores(
-        engine, project, parent, test_features, examples, split["test"], device))
+    version = registry.save_version(store, project, fusion.cpu(), _version_files(config, trainable, examples, split,
+                                                                                 project, test_logits),
+                                    parent=parent, user=user, job_id=job_id, params=asdict(config),
+                                    data=examples.snapshot(), metrics=metrics)
+    return version, metrics
 
-    def extra_files(directory: Path) -> None:
+
+def _version_files(config: TrainConfig, trainable, examples: Examples, split: dict[str, torch.Tensor], project,
+                   test_logits: dict[str, torch.Tensor]) -> Callable[[Path], None]:
+    """What a version's folder holds beside the fusion model: the fine-tuned encoders (partial
+    and full modes) and each test item's probabilities, which the Evaluate page's error gallery
+    and comparisons read."""
+    def write(directory: Path) -> None:
         if config.mode != "head":
             save_encoders(directory, trainable.image_encoder, trainable.text_encoder)
-        # Per-item test probabilities: what the Evaluate page's error gallery and comparisons read.
         (directory / "test_predictions.json").write_text(json.dumps({
             "item_ids": [examples.ids[i] for i in split["test"].tolist()], "labels": project.label_names,
             "probs": {h: [[round(x, 5) for x in row] for row in l.softmax(-1).tolist()] for h, l in test_logits.items()},
         }))
-
-    version = registry.save_version(store, project, fusion.cpu(), extra_files, parent=parent, user=user,
-                                    job_id=job_id, params=asdict(config), data=examples.snapshot(), metrics=metrics)
-    return version, metrics
+    return write
 
 
 def _probe_scores(data: FeatureSet, test: FeatureSet, split: dict[str, torch.Tensor]) -> dict[str, float] | None:
