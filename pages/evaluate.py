@@ -156,7 +156,8 @@ else:
 
 reliability_chart(chosen)
 with st.expander("Per-class precision, recall and F1", expanded=False):
-    st.dataframe(pd.DataFrame([{"label": k, **dataclasses.asdict(s)} for k, s in chosen.metrics.test["fused"].per_class.items()]),
+    per_class = chosen.metrics.test["fused"].per_class
+    st.dataframe(pd.DataFrame([{"label": k, **dataclasses.asdict(s)} for k, s in per_class.items()]),
                  hide_index=True, width="stretch")
 
 st.subheader("Errors")

@@ -92,7 +92,8 @@ def progress_of(job: Job) -> None:
         if p.stage in ("training", "epoch"):
             done = (p.epoch - 1 + p.step / p.steps) / p.epochs
             eta = p.eta_s or 0
-            left = f", about {eta / 60:.0f} min left at most" if eta > 90 else f", under {max(eta, 1):.0f} s left at most"
+            left = (f", about {eta / 60:.0f} min left at most" if eta > 90
+                    else f", under {max(eta, 1):.0f} s left at most")
             st.progress(min(done, 1.0), text=f"Epoch {p.epoch}/{p.epochs}, step {p.step}/{p.steps}: "
                                              f"loss {p.loss}, {p.samples_per_s:.0f} samples/s{left}")
         elif p.stage == "encoding":
@@ -168,7 +169,8 @@ def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
         shared, scores_a, scores_b = version_report.scores_on_shared(tested_a, tested_b, HEADS)
         st.caption(f"{a.version} was tested on {len(tested_a)} items and {b.version} on {len(tested_b)}: accuracy "
                    f"and macro-F1 below are on the {shared} test items both saw (each ECE on its own test split).")
-    heads = pd.DataFrame([{"head": h, "metric": m, a.version: getattr(scores_a[h], m), b.version: getattr(scores_b[h], m)}
+    heads = pd.DataFrame([{"head": h, "metric": m, a.version: getattr(scores_a[h], m),
+                           b.version: getattr(scores_b[h], m)}
                           for h in HEADS for m in ("accuracy", "macro_f1")])
     # the ECEs apart: each with the items and bins it rests on, a text beside no bare number
     ece = pd.DataFrame([{"head": h, f"ECE {a.version}": a.metrics.test[h].describe_ece(prefix=""),

@@ -1,8 +1,8 @@
 """What a worker runs for each kind of job: one base, a small variant a kind.
 
 Every kind reports its progress the same way, a fusion.core.progress.Progress (stage, step, steps;
-training adds its epochs), through the worker's `report`, which also raises JobCancelled once someone asked to
-cancel; the pages read it from the job's row (fusion.ui.job_view). Each variant calls the library
+training adds its epochs), through the worker's `report`, which also raises JobCancelled once
+someone asked to cancel; the pages read it from the job's row (fusion.ui.job_view). Each variant calls the library
 function the CLI calls in the foreground (`import`, `export`, `demo`, `train`, ...), so a job and
 a command do the same work. Each loads what it needs when it runs: a worker that only imports
 never loads torch.
