@@ -107,3 +107,57 @@ def test_learning_curve_starts_at_zero_shot_and_puts_the_probe_beside_versions()
     points = learning_curve([version("v2", 40, 0.9, 0.88, 2), version("v1", 6, 0.7, None, 1)])
     assert [(p["series"], p["train_items"], p["accuracy"]) for p in points] == [
         (PROBE, 40, 0.88), (TRAINED, 6, 0.7), (TRAINED, 40, 0.9), (ZERO_SHOT, 0, 0.42)]
+
+
+def _pages_and_a_noisy_prior(prior_noise: float):
+    """90 pages of 3 classes whose text features cluster by class, and a zero-shot model whose text
+    prior reads them through label vectors blurred by `prior_noise`."""
+    from fusion.ml.features import FeatureSet
+
+    torch.manual_seed(1)
+    targets = torch.arange(90) % 3
+    centres = torch.nn.functional.normalize(torch.randn(3, 384), dim=-1)
+    words = torch.nn.functional.normalize(centres[targets] + 0.06 * torch.randn(90, 384), dim=-1)
+    tokens = words.unsqueeze(1).expand(-1, 3, -1).contiguous()
+    pages = FeatureSet(torch.zeros(90, 49, 1280), tokens, torch.ones(90, 3, dtype=torch.long),
+                       torch.ones(90, dtype=torch.bool), targets, torch.zeros(90, 1, 384))
+    model = FusionModel(ModelConfig(["a", "b", "c"], text_scale=5.0)).eval()
+    with torch.no_grad():
+        model.label_embeddings.copy_(torch.nn.functional.normalize(centres + prior_noise * torch.randn(3, 384), dim=-1))
+    return model, pages
+
+
+def test_zero_shot_adapted_to_the_pages_learns_what_its_surest_pages_share():
+    """Self-training: the pages zero-shot is surest of teach the heads the features that tell the
+    classes apart; no target is read."""
+    from fusion.ml.inference import predict_logits
+    from fusion.ml.finetune import HeadsOnFeatures
+    from fusion.ml.zero_shot_adapt import adapt_to_pages, confident_share
+
+    model, pages = _pages_and_a_noisy_prior(0.35)
+    accuracy = lambda m: float((predict_logits(HeadsOnFeatures(m), pages, "cpu")["fused"].argmax(-1) == pages.targets).float().mean())
+    before = accuracy(model)
+    assert 0.6 < before < 0.9
+    secret = pages.targets.clone()
+    pages.targets.fill_(0)                                # adaptation must not read them
+    adaptation = adapt_to_pages(model, pages)
+    pages.targets.copy_(secret)
+    assert adaptation.model is not None and adaptation.pages == 90, adaptation.why
+    assert sum(adaptation.per_label.values()) == 90
+    assert accuracy(adaptation.model) >= 0.97 > before
+    assert accuracy(model) == before                      # the zero-shot model itself is left as it was
+    assert abs(adaptation.model.prior_weights[1]) < 0.05   # the prior that chose the pages is off
+
+    rows, labels = confident_share(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3], [0.8, 0.2]]), 0.5)
+    assert rows.tolist() == [0, 2, 4] and labels.tolist() == [0, 1, 0]
+
+
+def test_zero_shot_is_not_adapted_when_a_label_gets_too_few_pages():
+    from fusion.ml.zero_shot_adapt import MIN_PAGES, adapt_to_pages
+
+    model, pages = _pages_and_a_noisy_prior(0.35)
+    with torch.no_grad():                                 # label "c" points away from its pages: zero-shot never says c
+        model.label_embeddings[2] *= -1
+    adaptation = adapt_to_pages(model, pages)
+    assert adaptation.model is None and adaptation.per_label["c"] < MIN_PAGES
+    assert "c" in adaptation.why and "too few" in adaptation.why

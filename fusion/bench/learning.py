@@ -6,6 +6,9 @@ one are left out). For each text source (the project's own OCR, read here and ca
 workspace, and the reference text), over seeded stratified half/half splits:
 - zero-shot (label names only, or with --descriptions): each head, with one vote each for the
   two priors and with their votes weighed on the training half's labels (`zero_shot_measured`);
+  and each of them adapted to the training half's pages, whose labels it does not read
+  (`zero_shot_adapted`, `zero_shot_measured_adapted`: fusion.ml.zero_shot_adapt; the measured one
+  checked and calibrated on the training half's labels, as a project's labeled items do);
 - trained in head mode through training's own `fit` (the training half split 85/15 into train and
   validation): each head; and the heads as fine-tuning starts from them (`probed_only`);
 - beside them, logistic regressions (scikit-learn, defaults) on the very same frozen features:
@@ -109,13 +112,20 @@ def _train_heads(engine, config, features, train: np.ndarray, val: np.ndarray, s
 def _measured_zero_shot(engine, config, labeled):
     """The zero-shot model with its priors' votes weighed on labeled pages, as a project's
     zero-shot measurement does (fusion.ml.zero_shot_measure)."""
-    from fusion.ml.finetune import HeadsOnFeatures
     from fusion.ml.probe import pooled_features, weigh_zero_shot_votes
     from fusion.ml.zeroshot import build_zero_shot_model
 
     model = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
     weigh_zero_shot_votes(model, pooled_features(model, [labeled.inputs("cpu")]), labeled.targets)
-    return HeadsOnFeatures(model)
+    return model
+
+
+def _adapted(model, pages, labeled=None):
+    """`model` adapted to `pages` (their labels unread), as a project's measurement does; `model`
+    itself where adaptation declined."""
+    from fusion.ml.zero_shot_adapt import adapted_zero_shot
+
+    return adapted_zero_shot(model, pages, labeled).model or model
 
 
 def _partial_mode(engine, config, paths: list[Path], texts: list[str], targets: np.ndarray, epochs: int) -> dict:
@@ -160,17 +170,19 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
     from fusion.ml.zeroshot import build_zero_shot_model
 
     targets = features.targets.numpy()
-    zero_shot = HeadsOnFeatures(build_zero_shot_model(config, engine.image_encoder, engine.text_encoder))
-    runs = {"zero_shot": [], "zero_shot_measured": [], "head": [], "probed_only": [], "probe": [],
-            "probe_whole_half": []}
+    zero_shot = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
+    runs = {"zero_shot": [], "zero_shot_measured": [], "zero_shot_adapted": [], "zero_shot_measured_adapted": [],
+            "head": [], "probed_only": [], "probe": [], "probe_whole_half": []}
     curve = {k: [] for k in shots}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         pool, test = _split(targets, 0.5, rng)
-        test_set = features.subset(torch.tensor(test))
-        runs["zero_shot"].append(_accuracy(predict_logits(zero_shot, test_set, "cpu"), targets[test]))
-        measured = _measured_zero_shot(engine, config, features.subset(torch.tensor(pool)))
-        runs["zero_shot_measured"].append(_accuracy(predict_logits(measured, test_set, "cpu"), targets[test]))
+        test_set, pool_set = features.subset(torch.tensor(test)), features.subset(torch.tensor(pool))
+        measured = _measured_zero_shot(engine, config, pool_set)
+        for name, model in (("zero_shot", zero_shot), ("zero_shot_measured", measured),
+                            ("zero_shot_adapted", _adapted(zero_shot, pool_set)),
+                            ("zero_shot_measured_adapted", _adapted(measured, pool_set, pool_set))):
+            runs[name].append(_accuracy(predict_logits(HeadsOnFeatures(model), test_set, "cpu"), targets[test]))
         train, val = _split(targets[pool], VALIDATION_SHARE, rng)
         trained = _train_heads(engine, config, features, pool[train], pool[val], seed)
         runs["head"].append(_accuracy(predict_logits(trained, test_set, "cpu"), targets[test]))

@@ -1,18 +1,21 @@
-"""A project's zero-shot, measured on its labeled items: what each prior carries, and the
-accuracy a user sees change as they write the labels' descriptions.
+"""A project's zero-shot, measured on its labeled items and adapted to its pages: what each prior
+carries, and the accuracy a user sees change as they write the labels' descriptions.
 
 Measuring fits the two priors' weights to the labeled train and validation items (two numbers,
-nothing else learns;
-fusion.ml.probe.weigh_zero_shot_votes) and writes <project>/zero_shot.json: the descriptions measured,
-the votes, and each head's accuracy on every labeled item with the priors weighted and not. The app's and the
-CLI's zero-shot model reads the votes while the descriptions are unchanged
-(zeroshot.project_zero_shot_model). It runs as a job of the worker ("zero_shot") after the
-descriptions change, and at `python -m fusion zero-shot NAME`.
+nothing else learns; fusion.ml.probe.weigh_zero_shot_votes), then adapts that model to the
+project's pages outside the test split (fusion.ml.zero_shot_adapt), and writes
+<project>/zero_shot.json: the descriptions measured, the votes, what adaptation read and found,
+and each head's accuracy on every labeled item with the priors weighted and not, and adapted.
+The adapted model goes to <project>/zero_shot_adapted/<time>/. The app's and the CLI's zero-shot
+model reads them while the descriptions are unchanged (zeroshot.project_zero_shot_model). It
+runs as a job of the worker ("zero_shot") after the descriptions change, from the Train page,
+and at `python -m fusion zero-shot NAME`.
 """
 from __future__ import annotations
 
 import json
 import random
+import shutil
 from datetime import datetime, timezone
 
 import torch
@@ -21,11 +24,12 @@ from fusion.core.atomic import write_atomic
 from fusion.core.progress import Progress, Report
 from fusion.ml.features import cache_features, load_feature_set
 from fusion.ml.finetune import HeadsOnFeatures
-from fusion.ml.pipeline import get_engine
+from fusion.ml.pipeline import compose_text, get_engine
 from fusion.ml.probe import weigh_zero_shot_votes, pooled_features
 from fusion.ml.inference import HEADS, predict_logits
 from fusion.ml.training_data import labeled_examples
-from fusion.ml.zeroshot import MEASURED_FILE, TEXT_PRIOR, build_zero_shot_model
+from fusion.ml.zero_shot_adapt import adapted_zero_shot
+from fusion.ml.zeroshot import ADAPTED_DIR, MEASURED_FILE, TEXT_PRIOR, build_zero_shot_model
 from fusion.ml.model import ModelConfig
 
 MAX_ITEMS = 2000      # a seeded sample of a larger project: features of 2,000 pages take ~0.5 GB
@@ -36,29 +40,64 @@ def _accuracy(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[st
     return {h: round(float((logits[h].argmax(-1) == targets).float().mean()), 4) for h in HEADS}
 
 
+def _sample(rows: list, seed: int = 0) -> list:
+    return sorted(random.Random(seed).sample(rows, MAX_ITEMS)) if len(rows) > MAX_ITEMS else rows
+
+
+def _pages(store, project_name: str) -> tuple[list, list[str], int]:
+    """The pages adaptation reads (outside the test split, their text read): paths and texts;
+    and how many pages were left out because no one has read their text yet (pre-labeling does)."""
+    paths, texts, unread = [], [], 0
+    for item in store.iter_items(project_name):
+        if item.split == "test":
+            continue
+        if item.ocr_text is None and not item.caption:
+            unread += 1
+            continue
+        paths.append(store.image_path(item))
+        texts.append(compose_text(item.ocr_text or "", item.caption))
+    rows = _sample(list(range(len(paths))))
+    return [paths[i] for i in rows], [texts[i] for i in rows], unread
+
+
+def _save_adapted(project, model) -> str:
+    """The adapted model in a folder of its own (the one before it is kept, for a reader that
+    read the old measurement just before); returns the folder's name."""
+    folder = project.directory / ADAPTED_DIR
+    name = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    model.save(folder / name)
+    return name
+
+
+def _remove_older_adapted(project, keep: set[str]) -> None:
+    folder = project.directory / ADAPTED_DIR
+    older = sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in keep) if folder.is_dir() else []
+    for path in older[:-1]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def measure_zero_shot(settings, store, project_name: str, user: str,
                       report: Report | None = None) -> dict:
     project = store.project(project_name)
     engine = get_engine(settings)
     examples = labeled_examples(store, project_name)
-    rows = list(range(len(examples.ids)))
-    if len(rows) > MAX_ITEMS:
-        rows = sorted(random.Random(0).sample(rows, MAX_ITEMS))
+    rows = _sample(list(range(len(examples.ids))))
     result = {"descriptions": project.labels, "prior": TEXT_PRIOR, "items": len(rows), "labeled_items": len(examples.ids),
               "measured_by": user, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     model = build_zero_shot_model(ModelConfig(project.label_names, project.labels, settings.fusion),
                                   engine.image_encoder, engine.text_encoder).to(engine.device)
-    if rows:
-        def progress(done, total):
-            if report:
-                report(Progress("encoding", step=done, steps=total))
 
+    def progress(stage):
+        return lambda done, total: report and report(Progress(stage, step=done, steps=total))
+
+    features = fit_on = None
+    if rows:
         index = {name: k for k, name in enumerate(project.label_names)}
         files = cache_features(engine, project.directory / "features", [examples.paths[i] for i in rows],
-                               [examples.texts[i] for i in rows], progress)
+                               [examples.texts[i] for i in rows], progress("encoding"))
         features = load_feature_set(files, [index[examples.labels[i]] for i in rows])
-        targets = features.targets
-        result["accuracy_unweighted"] = _accuracy(predict_logits(HeadsOnFeatures(model), features, engine.device), targets)
+        result["accuracy_unweighted"] = _accuracy(predict_logits(HeadsOnFeatures(model), features, engine.device),
+                                                  features.targets)
         # Weights fitted on the train and validation items only: the test split scores versions.
         fit_on = features.subset(torch.tensor([n for n, i in enumerate(rows) if examples.splits[i] != "test"],
                                               dtype=torch.long))
@@ -67,9 +106,21 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
                        for i in range(0, len(fit_on), BATCH))
             weigh_zero_shot_votes(model, pooled_features(model, batches), fit_on.targets.to(engine.device))
             result["votes"] = [round(w, 5) for w in model.fusion_weights.tolist()]
-        result["accuracy"] = _accuracy(predict_logits(HeadsOnFeatures(model), features, engine.device), targets)
+        result["accuracy"] = _accuracy(predict_logits(HeadsOnFeatures(model), features, engine.device), features.targets)
+
+    paths, texts, unread = _pages(store, project_name)
+    pages = load_feature_set(cache_features(engine, project.directory / "features", paths, texts,
+                                            progress("reading pages")), [0] * len(paths)) if paths else []
+    adaptation = adapted_zero_shot(model, pages, fit_on, engine.device)
+    result["adaptation"] = {**adaptation.to_json(), "unread_pages": unread}
+    if adaptation.model is not None:
+        result["adapted_model"] = _save_adapted(project, adaptation.model)
+        if features is not None:
+            result["accuracy_adapted"] = _accuracy(
+                predict_logits(HeadsOnFeatures(adaptation.model), features, engine.device), features.targets)
     write_atomic(project.directory / MEASURED_FILE, lambda tmp: tmp.write_text(json.dumps(result, indent=2)))
-    engine.forget_models()                     # the next zero-shot prediction reads the new weights
+    _remove_older_adapted(project, {result.get("adapted_model")})
+    engine.forget_models()                     # the next zero-shot prediction reads the new model
     return result
 
 

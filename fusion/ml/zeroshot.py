@@ -9,7 +9,9 @@ No CLIP-like weights exist offline, so both priors go through MiniLM:
 The priors become frozen buffers of a FusionModel whose residual heads are zero (see model.py).
 Each prior has one vote in the fused opinion until the project's labeled items have measured how
 much it carries (fusion.ml.zero_shot_measure; an image prior scored 0.58 on 90 real pages and the text
-prior 0.44, and unweighted the louder text prior decided: fused 0.46).
+prior 0.44, and unweighted the louder text prior decided: fused 0.46). The measurement also
+adapts the model to the project's own pages (fusion.ml.zero_shot_adapt); the project's zero-shot
+is then that model.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import re
 import torch
 
 from fusion.ml.encoders import ImageEncoder, TextEncoder, imagenet_class_names
+from fusion.core.errors import FusionError
 from fusion.ml.model import FusionModel, ModelConfig
 from fusion.core.project import Project
 
@@ -49,30 +52,37 @@ def _imagenet_name_embeddings(text_encoder: TextEncoder) -> torch.Tensor:
 
 
 MEASURED_FILE = "zero_shot.json"   # in the project's folder: fusion.ml.zero_shot_measure writes it
+ADAPTED_DIR = "zero_shot_adapted"  # in the project's folder: the adapted models (fusion.ml.zero_shot_adapt)
 TEXT_PRIOR = "line vote"           # what the text prior is: votes measured for another one don't apply
 
 
-def measured_votes(project: Project) -> list[float] | None:
-    """The priors' votes in the fused opinion, measured on the project's labeled items, if they
-    were measured with its current labels and descriptions."""
-    path = project.directory / MEASURED_FILE
+def current_measurement(project: Project) -> dict:
+    """What the last zero-shot measurement stored, if it measured the project's current labels,
+    descriptions and text prior; {} otherwise."""
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads((project.directory / MEASURED_FILE).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
     current = stored.get("descriptions") == project.labels and stored.get("prior") == TEXT_PRIOR
-    return stored.get("votes") if current else None
+    return stored if current else {}
 
 
 def project_zero_shot_model(project: Project, strategy: str, image_encoder: ImageEncoder,
                             text_encoder: TextEncoder) -> FusionModel:
-    """The project's zero-shot model: its labels' prompts, and its priors' votes as measured."""
+    """The project's zero-shot model: adapted to its pages where that was done for its current
+    descriptions, else its labels' prompts with its priors' votes as measured."""
+    measurement = current_measurement(project)
+    adapted = measurement.get("adapted_model")
+    if adapted:
+        try:
+            return FusionModel.load(project.directory / ADAPTED_DIR / adapted)
+        except (OSError, FusionError):   # removed by a newer measurement since the file was read
+            pass
     model = build_zero_shot_model(ModelConfig(project.label_names, project.labels, strategy), image_encoder,
                                   text_encoder)
-    votes = measured_votes(project)
-    if votes is not None:
+    if measurement.get("votes") is not None:
         with torch.no_grad():
-            model.fusion_weights.copy_(torch.tensor(votes))
+            model.fusion_weights.copy_(torch.tensor(measurement["votes"]))
     return model
 
 
