@@ -208,27 +208,53 @@ def descriptions_form() -> None:
         getattr(st, kind)(message)
 
 
+def adaptation_caption(adaptation: dict) -> str:
+    if not adaptation.get("adapted"):
+        unread = adaptation.get("unread_pages")
+        return (f"Not adapted to the project's pages: {adaptation.get('why')}."
+                + (f" {unread:,} pages have no text read yet; pre-labeling reads them." if unread else ""))
+    shares = ", ".join(f"{label} {n}" for label, n in adaptation["per_label"].items())
+    checked = (f"Checked and calibrated on {adaptation['calibrated_on']:,} labeled items."
+               if adaptation["calibrated_on"] else
+               "No labeled item has checked it yet, and its confidence is not calibrated: label a few pages of "
+               "each label, then measure again.")
+    return (f"Adapted to the project's {adaptation['pages']:,} pages outside the test split: of the pages zero-shot "
+            f"gave each label ({shares}), the surest half taught its heads; no label was read. {checked}")
+
+
+def queue_zero_shot() -> None:
+    queue_job(settings, store, project.name, "zero_shot", {}, user)   # the fragment shows its progress
+
+
 @st.fragment(run_every=2)
 def zero_shot_measurement() -> None:
     recent = jobs.list(project.name, limit=1, kind="zero_shot")
-    if recent and not recent[0].finished:
+    running = bool(recent) and not recent[0].finished
+    if running:
         p = recent[0].progress
         st.progress(p and p.fraction() or 0.0, text=f"Measuring zero-shot ({recent[0].status})…")
     elif recent and recent[0].status == "failed":
         st.error(f"Measuring zero-shot failed: {recent[0].error}")
-    measurement = zero_shot_measure.measured(project)
-    if not measurement or "accuracy" not in measurement:
+    measurement = zero_shot_measure.measured(project) or {}
+    if "accuracy" in measurement:
+        current = measurement["descriptions"] == store.project(project.name).labels
+        acc, before = measurement["accuracy"], measurement.get("accuracy_unweighted", {})
+        adapted = measurement.get("accuracy_adapted", {})
+        st.markdown(f"**Zero-shot on {measurement['items']:,} labeled items**" + ("" if current else " (older descriptions)"))
+        percent = st.column_config.NumberColumn(format="percent")
+        st.dataframe(pd.DataFrame([{"head": h, "accuracy": acc[h], "one vote each": before.get(h),
+                                    "adapted": adapted.get(h)} for h in HEADS]),
+                     hide_index=True, column_config={"accuracy": percent, "one vote each": percent, "adapted": percent})
+        image_vote, text_vote = measurement.get("votes", [1.0, 1.0])
+        st.caption(f"Votes in the fused zero-shot: image {image_vote:.2f}, text {text_vote:.2f} (measured "
+                   f"{measurement['measured_at']} by {measurement['measured_by']}; fitted on the train and validation items)")
+    else:
         st.caption("Zero-shot not measured on labeled items yet: each prior has one vote.")
-        return
-    current = measurement["descriptions"] == store.project(project.name).labels
-    acc, before = measurement["accuracy"], measurement.get("accuracy_unweighted", {})
-    st.markdown(f"**Zero-shot on {measurement['items']:,} labeled items**" + ("" if current else " (older descriptions)"))
-    st.dataframe(pd.DataFrame([{"head": h, "accuracy": acc[h], "one vote each": before.get(h)} for h in HEADS]),
-                 hide_index=True, column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
-                                                 "one vote each": st.column_config.NumberColumn(format="percent")})
-    image_vote, text_vote = measurement.get("votes", [1.0, 1.0])
-    st.caption(f"Votes in the fused zero-shot: image {image_vote:.2f}, text {text_vote:.2f} (measured "
-               f"{measurement['measured_at']} by {measurement['measured_by']}; fitted on the train and validation items)")
+    if "adaptation" in measurement:
+        st.caption(adaptation_caption(measurement["adaptation"]))
+    st.button("Measure and adapt again", icon=":material/refresh:", disabled=running, key="zero_shot_again",
+              on_click=queue_zero_shot, help="After new pages or labels: zero-shot is measured on the labeled items "
+              "and adapted to the project's pages, in the background")
 
 
 def change_active(version: str | None) -> None:
@@ -287,7 +313,8 @@ else:
 
 st.subheader("Labels and zero-shot")
 st.caption("Before any labels the project predicts zero-shot: each page's lines are matched against every label's "
-           "name and the phrases of its description. Describe each label as you would to a new colleague.")
+           "name and the phrases of its description. Describe each label as you would to a new colleague. "
+           "Measuring then adapts zero-shot to the project's own pages: the pages it is surest of teach it the rest.")
 left, right = st.columns(2, gap="large")
 with left:
     descriptions_form()

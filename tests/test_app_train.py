@@ -90,3 +90,7 @@ def test_train_page_descriptions_measure_zero_shot_in_the_background(settings, e
     shown = next(d.value for d in app.dataframe if "one vote each" in d.value.columns)
     assert list(shown["head"]) == ["fused", "image", "text"]
     assert shown.loc[0, "accuracy"] == done.result["accuracy"]["fused"]
+    adaptation = done.result["adaptation"]     # this sample of the demo: zero-shot gives two labels all the pages
+    assert adaptation["pages"] == sum(i.split != "test" for i in store.iter_items(project.name))
+    shown = f"Adapted to the project's {adaptation['pages']:,} pages" if adaptation["adapted"] else adaptation["why"]
+    assert any(shown in c.value for c in app.caption), adaptation

@@ -161,3 +161,45 @@ def test_zero_shot_is_not_adapted_when_a_label_gets_too_few_pages():
     adaptation = adapt_to_pages(model, pages)
     assert adaptation.model is None and adaptation.per_label["c"] < MIN_PAGES
     assert "c" in adaptation.why and "too few" in adaptation.why
+
+
+def test_a_project_predicts_zero_shot_adapted_to_its_pages_while_its_descriptions_stand(settings, engine, tmp_path):
+    import uuid
+
+    from fusion.imaging.images import check_image_file
+    from fusion.ml.features import cache_features, load_feature_set
+    from fusion.ml.finetune import HeadsOnFeatures
+    from fusion.ml.inference import predict_logits
+    from fusion.ml.zero_shot_measure import measure_zero_shot
+    from fusion.ml.zeroshot import ADAPTED_DIR, build_zero_shot_model, project_zero_shot_model
+    from fusion.store.labeling import NewItem, open_store
+
+    write_pages(tmp_path, per_class=20)
+    rows = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
+    store, name = open_store(settings), f"adapts-{uuid.uuid4().hex[:8]}"
+    store.create_project(name, {label: "" for label in CLASS_WORDS}, user="annotator ana")
+    store.add_items(name, [NewItem(check_image_file(tmp_path / r["image"], settings), r["image"], ocr_text=r["gt_text"])
+                           for r in rows], user="annotator ana")
+    result = measure_zero_shot(settings, store, name, "annotator ana")
+    adaptation = result["adaptation"]
+    items = list(store.iter_items(name))
+    assert adaptation["adapted"] and adaptation["pages"] == sum(i.split != "test" for i in items), adaptation
+    assert adaptation["calibrated_on"] == 0 and "accuracy" not in result         # no labels: nothing read
+    project = store.project(name)
+    assert (project.directory / ADAPTED_DIR / result["adapted_model"]).is_dir()
+
+    adapted = project_zero_shot_model(project, "concat", engine.image_encoder, engine.text_encoder)
+    prompts_only = build_zero_shot_model(ModelConfig(project.label_names, project.labels), engine.image_encoder,
+                                         engine.text_encoder)
+    assert abs(adapted.prior_weights[1]) < 0.05 and prompts_only.prior_weights[1] == 1.0
+    test = [i for i in items if i.split == "test"]   # pages adaptation never read
+    targets = [project.label_names.index(i.filename.rsplit("_", 1)[0]) for i in test]
+    features = load_feature_set(cache_features(engine, project.directory / "features", [store.image_path(i) for i in test],
+                                               [i.ocr_text for i in test]), targets)
+    accuracy = lambda m: float((predict_logits(HeadsOnFeatures(m), features, "cpu")["fused"].argmax(-1)
+                                == features.targets).float().mean())
+    assert accuracy(adapted) >= max(0.9, accuracy(prompts_only))
+
+    store.set_descriptions(name, {"invoice": "a bill to pay"})   # not measured yet: the prompts' model again
+    again = project_zero_shot_model(store.project(name), "concat", engine.image_encoder, engine.text_encoder)
+    assert again.prior_weights.tolist() == [1.0, 1.0]

@@ -116,7 +116,7 @@ def cmd_prelabel(args, settings) -> None:
     from fusion.services.prelabel import prelabel_project
 
     result = prelabel_project(settings, store, args.project,
-                              report=lambda row: show_progress("predicting", row["step"], row["steps"]))
+                              report=lambda p: show_progress(p.stage, p.step, p.steps))
     emit(result, args.json, f"predicted {result['predicted']} undecided items of {args.project} with "
           f"{result['version']} ({result['read_by_ocr']} read by OCR first)")
 
@@ -139,11 +139,15 @@ def cmd_zero_shot(args, settings) -> None:
     from fusion.ml.zero_shot_measure import measure_zero_shot
 
     result = measure_zero_shot(settings, store, args.project, args.user,
-                               report=lambda row: show_progress("encoding", row["step"], row["steps"]))
-    accuracy = result.get("accuracy")
+                               report=lambda p: show_progress(p.stage, p.step, p.steps))
+    accuracy, adapted = result.get("accuracy"), result.get("accuracy_adapted")
+    adaptation = result["adaptation"]
     emit(result, args.json, f"zero-shot on {result['items']} labeled items of {args.project}: " +
-          (f"fused {accuracy['fused']:.3f}, image {accuracy['image']:.3f}, text {accuracy['text']:.3f} "
-           f"(votes image {result['votes'][0]:.2f}, text {result['votes'][1]:.2f})" if accuracy else "no labeled items to measure on"))
+         (f"fused {accuracy['fused']:.3f}, image {accuracy['image']:.3f}, text {accuracy['text']:.3f}" +
+          (f" (votes image {result['votes'][0]:.2f}, text {result['votes'][1]:.2f})" if "votes" in result else "")
+          if accuracy else "no labeled items to measure on") +
+         (f"\nadapted to {adaptation['pages']} pages" + (f": fused {adapted['fused']:.3f} on the labeled items" if adapted else "")
+          if adaptation["adapted"] else f"\nnot adapted: {adaptation['why']}"))
 
 
 def cmd_label_issues(args, settings) -> None:

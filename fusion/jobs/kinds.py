@@ -67,8 +67,10 @@ class ZeroShot(JobKind):
         from fusion.ml.zero_shot_measure import measure_zero_shot   # each kind loads what it needs
 
         result = measure_zero_shot(settings, store, job.project, job.created_by, report)
-        jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}")
-        return {k: result[k] for k in ("items", "votes", "accuracy", "accuracy_unweighted") if k in result}
+        jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}; "
+                         f"adaptation: {result['adaptation']}")
+        return {k: result[k] for k in ("items", "votes", "accuracy", "accuracy_unweighted", "accuracy_adapted",
+                                       "adaptation") if k in result}
 
 
 class LabelIssues(JobKind):
