@@ -69,6 +69,8 @@ class ZeroShot(JobKind):
         result = measure_zero_shot(settings, store, job.project, job.created_by, report)
         jobs.log(job.id, f"zero-shot measured on {result['items']} labeled items: {result.get('accuracy')}; "
                          f"adaptation: {result['adaptation']}")
+        if "adapted_model" in result and not store.project(job.project).active_model:
+            jobs.submit(job.project, "prelabel", {}, job.created_by)   # the review queue's predictions, from it
         return {k: result[k] for k in ("items", "votes", "accuracy", "accuracy_unweighted", "accuracy_adapted",
                                        "adaptation") if k in result}
 
