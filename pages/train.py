@@ -218,8 +218,8 @@ def adaptation_caption(adaptation: dict) -> str:
                if adaptation["calibrated_on"] else
                "No labeled item has checked it yet, and its confidence is not calibrated: label a few pages of "
                "each label, then measure again.")
-    return (f"Adapted to the project's {adaptation['pages']:,} pages outside the test split: of the pages zero-shot "
-            f"gave each label ({shares}), the surest half taught its heads; no label was read. {checked}")
+    return (f"Adapted to the project's {adaptation['pages']:,} pages outside the test split: the pages zero-shot "
+            f"finds likeliest to be each label ({shares}) taught its heads, with no one's labels. {checked}")
 
 
 def queue_zero_shot() -> None:
@@ -238,13 +238,14 @@ def zero_shot_measurement() -> None:
     measurement = zero_shot_measure.measured(project) or {}
     if "accuracy" in measurement:
         current = measurement["descriptions"] == store.project(project.name).labels
-        acc, before = measurement["accuracy"], measurement.get("accuracy_unweighted", {})
+        measured, before = measurement["accuracy"], measurement.get("accuracy_unweighted", {})
         adapted = measurement.get("accuracy_adapted", {})
-        st.markdown(f"**Zero-shot on {measurement['items']:,} labeled items**" + ("" if current else " (older descriptions)"))
-        percent = st.column_config.NumberColumn(format="percent")
-        st.dataframe(pd.DataFrame([{"head": h, "accuracy": acc[h], "one vote each": before.get(h),
+        st.markdown(f"**Zero-shot accuracy on {measurement['items']:,} labeled items**"
+                    + ("" if current else " (older descriptions)"))
+        st.dataframe(pd.DataFrame([{"head": h, "one vote each": before.get(h), "votes measured": measured[h],
                                     "adapted": adapted.get(h)} for h in HEADS]),
-                     hide_index=True, column_config={"accuracy": percent, "one vote each": percent, "adapted": percent})
+                     hide_index=True, column_config={c: st.column_config.NumberColumn(format="percent")
+                                                     for c in ("one vote each", "votes measured", "adapted")})
         image_vote, text_vote = measurement.get("votes", [1.0, 1.0])
         st.caption(f"Votes in the fused zero-shot: image {image_vote:.2f}, text {text_vote:.2f} (measured "
                    f"{measurement['measured_at']} by {measurement['measured_by']}; fitted on the train and validation items)")
@@ -314,7 +315,8 @@ else:
 st.subheader("Labels and zero-shot")
 st.caption("Before any labels the project predicts zero-shot: each page's lines are matched against every label's "
            "name and the phrases of its description. Describe each label as you would to a new colleague. "
-           "Measuring then adapts zero-shot to the project's own pages: the pages it is surest of teach it the rest.")
+           "Measuring then adapts zero-shot to the project's own pages: the pages it finds likeliest to be each label "
+           "teach it the rest.")
 left, right = st.columns(2, gap="large")
 with left:
     descriptions_form()

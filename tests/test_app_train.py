@@ -86,10 +86,10 @@ def test_train_page_descriptions_measure_zero_shot_in_the_background(settings, e
     assert done.result["items"] == 60 and len(done.result["votes"]) == 2
     app.run()
     assert not app.exception, app.exception
-    assert any("Zero-shot on 60 labeled items" in m.value for m in app.markdown)
+    assert any("Zero-shot accuracy on 60 labeled items" in m.value for m in app.markdown)
     shown = next(d.value for d in app.dataframe if "one vote each" in d.value.columns)
     assert list(shown["head"]) == ["fused", "image", "text"]
-    assert shown.loc[0, "accuracy"] == done.result["accuracy"]["fused"]
+    assert shown.loc[0, "votes measured"] == done.result["accuracy"]["fused"]
     adaptation = done.result["adaptation"]     # this sample of the demo: zero-shot gives two labels all the pages
     assert adaptation["pages"] == sum(i.split != "test" for i in store.iter_items(project.name))
     shown = f"Adapted to the project's {adaptation['pages']:,} pages" if adaptation["adapted"] else adaptation["why"]
