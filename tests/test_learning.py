@@ -211,6 +211,31 @@ def test_a_project_predicts_zero_shot_adapted_to_its_pages_while_its_description
                                 == features.targets).float().mean())
     assert accuracy(adapted) >= max(0.9, accuracy(prompts_only))
 
+    # Training adds the pages no one labeled that the adapted zero-shot finds likeliest to be each label.
+    from fusion.ml.train import TrainConfig, train_version
+    from fusion.ml.training_data import readable_pages
+    from fusion.ml.zero_shot_adapt import pseudo_labeled_pages
+
+    first_of_each = {}
+    for item in items:
+        if item.split != "train":
+            store.set_label(name, item.id, item.filename.rsplit("_", 1)[0], "annotator ana", None)
+        else:
+            first_of_each.setdefault(item.filename.rsplit("_", 1)[0], item)
+    for label, item in first_of_each.items():
+        store.set_label(name, item.id, label, "annotator ana", None)
+    unlabeled = readable_pages(store, name, unlabeled_only=True)[0]
+    assert len(unlabeled.ids) == sum(i.split == "train" for i in items) - 3
+    pseudo = pseudo_labeled_pages(engine, project, unlabeled, "cpu")
+    truth = {i.id: i.filename.rsplit("_", 1)[0] for i in items}
+    right = sum(truth[i] == label for i, label in zip(pseudo.ids, pseudo.labels))
+    assert len(pseudo.ids) >= 9 and right >= 0.9 * len(pseudo.ids), (right, len(pseudo.ids))
+    _, with_pages = train_version(settings, store, name, TrainConfig(epochs=5), "annotator ana")
+    _, alone = train_version(settings, store, name, TrainConfig(epochs=5, pseudo_labels=False), "annotator ana")
+    assert with_pages.counts["train"] == alone.counts["train"] == 3
+    assert with_pages.counts["pseudo_labeled"] == len(pseudo.ids) and alone.counts["pseudo_labeled"] == 0
+
     store.set_descriptions(name, {"invoice": "a bill to pay"})   # not measured yet: the prompts' model again
     again = project_zero_shot_model(store.project(name), "concat", engine.image_encoder, engine.text_encoder)
     assert again.prior_weights.tolist() == [1.0, 1.0]
+    assert pseudo_labeled_pages(engine, store.project(name), unlabeled, "cpu").ids == []   # nor pages labeled by it

@@ -15,11 +15,14 @@ workspace, and the reference text), over seeded stratified half/half splits:
   pooled image, pooled text, and both concatenated, fitted on the head's training items
   (`probe`) and on the whole training half (`probe_whole_half`);
 - a few-shot curve: k labeled pages per class drawn from the training half (the validation split
-  is the k pages themselves below 5), tested on the same test half;
+  is the k pages themselves below 5), tested on the same test half; trained as a project trains,
+  with the half's other pages that the adapted zero-shot (no labels) finds likeliest to be each
+  label (`curve`), and on the k pages alone (`curve_labels_only`);
 - with --partial-epochs E: `partial` mode (top encoder blocks trained too) on seed 0's split.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -84,7 +87,7 @@ def _probed_heads(engine, config, features, train: np.ndarray):
     """The heads as fine-tuning starts from them: probed on the training items (fusion.ml.probe)."""
     from fusion.ml.finetune import HeadsOnFeatures
     from fusion.ml.probe import fit_linear_heads, pooled_features
-    from fusion.ml.train import balanced_class_weights
+    from fusion.ml.probe import balanced_class_weights
     from fusion.ml.zeroshot import build_zero_shot_model
 
     fusion = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
@@ -167,22 +170,24 @@ def _mean(values: list[dict]) -> dict:
 def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) -> dict:
     from fusion.ml.finetune import HeadsOnFeatures
     from fusion.ml.inference import predict_logits
+    from fusion.ml.zero_shot_adapt import likeliest_pages
     from fusion.ml.zeroshot import build_zero_shot_model
 
     targets = features.targets.numpy()
     zero_shot = build_zero_shot_model(config, engine.image_encoder, engine.text_encoder)
     runs = {"zero_shot": [], "zero_shot_measured": [], "zero_shot_adapted": [], "zero_shot_measured_adapted": [],
             "head": [], "probed_only": [], "probe": [], "probe_whole_half": []}
-    curve = {k: [] for k in shots}
+    curve, labels_only = {k: [] for k in shots}, {k: [] for k in shots}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         pool, test = _split(targets, 0.5, rng)
         test_set, pool_set = features.subset(torch.tensor(test)), features.subset(torch.tensor(pool))
         measured = _measured_zero_shot(engine, config, pool_set)
-        for name, model in (("zero_shot", zero_shot), ("zero_shot_measured", measured),
-                            ("zero_shot_adapted", _adapted(zero_shot, pool_set)),
+        adapted = _adapted(zero_shot, pool_set)
+        for name, model in (("zero_shot", zero_shot), ("zero_shot_measured", measured), ("zero_shot_adapted", adapted),
                             ("zero_shot_measured_adapted", _adapted(measured, pool_set, pool_set))):
             runs[name].append(_accuracy(predict_logits(HeadsOnFeatures(model), test_set, "cpu"), targets[test]))
+        opinion = None if adapted is zero_shot else predict_logits(HeadsOnFeatures(adapted), features, "cpu")["fused"].softmax(-1)
         train, val = _split(targets[pool], VALIDATION_SHARE, rng)
         trained = _train_heads(engine, config, features, pool[train], pool[val], seed)
         runs["head"].append(_accuracy(predict_logits(trained, test_set, "cpu"), targets[test]))
@@ -194,9 +199,17 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
             chosen = np.concatenate([rng.permutation(pool[targets[pool] == label])[:k] for label in np.unique(targets)])
             fit_on, check_on = (chosen, chosen) if k < 5 else tuple(chosen[i] for i in _split(targets[chosen], VALIDATION_SHARE, rng))
             shot = _train_heads(engine, config, features, fit_on, check_on, seed)
+            labels_only[k].append(_accuracy(predict_logits(shot, test_set, "cpu"), targets[test]))
+            rest = np.setdiff1d(pool, chosen)          # as fusion.ml.zero_shot_adapt.pseudo_labeled_pages
+            rows, pseudo = likeliest_pages(opinion[torch.tensor(rest)]) if opinion is not None else (torch.empty(0, dtype=torch.long),) * 2
+            extra, guessed = rest[rows.numpy()], features.targets.clone()
+            guessed[torch.tensor(extra, dtype=torch.long)] = pseudo
+            shot = _train_heads(engine, config, dataclasses.replace(features, targets=guessed),
+                                np.concatenate([fit_on, extra]), check_on, seed)
             curve[k].append(_accuracy(predict_logits(shot, test_set, "cpu"), targets[test]))
     result = {name: _mean(values) for name, values in runs.items()}
-    result["curve"] = [{"k": k, **_mean(values)} for k, values in curve.items() if values]
+    for name, points in (("curve", curve), ("curve_labels_only", labels_only)):
+        result[name] = [{"k": k, **_mean(values)} for k, values in points.items() if values]
     result["per_seed"] = runs
     return result
 

@@ -22,8 +22,7 @@ from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.inference import predict_logits
 from fusion.ml.model import HEADS, ModelConfig
 from fusion.ml.pipeline import get_engine
-from fusion.ml.probe import PooledFeatures, fit_linear_heads, pooled_features
-from fusion.ml.train import balanced_class_weights
+from fusion.ml.probe import PooledFeatures, balanced_class_weights, fit_linear_heads, pooled_features
 from fusion.ml.training_data import labeled_examples
 from fusion.ml.zeroshot import build_zero_shot_model
 

@@ -42,6 +42,12 @@ FOLDS = 3             # at most; fewer when a class has fewer training items
 CV_ITEMS = 2000       # cross-validation on a seeded sample of a larger training set
 
 
+def balanced_class_weights(targets: torch.Tensor, k: int) -> torch.Tensor:
+    """(K,) weights that give every class the same total weight (a missing class weighs 1)."""
+    counts = torch.bincount(targets, minlength=k).float()
+    return counts.sum() / (k * counts.clamp(min=1))
+
+
 def _lbfgs(params: list[torch.Tensor], objective) -> None:
     optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=MAX_ITERATIONS, history_size=20,
                                   tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")

@@ -38,8 +38,9 @@ from fusion.ml.encoders import mean_pool, save_encoders
 from fusion.ml.inference import HEADS, autocast, predict_logits, version_logits
 from fusion.ml.metrics import EpochRecord, HeadScores, Heads, VersionMetrics
 from fusion.ml.model import FusionModel, ModelConfig
-from fusion.ml.probe import PooledFeatures, fit_linear_heads, logistic_probes, pooled_features
-from fusion.ml.training_data import Examples, labeled_examples, pixel_set
+from fusion.ml.probe import PooledFeatures, balanced_class_weights, fit_linear_heads, logistic_probes, pooled_features
+from fusion.ml.training_data import Examples, labeled_examples, pixel_set, readable_pages
+from fusion.ml.zero_shot_adapt import pseudo_labeled_pages
 from fusion.ml.zeroshot import build_zero_shot_model, project_zero_shot_model
 from fusion.ml import registry
 from fusion.ml.pipeline import get_engine
@@ -63,6 +64,8 @@ class TrainConfig:
     l2sp: float = 0.0         # > 0: pull trained encoder weights toward the pretrained ones
     lora: bool = False        # train MiniLM through LoRA adapters instead of its weights
     strategy: str | None = None  # fusion strategy; None: the settings' default
+    pseudo_labels: bool = True   # also train on the pages no one labeled that the project's adapted
+                                 # zero-shot finds likeliest to be each label (fusion.ml.zero_shot_adapt)
 
     def __post_init__(self):
         problems = []
@@ -126,12 +129,6 @@ def _gpu_memory(device: str) -> dict[str, float]:
         return {}
     return {"gpu_memory_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2),
             "gpu_total_gb": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)}
-
-
-def balanced_class_weights(targets: torch.Tensor, k: int) -> torch.Tensor:
-    """(K,) weights that give every class the same total weight (a missing class weighs 1)."""
-    counts = torch.bincount(targets, minlength=k).float()
-    return counts.sum() / (k * counts.clamp(min=1))
 
 
 def _pooled(trainable, data, device: str, mode: str, batch_size: int = 256) -> PooledFeatures:
@@ -364,11 +361,14 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     project = store.project(project_name)
     examples = labeled_examples(store, project_name)
     examples.check_splits()
+    engine = get_engine(dataclasses.replace(settings, device=device))
+    t0 = time.perf_counter()
+    if config.pseudo_labels:
+        examples = examples.plus_pseudo_labeled(pseudo_labeled_pages(
+            engine, project, readable_pages(store, project_name, unlabeled_only=True)[0], device))
     index = {name: i for i, name in enumerate(project.label_names)}
     targets = [index[label] for label in examples.labels]
     split = {s: examples.split_index(s) for s in ("train", "val", "test")}
-    engine = get_engine(dataclasses.replace(settings, device=device))
-    t0 = time.perf_counter()
     data, test_features = _training_data(engine, project, examples, targets, split["test"], config.mode, device, report)
     prepare_seconds = time.perf_counter() - t0
 
@@ -400,7 +400,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
         parent_version=parent, parent_test=None if rank > 0 else _parent_scores(
             engine, project, parent, test_features, examples, split["test"], device),
         temperatures=dict(zip(HEADS, fusion.config.temperatures)), ood=ood_fit,
-        counts={s: len(v) for s, v in split.items()}, epochs_run=len(history), history=history,
+        counts=examples.counts(), epochs_run=len(history), history=history,
         device=engine.device_name, world_size=world,
         seconds={"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)})
     if rank > 0:

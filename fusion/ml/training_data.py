@@ -33,12 +33,23 @@ class Examples:
     texts: list[str]
     labels: list[str]
     splits: list[str]
+    pseudo_labeled: int = 0   # the last this many: pages no one labeled, labeled by zero-shot (train split)
+
+    def counts(self) -> dict[str, int]:
+        """Items a person labeled in each split, and the pages zero-shot labeled."""
+        people = self.splits[:len(self.splits) - self.pseudo_labeled]
+        return {**{s: people.count(s) for s in SPLITS}, "pseudo_labeled": self.pseudo_labeled}
 
     def snapshot(self) -> dict:
         """What a model version saw: item ids and a hash of (id, label, text) pairs."""
         digest = hashlib.sha256(json.dumps(list(zip(self.ids, self.labels, self.texts))).encode()).hexdigest()
-        return {"item_ids": self.ids, "labels_hash": digest,
-                "counts": {s: self.splits.count(s) for s in SPLITS}}
+        return {"item_ids": self.ids, "labels_hash": digest, "counts": self.counts()}
+
+    def plus_pseudo_labeled(self, pages: "Examples") -> "Examples":
+        """These examples, then `pages` labeled by zero-shot, as training items."""
+        return Examples(self.ids + pages.ids, self.paths + pages.paths, self.texts + pages.texts,
+                        self.labels + pages.labels, self.splits + ["train"] * len(pages.ids),
+                        self.pseudo_labeled + len(pages.ids))
 
     def split_index(self, split: str) -> torch.Tensor:
         return torch.tensor([i for i, s in enumerate(self.splits) if s == split], dtype=torch.long)
@@ -61,6 +72,25 @@ def labeled_examples(store, project_name: str) -> Examples:
             examples.labels.append(item.label)
             examples.splits.append(item.split)
     return examples
+
+
+def readable_pages(store, project_name: str, unlabeled_only: bool = False) -> tuple[Examples, int]:
+    """The project's pages outside the test split whose text is read (labels left empty), all of
+    them or those no one labeled; and how many were left out because no one has read their text
+    yet (pre-labeling does). What zero-shot adapts to, and what training may pseudo-label."""
+    pages, unread = Examples([], [], [], [], []), 0
+    for item in store.iter_items(project_name):
+        if item.split == "test" or (unlabeled_only and item.status in HUMAN_STATUSES):
+            continue
+        if item.ocr_text is None and not item.caption:
+            unread += 1
+            continue
+        pages.ids.append(item.id)
+        pages.paths.append(store.image_path(item))
+        pages.texts.append(compose_text(item.ocr_text or "", item.caption))
+        pages.labels.append("")
+        pages.splits.append(item.split)
+    return pages, unread
 
 
 @dataclass

@@ -24,10 +24,10 @@ from fusion.core.atomic import write_atomic
 from fusion.core.progress import Progress, Report
 from fusion.ml.features import cache_features, load_feature_set
 from fusion.ml.finetune import HeadsOnFeatures
-from fusion.ml.pipeline import compose_text, get_engine
+from fusion.ml.pipeline import get_engine
 from fusion.ml.probe import weigh_zero_shot_votes, pooled_features
 from fusion.ml.inference import HEADS, predict_logits
-from fusion.ml.training_data import labeled_examples
+from fusion.ml.training_data import labeled_examples, readable_pages
 from fusion.ml.zero_shot_adapt import adapted_zero_shot
 from fusion.ml.zeroshot import ADAPTED_DIR, MEASURED_FILE, TEXT_PRIOR, build_zero_shot_model
 from fusion.ml.model import ModelConfig
@@ -42,22 +42,6 @@ def _accuracy(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[st
 
 def _sample(rows: list, seed: int = 0) -> list:
     return sorted(random.Random(seed).sample(rows, MAX_ITEMS)) if len(rows) > MAX_ITEMS else rows
-
-
-def _pages(store, project_name: str) -> tuple[list, list[str], int]:
-    """The pages adaptation reads (outside the test split, their text read): paths and texts;
-    and how many pages were left out because no one has read their text yet (pre-labeling does)."""
-    paths, texts, unread = [], [], 0
-    for item in store.iter_items(project_name):
-        if item.split == "test":
-            continue
-        if item.ocr_text is None and not item.caption:
-            unread += 1
-            continue
-        paths.append(store.image_path(item))
-        texts.append(compose_text(item.ocr_text or "", item.caption))
-    rows = _sample(list(range(len(paths))))
-    return [paths[i] for i in rows], [texts[i] for i in rows], unread
 
 
 def _save_adapted(project, model) -> str:
@@ -108,7 +92,9 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
             result["votes"] = [round(w, 5) for w in model.fusion_weights.tolist()]
         result["accuracy"] = _accuracy(predict_logits(HeadsOnFeatures(model), features, engine.device), features.targets)
 
-    paths, texts, unread = _pages(store, project_name)
+    readable, unread = readable_pages(store, project_name)
+    rows = _sample(list(range(len(readable.ids))))
+    paths, texts = [readable.paths[i] for i in rows], [readable.texts[i] for i in rows]
     pages = load_feature_set(cache_features(engine, project.directory / "features", paths, texts,
                                             progress("reading pages")), [0] * len(paths)) if paths else []
     adaptation = adapted_zero_shot(model, pages, fit_on, engine.device)
