@@ -56,10 +56,14 @@ def start_form() -> None:
             lora = st.checkbox("LoRA adapters on the text encoder instead of its weights", key="train_lora")
             auto = st.checkbox("Promote automatically if it beats the active model on the test split",
                                key="train_auto_promote")
+            pseudo = st.checkbox("Also learn from unlabeled pages", value=True, key="train_pseudo_labels",
+                                 help="Where zero-shot is adapted to the project's pages (Labels and zero-shot, "
+                                      "below), the unlabeled pages it finds likeliest to be each label join the "
+                                      "labeled items, labeled so")
         if st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:"):
             try:
                 config = TrainConfig(mode=mode, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
-                                     device=device, l2sp=float(l2sp), lora=lora)
+                                     device=device, l2sp=float(l2sp), lora=lora, pseudo_labels=pseudo)
                 job = queue_job(settings, store, project.name, "train", config.job_params(auto_promote=auto), user)
                 st.toast(f"Training job {job.id} queued", icon=":material/schedule:")
             except FusionError as e:

@@ -13,7 +13,7 @@ def _train_config(args, settings):
 
     return TrainConfig(mode=args.mode, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                        device=args.train_device or settings.device, l2sp=args.l2sp, lora=args.lora, strategy=args.strategy,
-                       seed=args.seed, patience=args.patience)
+                       seed=args.seed, patience=args.patience, pseudo_labels=not args.labeled_only)
 
 
 def _queue(args, settings, store, kind: str, params: dict) -> None:
@@ -206,6 +206,9 @@ def add_commands(sub) -> None:
     p.add_argument("--strategy", choices=["concat", "gated", "cross_attention"], help="fusion strategy")
     p.add_argument("--patience", type=int, default=8, help="stop after this many epochs without a better val macro-F1")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labeled-only", action="store_true",
+                   help="learn from the labeled items alone, without the unlabeled pages the adapted zero-shot finds "
+                        "likeliest to be each label")
     p.add_argument("--promote", choices=["no", "auto", "yes"], default="no",
                    help="auto: make it active only if it beats the active version on the test split")
     p.add_argument("--queue", action="store_true", help="run it as a background job of the worker")
