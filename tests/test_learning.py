@@ -213,7 +213,7 @@ def test_a_project_predicts_zero_shot_adapted_to_its_pages_while_its_description
 
     # Training adds the pages no one labeled that the adapted zero-shot finds likeliest to be each label.
     from fusion.ml.train import TrainConfig, train_version
-    from fusion.ml.training_data import readable_pages
+    from fusion.ml.training_data import labeled_examples, readable_pages
     from fusion.ml.zero_shot_adapt import pseudo_labeled_pages
 
     first_of_each = {}
@@ -226,7 +226,8 @@ def test_a_project_predicts_zero_shot_adapted_to_its_pages_while_its_description
         store.set_label(name, item.id, label, "annotator ana", None)
     unlabeled = readable_pages(store, name, unlabeled_only=True)[0]
     assert len(unlabeled.ids) == sum(i.split == "train" for i in items) - 3
-    pseudo = pseudo_labeled_pages(engine, project, unlabeled, "cpu")
+    labeled = labeled_examples(store, name)
+    pseudo = pseudo_labeled_pages(engine, project, unlabeled, labeled, "cpu")
     truth = {i.id: i.filename.rsplit("_", 1)[0] for i in items}
     right = sum(truth[i] == label for i, label in zip(pseudo.ids, pseudo.labels))
     assert len(pseudo.ids) >= 9 and right >= 0.9 * len(pseudo.ids), (right, len(pseudo.ids))
@@ -238,4 +239,18 @@ def test_a_project_predicts_zero_shot_adapted_to_its_pages_while_its_description
     store.set_descriptions(name, {"invoice": "a bill to pay"})   # not measured yet: the prompts' model again
     again = project_zero_shot_model(store.project(name), "concat", engine.image_encoder, engine.text_encoder)
     assert again.prior_weights.tolist() == [1.0, 1.0]
-    assert pseudo_labeled_pages(engine, store.project(name), unlabeled, "cpu").ids == []   # nor pages labeled by it
+    assert pseudo_labeled_pages(engine, store.project(name), unlabeled, labeled, "cpu").ids == []   # nor pages labeled by it
+
+
+def test_pseudo_labels_the_probe_disputes_are_dropped_unless_zero_shot_proved_right():
+    """Each label's likeliest pages are pseudo-labeled; where the adapted zero-shot was right on
+    fewer than TRUSTED of people's labels, a page a probe of those labels gives another label is
+    left out."""
+    from fusion.ml.zero_shot_adapt import TRUSTED, pseudo_labels
+
+    adapted = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.5, 0.5], [0.6, 0.4]])
+    probe = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7], [0.5, 0.5], [0.5, 0.5]])
+    trusted = dict(zip(*(t.tolist() for t in pseudo_labels(adapted, probe, TRUSTED))))
+    assert trusted == {0: 0, 1: 0, 2: 1, 3: 1}           # each label's 2 likeliest of 6 pages
+    disputed = dict(zip(*(t.tolist() for t in pseudo_labels(adapted, probe, TRUSTED - 0.01))))
+    assert disputed == {0: 0, 2: 1, 3: 1}                # the probe gives row 1 the other label

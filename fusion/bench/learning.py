@@ -16,8 +16,9 @@ workspace, and the reference text), over seeded stratified half/half splits:
   (`probe`) and on the whole training half (`probe_whole_half`);
 - a few-shot curve: k labeled pages per class drawn from the training half (the validation split
   is the k pages themselves below 5), tested on the same test half; trained as a project trains,
-  with the half's other pages that the adapted zero-shot (no labels) finds likeliest to be each
-  label (`curve`), and on the k pages alone (`curve_labels_only`);
+  with the half's other pages that the adapted zero-shot (no labels) labels, as training picks
+  them (fusion.ml.zero_shot_adapt.pseudo_labels: checked on the k pages, probed on the training
+  ones; `curve`), and on the k pages alone (`curve_labels_only`);
 - with --partial-epochs E: `partial` mode (top encoder blocks trained too) on seed 0's split.
 """
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _mean(values: list[dict]) -> dict:
 def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) -> dict:
     from fusion.ml.finetune import HeadsOnFeatures
     from fusion.ml.inference import predict_logits
-    from fusion.ml.zero_shot_adapt import likeliest_pages
+    from fusion.ml.zero_shot_adapt import probe_opinion, pseudo_labels
     from fusion.ml.zeroshot import build_zero_shot_model
 
     targets = features.targets.numpy()
@@ -201,7 +202,11 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
             shot = _train_heads(engine, config, features, fit_on, check_on, seed)
             labels_only[k].append(_accuracy(predict_logits(shot, test_set, "cpu"), targets[test]))
             rest = np.setdiff1d(pool, chosen)          # as fusion.ml.zero_shot_adapt.pseudo_labeled_pages
-            rows, pseudo = likeliest_pages(opinion[torch.tensor(rest)]) if opinion is not None else (torch.empty(0, dtype=torch.long),) * 2
+            rows, pseudo = (torch.empty(0, dtype=torch.long),) * 2
+            if opinion is not None:
+                checked = float((opinion[torch.tensor(chosen)].argmax(-1).numpy() == targets[chosen]).mean())
+                rows, pseudo = pseudo_labels(opinion[torch.tensor(rest)], probe_opinion(
+                    zero_shot, features.subset(torch.tensor(fit_on)), features.subset(torch.tensor(rest))), checked)
             extra, guessed = rest[rows.numpy()], features.targets.clone()
             guessed[torch.tensor(extra, dtype=torch.long)] = pseudo
             shot = _train_heads(engine, config, dataclasses.replace(features, targets=guessed),

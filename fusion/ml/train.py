@@ -365,7 +365,7 @@ def train_version(settings, store, project_name: str, config: TrainConfig, user:
     t0 = time.perf_counter()
     if config.pseudo_labels:
         examples = examples.plus_pseudo_labeled(pseudo_labeled_pages(
-            engine, project, readable_pages(store, project_name, unlabeled_only=True)[0], device))
+            engine, project, readable_pages(store, project_name, unlabeled_only=True)[0], examples, device))
     index = {name: i for i, name in enumerate(project.label_names)}
     targets = [index[label] for label in examples.labels]
     split = {s: examples.split_index(s) for s in ("train", "val", "test")}

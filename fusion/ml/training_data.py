@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ from fusion.imaging.images import load_image
 from fusion.ml.pipeline import compose_text
 from fusion.store.schema import SPLITS
 from fusion.store.labeling import HUMAN_STATUSES
+
+
+MAX_PAGES = 2000   # a seeded sample of a larger project's pages: features of 2,000 pages take ~0.5 GB
 
 
 @dataclass
@@ -72,6 +76,11 @@ def labeled_examples(store, project_name: str) -> Examples:
             examples.labels.append(item.label)
             examples.splits.append(item.split)
     return examples
+
+
+def sampled_rows(n: int, limit: int = MAX_PAGES, seed: int = 0) -> list[int]:
+    """Rows 0..n-1, or a seeded sample of `limit` of them in order where there are more."""
+    return sorted(random.Random(seed).sample(range(n), limit)) if n > limit else list(range(n))
 
 
 def readable_pages(store, project_name: str, unlabeled_only: bool = False) -> tuple[Examples, int]:

@@ -14,7 +14,6 @@ and at `python -m fusion zero-shot NAME`.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from datetime import datetime, timezone
 
@@ -27,21 +26,16 @@ from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.pipeline import get_engine
 from fusion.ml.probe import weigh_zero_shot_votes, pooled_features
 from fusion.ml.inference import HEADS, predict_logits
-from fusion.ml.training_data import labeled_examples, readable_pages
+from fusion.ml.training_data import labeled_examples, readable_pages, sampled_rows
 from fusion.ml.zero_shot_adapt import adapted_zero_shot
 from fusion.ml.zeroshot import ADAPTED_DIR, MEASURED_FILE, TEXT_PRIOR, build_zero_shot_model
 from fusion.ml.model import ModelConfig
 
-MAX_ITEMS = 2000      # a seeded sample of a larger project: features of 2,000 pages take ~0.5 GB
 BATCH = 256
 
 
 def _accuracy(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, float]:
     return {h: round(float((logits[h].argmax(-1) == targets).float().mean()), 4) for h in HEADS}
-
-
-def _sample(rows: list, seed: int = 0) -> list:
-    return sorted(random.Random(seed).sample(rows, MAX_ITEMS)) if len(rows) > MAX_ITEMS else rows
 
 
 def _save_adapted(project, model) -> str:
@@ -65,7 +59,7 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
     project = store.project(project_name)
     engine = get_engine(settings)
     examples = labeled_examples(store, project_name)
-    rows = _sample(list(range(len(examples.ids))))
+    rows = sampled_rows(len(examples.ids))
     result = {"descriptions": project.labels, "prior": TEXT_PRIOR, "items": len(rows), "labeled_items": len(examples.ids),
               "measured_by": user, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     model = build_zero_shot_model(ModelConfig(project.label_names, project.labels, settings.fusion),
@@ -93,7 +87,7 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
         result["accuracy"] = _accuracy(predict_logits(HeadsOnFeatures(model), features, engine.device), features.targets)
 
     readable, unread = readable_pages(store, project_name)
-    rows = _sample(list(range(len(readable.ids))))
+    rows = sampled_rows(len(readable.ids))
     paths, texts = [readable.paths[i] for i in rows], [readable.texts[i] for i in rows]
     pages = load_feature_set(cache_features(engine, project.directory / "features", paths, texts,
                                             progress("reading pages")), [0] * len(paths)) if paths else []
