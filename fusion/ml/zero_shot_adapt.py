@@ -91,10 +91,13 @@ def adapt_to_pages(model: FusionModel, pages: FeatureSet, device: str = "cpu") -
     return Adaptation(adapted.eval(), len(pages), per_label)
 
 
+def feature_batches(items: FeatureSet, device: str):
+    """The items' inputs BATCH at a time, for pooled_features (a large set never on the device whole)."""
+    return (items.subset(torch.arange(i, min(i + BATCH, len(items)))).inputs(device) for i in range(0, len(items), BATCH))
+
+
 def _fit(model: FusionModel, items: FeatureSet, targets: torch.Tensor, device: str, candidates=None) -> None:
-    batches = (items.subset(torch.arange(i, min(i + BATCH, len(items)))).inputs(device)
-               for i in range(0, len(items), BATCH))
-    fit_linear_heads(model, pooled_features(model, batches), targets,
+    fit_linear_heads(model, pooled_features(model, feature_batches(items, device)), targets,
                      balanced_class_weights(targets, len(model.config.labels)), candidates)
 
 

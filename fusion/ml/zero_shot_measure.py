@@ -27,11 +27,9 @@ from fusion.ml.pipeline import get_engine
 from fusion.ml.probe import weigh_zero_shot_votes, pooled_features
 from fusion.ml.inference import HEADS, predict_logits
 from fusion.ml.training_data import labeled_examples, readable_pages, sampled_rows
-from fusion.ml.zero_shot_adapt import adapted_zero_shot
+from fusion.ml.zero_shot_adapt import adapted_zero_shot, feature_batches
 from fusion.ml.zeroshot import ADAPTED_DIR, MEASURED_FILE, TEXT_PRIOR, build_zero_shot_model
 from fusion.ml.model import ModelConfig
-
-BATCH = 256
 
 
 def _accuracy(logits: dict[str, torch.Tensor], targets: torch.Tensor) -> dict[str, float]:
@@ -80,9 +78,7 @@ def measure_zero_shot(settings, store, project_name: str, user: str,
         fit_on = features.subset(torch.tensor([n for n, i in enumerate(rows) if examples.splits[i] != "test"],
                                               dtype=torch.long))
         if len(fit_on):
-            batches = (fit_on.subset(torch.arange(i, min(i + BATCH, len(fit_on)))).inputs(engine.device)
-                       for i in range(0, len(fit_on), BATCH))
-            weigh_zero_shot_votes(model, pooled_features(model, batches), fit_on.targets.to(engine.device))
+            weigh_zero_shot_votes(model, pooled_features(model, feature_batches(fit_on, engine.device)), fit_on.targets.to(engine.device))
             result["votes"] = [round(w, 5) for w in model.fusion_weights.tolist()]
         result["accuracy"] = _accuracy(predict_logits(HeadsOnFeatures(model), features, engine.device), features.targets)
 
