@@ -242,15 +242,25 @@ def test_a_project_predicts_zero_shot_adapted_to_its_pages_while_its_description
     assert pseudo_labeled_pages(engine, store.project(name), unlabeled, labeled, "cpu").ids == []   # nor pages labeled by it
 
 
-def test_pseudo_labels_the_probe_disputes_are_dropped_unless_zero_shot_proved_right():
-    """Each label's likeliest pages are pseudo-labeled; where the adapted zero-shot was right on
-    fewer than TRUSTED of people's labels, a page a probe of those labels gives another label is
-    left out."""
-    from fusion.ml.zero_shot_adapt import TRUSTED, pseudo_labels
+def test_pseudo_labels_the_probe_disputes_are_dropped_unless_zero_shot_was_more_often_right():
+    """Each label's likeliest pages are pseudo-labeled; unless the adapted zero-shot was right on
+    people's labels more often than a probe of them, a page the probe gives another label is left
+    out (a tie goes to the probe)."""
+    from fusion.ml.zero_shot_adapt import pseudo_labels
 
     adapted = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.1, 0.9], [0.5, 0.5], [0.6, 0.4]])
     probe = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.3, 0.7], [0.5, 0.5], [0.5, 0.5]])
-    trusted = dict(zip(*(t.tolist() for t in pseudo_labels(adapted, probe, TRUSTED))))
+    trusted = dict(zip(*(t.tolist() for t in pseudo_labels(adapted, probe, 0.9, 0.8))))
     assert trusted == {0: 0, 1: 0, 2: 1, 3: 1}           # each label's 2 likeliest of 6 pages
-    disputed = dict(zip(*(t.tolist() for t in pseudo_labels(adapted, probe, TRUSTED - 0.01))))
+    disputed = dict(zip(*(t.tolist() for t in pseudo_labels(adapted, probe, 0.8, 0.8))))
     assert disputed == {0: 0, 2: 1, 3: 1}                # the probe gives row 1 the other label
+
+
+def test_a_probe_is_checked_out_of_fold_and_counts_as_a_guess_with_one_page_a_label():
+    from fusion.ml.zero_shot_adapt import probe_accuracy
+
+    model, pages = _pages_and_a_noisy_prior(0.35)
+    assert probe_accuracy(model, pages.subset(torch.arange(12))) == 1.0     # 4 a label, clustered by class
+    assert probe_accuracy(model, pages.subset(torch.arange(3))) == 1 / 3    # 1 a label: nothing to hold out
+    pages.targets.copy_(pages.targets[torch.randperm(90, generator=torch.Generator().manual_seed(0))])
+    assert probe_accuracy(model, pages.subset(torch.arange(12))) < 0.7      # labels the features don't carry

@@ -17,8 +17,9 @@ workspace, and the reference text), over seeded stratified half/half splits:
 - a few-shot curve: k labeled pages per class drawn from the training half (the validation split
   is the k pages themselves below 5), tested on the same test half; trained as a project trains,
   with the half's other pages that the adapted zero-shot (no labels) labels, as training picks
-  them (fusion.ml.zero_shot_adapt.pseudo_labels: checked on the k pages, probed on the training
-  ones; `curve`), and on the k pages alone (`curve_labels_only`);
+  them (fusion.ml.zero_shot_adapt.pseudo_labels: the adapted zero-shot and a probe, cross-validated,
+  checked on the k pages, the probe fitted to the training ones; `curve`), and on the k pages
+  alone (`curve_labels_only`);
 - with --partial-epochs E: `partial` mode (top encoder blocks trained too) on seed 0's split.
 """
 from __future__ import annotations
@@ -171,7 +172,7 @@ def _mean(values: list[dict]) -> dict:
 def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) -> dict:
     from fusion.ml.finetune import HeadsOnFeatures
     from fusion.ml.inference import predict_logits
-    from fusion.ml.zero_shot_adapt import probe_opinion, pseudo_labels
+    from fusion.ml.zero_shot_adapt import probe_accuracy, probe_opinion, pseudo_labels
     from fusion.ml.zeroshot import build_zero_shot_model
 
     targets = features.targets.numpy()
@@ -206,7 +207,8 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
             if opinion is not None:
                 checked = float((opinion[torch.tensor(chosen)].argmax(-1).numpy() == targets[chosen]).mean())
                 rows, pseudo = pseudo_labels(opinion[torch.tensor(rest)], probe_opinion(
-                    zero_shot, features.subset(torch.tensor(fit_on)), features.subset(torch.tensor(rest))), checked)
+                    zero_shot, features.subset(torch.tensor(fit_on)), features.subset(torch.tensor(rest))), checked,
+                    probe_accuracy(zero_shot, features.subset(torch.tensor(chosen))))
             extra, guessed = rest[rows.numpy()], features.targets.clone()
             guessed[torch.tensor(extra, dtype=torch.long)] = pseudo
             shot = _train_heads(engine, config, dataclasses.replace(features, targets=guessed),

@@ -134,7 +134,7 @@ class _Heads:
         return image, text
 
 
-def _folds(targets: torch.Tensor) -> torch.Tensor | None:
+def stratified_folds(targets: torch.Tensor) -> torch.Tensor | None:
     """A stratified fold number per item; None when a class has fewer than two items."""
     counts = torch.bincount(targets)
     folds = min(FOLDS, int(counts[counts > 0].min()))
@@ -168,7 +168,7 @@ def fit_linear_heads(fusion: FusionModel, features: PooledFeatures, targets: tor
     rows = torch.arange(len(targets), device=targets.device)
     if len(rows) > CV_ITEMS:
         rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:CV_ITEMS].to(rows.device)]
-    folds = _folds(targets[rows])
+    folds = stratified_folds(targets[rows])
     chosen = torch.tensor([[DEFAULT_L2, PRIOR_PENALTIES[0]]] * 2, device=targets.device)
     if folds is not None:
         candidates = _settings(targets.device) if candidates is None else candidates
