@@ -59,8 +59,9 @@ def start_form() -> None:
             pseudo = st.checkbox("Also learn from unlabeled pages", value=True, key="train_pseudo_labels",
                                  help="Where zero-shot is adapted to the project's pages (Labels and zero-shot, "
                                       "below), the unlabeled pages it finds likeliest to be each label join the "
-                                      "labeled items, labeled so; unless it was right on 90% of the labeled "
-                                      "items, only those a model of the labeled items alone agrees with")
+                                      "labeled items, labeled so. Unless zero-shot was right on more labeled items "
+                                      "than a model of the labeled items alone (checked on items it was not "
+                                      "fitted to), only the pages that model agrees with are taken")
         if st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:"):
             try:
                 config = TrainConfig(mode=mode, epochs=int(epochs), lr=float(lr), batch_size=int(batch),
