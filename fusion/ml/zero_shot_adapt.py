@@ -123,8 +123,8 @@ def probe_accuracy(zero_shot: FusionModel, labeled: FeatureSet, device: str = "c
     return right / len(labeled)
 
 
-def pseudo_labels(adapted: torch.Tensor, probe: torch.Tensor, adapted_accuracy: float,
-                  probe_accuracy: float) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(adapted: torch.Tensor, probe: torch.Tensor, adapted_right: float,
+                  probe_right: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, labels) of the candidate pages training takes, from the adapted zero-shot's (N, K)
     probabilities and a probe of people's labels: each label's likeliest pages (likeliest_pages),
     less those the probe gives another label, unless the adapted zero-shot was right on people's
@@ -137,7 +137,7 @@ def pseudo_labels(adapted: torch.Tensor, probe: torch.Tensor, adapted_accuracy: 
     were 77%, 91% and 100% right at k = 1, 2, 5. With descriptions the probe of one or two pages
     a label is the one more often wrong, and dropping what it disputed cost up to 0.09."""
     rows, labels = likeliest_pages(adapted)
-    if adapted_accuracy > probe_accuracy:
+    if adapted_right > probe_right:
         return rows, labels
     agree = probe[rows].argmax(-1) == labels
     return rows[agree], labels[agree]
