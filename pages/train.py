@@ -147,6 +147,12 @@ def current_job() -> None:
         st.rerun(scope="app")  # the versions table below gains the new version
 
 
+def trained_on(counts: dict) -> str:
+    """"6 + 21": six labeled by people, 21 pseudo-labeled; a version from before pseudo-labels has no such count."""
+    extra = counts.get("pseudo_labeled")
+    return f"{counts.get('train')} + {extra}" if extra else str(counts.get("train"))
+
+
 def versions_table(found: list[registry.ModelVersion]) -> None:
     rows = []    # what fits at 1280 px; its mode, who trained it and its zero-shot are on the Evaluate page
     for v in found:
@@ -155,13 +161,16 @@ def versions_table(found: list[registry.ModelVersion]) -> None:
                      "fused acc": test["fused"].accuracy, "fused F1": test["fused"].macro_f1,
                      "image F1": test["image"].macro_f1, "text F1": test["text"].macro_f1,
                      "ECE": test["fused"].describe_ece(prefix=""),   # with the items and bins it rests on
-                     "test items": v.metrics.counts.get("test"), "when": v.created_at})
+                     "train items": trained_on(v.metrics.counts), "test items": v.metrics.counts.get("test"),
+                     "when": v.created_at})
     score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
         "version": st.column_config.TextColumn("version", width=70),
         "active": st.column_config.TextColumn("active", width=46),
         "fused acc": st.column_config.NumberColumn(format="percent"), "fused F1": score, "image F1": score,
         "text F1": score, "ECE": st.column_config.TextColumn("ECE (fused)", width=272),
+        "train items": st.column_config.TextColumn("train", width=62, help=(
+            "Items the version trained on: people's labels, + the unlabeled pages zero-shot labeled")),
         "test items": st.column_config.NumberColumn("test", width=45),
         "when": st.column_config.DatetimeColumn("when (UTC)", format="MM-DD HH:mm", width=95)})
 

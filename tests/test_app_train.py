@@ -39,6 +39,9 @@ def test_train_page_runs_a_job_then_promotes_and_rolls_back(settings, demo_proje
     assert any(f"Version **{done.result['version']}**" in s.value for s in app.success)
     table = app.dataframe[0].value
     assert done.result["version"] in set(table["version"])
+    counts = registry.get_version(store, corrected.name, done.result["version"]).metrics.counts
+    shown = table.set_index("version").loc[done.result["version"], "train items"]
+    assert shown == (f"{counts['train']} + {counts['pseudo_labeled']}" if counts.get("pseudo_labeled") else str(counts["train"]))
 
     before = store.project(corrected.name).active_model
     app.selectbox(key="train_version_pick").set_value(done.result["version"]).run()
