@@ -165,14 +165,14 @@ def versions_table(found: list[registry.ModelVersion]) -> None:
                      "when": v.created_at})
     score = st.column_config.NumberColumn(format="%.3f")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
-        "version": st.column_config.TextColumn("version", width=70),
-        "active": st.column_config.TextColumn("active", width=46),
+        "version": st.column_config.TextColumn("version", width=52),
+        "active": st.column_config.TextColumn("active", width=44),
         "fused acc": st.column_config.NumberColumn(format="percent"), "fused F1": score, "image F1": score,
         "text F1": score, "ECE": st.column_config.TextColumn("ECE (fused)", width=272),
-        "train items": st.column_config.TextColumn("train", width=62, help=(
+        "train items": st.column_config.TextColumn("train", width=46, help=(
             "Items the version trained on: people's labels, + the unlabeled pages zero-shot labeled")),
         "test items": st.column_config.NumberColumn("test", width=45),
-        "when": st.column_config.DatetimeColumn("when (UTC)", format="MM-DD HH:mm", width=95)})
+        "when": st.column_config.DatetimeColumn("when (UTC)", format="MM-DD HH:mm", width=85)})
 
 
 def compare(a: registry.ModelVersion, b: registry.ModelVersion) -> None:
