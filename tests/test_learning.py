@@ -264,3 +264,31 @@ def test_a_probe_is_checked_out_of_fold_and_counts_as_a_guess_with_one_page_a_la
     assert probe_accuracy(model, pages.subset(torch.arange(3))) == 1 / 3    # 1 a label: nothing to hold out
     pages.targets.copy_(pages.targets[torch.randperm(90, generator=torch.Generator().manual_seed(0))])
     assert probe_accuracy(model, pages.subset(torch.arange(12))) < 0.7      # labels the features don't carry
+
+
+def test_training_on_pages_zero_shot_labeled_switches_the_priors_votes_off():
+    """Pages pseudo-labeled by zero-shot are the ones its priors were surest of: cross-validated on
+    them the priors look right. Training on them turns the priors off, as adaptation does, and
+    learns what the pages share instead."""
+    import copy
+
+    from fusion.ml.finetune import HeadsOnFeatures
+    from fusion.ml.train import TrainConfig, fit
+    from fusion.ml.zero_shot_adapt import likeliest_pages
+
+    model, pages = _pages_and_a_noisy_prior(0.35)
+    probs = torch.softmax(model(*pages.inputs("cpu")).fused, -1)
+    rows, _ = likeliest_pages(probs)
+    labeled = torch.tensor([0, 1, 2])                    # one page a label, labeled by a person
+    rows = rows[~torch.isin(rows, labeled)]
+    guessed = probs[rows].argmax(-1)
+    train = pages.subset(torch.cat([labeled, rows]))
+    train.targets = torch.cat([pages.targets[labeled], guessed])
+    found = {}
+    for off in (False, True):
+        trainable = HeadsOnFeatures(copy.deepcopy(model).requires_grad_(True))
+        fit(trainable, train, pages.subset(labeled), TrainConfig(mode="head", epochs=2, device="cpu"), "cpu",
+            zero_shot_labeled=off)
+        found[off] = (abs(trainable.fusion.prior_weights[1].item()), _fused_accuracy(trainable.fusion.eval(), pages))
+    assert found[True][0] < 0.05 < found[False][0], found     # the text prior's vote (the image one is blank here)
+    assert found[True][1] > found[False][1], found

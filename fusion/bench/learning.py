@@ -99,7 +99,8 @@ def _probed_heads(engine, config, features, train: np.ndarray):
     return HeadsOnFeatures(fusion)
 
 
-def _train_heads(engine, config, features, train: np.ndarray, val: np.ndarray, seed: int):
+def _train_heads(engine, config, features, train: np.ndarray, val: np.ndarray, seed: int,
+                 zero_shot_labeled: bool = False):
     """Head mode, as train_version runs it: the zero-shot model, then training's own fit."""
     from fusion.ml.finetune import HeadsOnFeatures
     from fusion.ml.train import TrainConfig, fit
@@ -110,7 +111,7 @@ def _train_heads(engine, config, features, train: np.ndarray, val: np.ndarray, s
     fusion.requires_grad_(True).imagenet_fc.requires_grad_(False)
     trainable = HeadsOnFeatures(fusion)
     fit(trainable, features.subset(torch.tensor(train)), features.subset(torch.tensor(val)),
-        TrainConfig(mode="head", seed=seed, device="cpu"), "cpu")
+        TrainConfig(mode="head", seed=seed, device="cpu"), "cpu", zero_shot_labeled=zero_shot_labeled)
     return trainable
 
 
@@ -212,7 +213,7 @@ def _one_source(engine, config, features, seeds: int, shots: tuple[int, ...]) ->
             extra, guessed = rest[rows.numpy()], features.targets.clone()
             guessed[torch.tensor(extra, dtype=torch.long)] = pseudo
             shot = _train_heads(engine, config, dataclasses.replace(features, targets=guessed),
-                                np.concatenate([fit_on, extra]), check_on, seed)
+                                np.concatenate([fit_on, extra]), check_on, seed, zero_shot_labeled=len(extra) > 0)
             curve[k].append(_accuracy(predict_logits(shot, test_set, "cpu"), targets[test]))
     result = {name: _mean(values) for name, values in runs.items()}
     for name, points in (("curve", curve), ("curve_labels_only", labels_only)):

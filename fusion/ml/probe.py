@@ -154,6 +154,12 @@ def _settings(device) -> list[torch.Tensor]:
     return [torch.tensor([[l2, prior]] * 2, device=device) for l2 in L2_CHOICES for prior in PRIOR_PENALTIES]
 
 
+def priors_off(device) -> list[torch.Tensor]:
+    """The candidates with both priors all but switched off: for pages the zero-shot chose and
+    labeled, on which cross-validation would find the priors right because they picked them."""
+    return [torch.tensor([[l2, PRIOR_PENALTIES[-1]]] * 2, device=device) for l2 in L2_CHOICES]
+
+
 def fit_linear_heads(fusion: FusionModel, features: PooledFeatures, targets: torch.Tensor,
                      class_weights: torch.Tensor | None = None,
                      candidates: list[torch.Tensor] | None = None) -> torch.Tensor:

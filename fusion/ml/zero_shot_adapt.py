@@ -36,8 +36,7 @@ from fusion.ml.finetune import HeadsOnFeatures
 from fusion.ml.inference import predict_logits
 from fusion.ml.evaluation import fit_temperature
 from fusion.ml.model import HEADS, FusionModel, ModelConfig
-from fusion.ml.probe import (L2_CHOICES, PRIOR_PENALTIES, balanced_class_weights, fit_linear_heads, pooled_features,
-                             stratified_folds)
+from fusion.ml.probe import balanced_class_weights, fit_linear_heads, pooled_features, priors_off, stratified_folds
 from fusion.ml.training_data import Examples, sampled_rows
 from fusion.ml.zeroshot import build_zero_shot_model, current_measurement, project_zero_shot_model
 
@@ -86,8 +85,7 @@ def adapt_to_pages(model: FusionModel, pages: FeatureSet, device: str = "cpu") -
         return Adaptation(None, len(pages), per_label,
                           f"zero-shot's likeliest pages of {', '.join(short)} are as likely another label's")
     adapted = copy.deepcopy(model).to(device)
-    priors_off = [torch.tensor([[l2, PRIOR_PENALTIES[-1]]] * 2, device=device) for l2 in L2_CHOICES]
-    _fit(adapted, pages.subset(rows), targets.to(device), device, priors_off)
+    _fit(adapted, pages.subset(rows), targets.to(device), device, priors_off(device))
     return Adaptation(adapted.eval(), len(pages), per_label)
 
 
