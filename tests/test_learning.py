@@ -278,10 +278,10 @@ def test_training_on_pages_zero_shot_labeled_switches_the_priors_votes_off():
 
     model, pages = _pages_and_a_noisy_prior(0.35)
     probs = torch.softmax(model(*pages.inputs("cpu")).fused, -1)
-    rows, _ = likeliest_pages(probs)
+    rows, guessed = likeliest_pages(probs)               # as training picks pseudo-labeled pages
     labeled = torch.tensor([0, 1, 2])                    # one page a label, labeled by a person
-    rows = rows[~torch.isin(rows, labeled)]
-    guessed = probs[rows].argmax(-1)
+    unlabeled = ~torch.isin(rows, labeled)
+    rows, guessed = rows[unlabeled], guessed[unlabeled]
     train = pages.subset(torch.cat([labeled, rows]))
     train.targets = torch.cat([pages.targets[labeled], guessed])
     found = {}
